@@ -1,0 +1,41 @@
+# SWITCHYARD_WITH_CUDA: AUTO enables CUDA when a toolkit (nvcc) and NCCL are
+# found, ON requires them (configure error otherwise), OFF skips the check.
+set(SWITCHYARD_CUDA_ENABLED OFF)
+string(TOUPPER "${SWITCHYARD_WITH_CUDA}" _sy_cuda_mode)
+if(NOT _sy_cuda_mode MATCHES "^(AUTO|ON|OFF)$")
+  message(FATAL_ERROR "SWITCHYARD_WITH_CUDA must be AUTO, ON or OFF (got '${SWITCHYARD_WITH_CUDA}')")
+endif()
+
+if(NOT _sy_cuda_mode STREQUAL "OFF")
+  include(CheckLanguage)
+  if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+  endif()
+  check_language(CUDA)
+  find_package(CUDAToolkit QUIET)
+  if(CMAKE_CUDA_COMPILER AND CUDAToolkit_FOUND)
+    find_path(SWITCHYARD_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+    find_library(SWITCHYARD_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+  endif()
+  if(CMAKE_CUDA_COMPILER AND CUDAToolkit_FOUND AND SWITCHYARD_NCCL_INCLUDE_DIR
+     AND SWITCHYARD_NCCL_LIBRARY)
+    # CMake 3.25 does not know nvcc's C++20 flag; kernels/ compiles .cu as C++20.
+    set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+    set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+    if(NOT CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 90)
+    endif()
+    enable_language(CUDA)
+    add_library(sy_nccl INTERFACE)
+    target_include_directories(sy_nccl SYSTEM INTERFACE ${SWITCHYARD_NCCL_INCLUDE_DIR})
+    target_link_libraries(sy_nccl INTERFACE ${SWITCHYARD_NCCL_LIBRARY} CUDA::cudart)
+    set(SWITCHYARD_CUDA_ENABLED ON)
+    message(STATUS "Switchyard: CUDA ${CUDAToolkit_VERSION}, NCCL ${SWITCHYARD_NCCL_LIBRARY}")
+  elseif(_sy_cuda_mode STREQUAL "ON")
+    message(FATAL_ERROR "SWITCHYARD_WITH_CUDA=ON but no usable CUDA toolkit with NCCL was found "
+                        "(nvcc='${CMAKE_CUDA_COMPILER}', toolkit=${CUDAToolkit_FOUND}, "
+                        "nccl.h='${SWITCHYARD_NCCL_INCLUDE_DIR}', libnccl='${SWITCHYARD_NCCL_LIBRARY}')")
+  else()
+    message(STATUS "Switchyard: CUDA not found, building CPU only")
+  endif()
+endif()

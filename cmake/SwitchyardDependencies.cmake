@@ -1,0 +1,20 @@
+# Every third-party dependency comes from Debian 12 packages
+# (scripts/install_deps.sh). A missing one is a configure error.
+find_package(Threads REQUIRED)
+find_package(absl CONFIG REQUIRED)
+find_package(Protobuf REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
+find_package(yaml-cpp CONFIG REQUIRED)
+find_package(prometheus-cpp CONFIG REQUIRED)
+find_package(ucx CONFIG REQUIRED)
+find_package(nlohmann_json CONFIG REQUIRED)
+find_package(GTest CONFIG REQUIRED)
+find_package(benchmark CONFIG REQUIRED)
+find_package(OpenMP REQUIRED COMPONENTS CXX)
+set(BLA_VENDOR OpenBLAS)
+find_package(BLAS REQUIRED)
+find_path(SWITCHYARD_CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas openblas-pthread
+          HINTS /usr/include/x86_64-linux-gnu/openblas-pthread REQUIRED)
+add_library(sy_blas INTERFACE)
+target_link_libraries(sy_blas INTERFACE BLAS::BLAS)
+target_include_directories(sy_blas SYSTEM INTERFACE ${SWITCHYARD_CBLAS_INCLUDE_DIR})

@@ -1,0 +1,141 @@
+// The single-process engine: request queue, continuous batching over a paged
+// KV cache, sampling and stopping.
+//
+// Each Step() runs one forward pass over a batch built from the running
+// sequences (one decode token each) plus newly admitted prompts (whole-prompt
+// prefill). Sequences join and leave between steps. A request is admitted
+// only when the KV blocks for its prompt plus max_new_tokens are free, so an
+// admitted request never has to be preempted; until then it waits in FIFO
+// order (bounded by max_waiting). Not thread-safe: the owner drives Add(),
+// Cancel() and Step() from one thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/kv_cache.h"
+#include "engine/model_runner.h"
+#include "engine/sampler.h"
+
+namespace sy::engine {
+
+struct StoppingParams {
+  int32_t max_new_tokens = 16;
+  int32_t min_new_tokens = 0;
+  std::vector<int32_t> stop_token_ids;  // in addition to the model's EOS
+  bool ignore_eos = false;
+};
+
+struct GenerationRequest {
+  std::string id;
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  StoppingParams stopping;
+  int32_t logprobs = -1;         // -1: none; N >= 0: chosen token + top-N
+  int32_t prompt_logprobs = -1;  // -1: none; N >= 0: per prompt token + top-N
+};
+
+enum class FinishReason { kNone, kLength, kStop, kCancelled, kError };
+std::string_view FinishReasonName(FinishReason r);
+
+struct RequestTimings {
+  // Filled when a request finishes.
+  double queue_ms = 0;  // arrival -> first scheduled
+  double ttft_ms = 0;   // arrival -> first token
+  double total_ms = 0;  // arrival -> finished
+  int64_t prompt_tokens = 0;
+  int64_t output_tokens = 0;
+};
+
+// What one Step() produced for one request.
+struct RequestUpdate {
+  std::string id;
+  std::vector<int32_t> new_tokens;
+  std::vector<TokenLogprob> new_logprobs;  // parallel to new_tokens when logprobs >= 0
+  // Set once, on the step that ran the prompt, when prompt_logprobs >= 0;
+  // entry 0 is empty (nothing precedes the first token).
+  std::optional<std::vector<std::optional<TokenLogprob>>> prompt_logprobs;
+  FinishReason finish = FinishReason::kNone;
+  std::string error;                      // with kError
+  std::optional<RequestTimings> timings;  // set when finish != kNone
+};
+
+struct EngineOptions {
+  int64_t max_model_len = 0;            // 0: model's max_position_embeddings
+  int64_t max_num_seqs = 64;            // running sequences per step
+  int64_t max_batched_tokens = 8192;    // tokens per forward pass (prefill budget)
+  int64_t max_waiting = 1024;           // queued requests before Add() refuses
+  int64_t max_new_tokens_limit = 4096;  // largest max_new_tokens a request may ask
+  int32_t max_logprobs = 20;            // largest top-N for logprobs / prompt_logprobs
+  KvCacheOptions kv;
+};
+
+struct EngineStats {
+  int64_t running = 0;
+  int64_t waiting = 0;
+  int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_free = 0;
+  int64_t steps = 0;
+};
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<ModelRunner> runner,
+                                                        const EngineOptions& options);
+
+  // Validates and queues a request. InvalidArgument names the bad field;
+  // ResourceExhausted when the queue is full; AlreadyExists for a live id.
+  absl::Status Add(GenerationRequest request);
+  // Stops a waiting or running request; its KV blocks are freed at once and
+  // the next Step() reports it finished with kCancelled. NotFound if unknown.
+  absl::Status Cancel(const std::string& id);
+  // Runs one step. Returns the updates of every request that produced a token
+  // or finished.
+  absl::StatusOr<std::vector<RequestUpdate>> Step();
+
+  bool HasWork() const { return !waiting_.empty() || !running_.empty() || !pending_.empty(); }
+  EngineStats stats() const;
+  const model::ModelConfig& config() const { return runner_->config(); }
+  int64_t max_model_len() const { return max_model_len_; }
+
+ private:
+  struct Sequence {
+    GenerationRequest req;
+    std::vector<int32_t> output;
+    std::vector<int32_t> blocks;
+    int64_t num_cached = 0;  // tokens whose k/v are in the cache
+    std::mt19937_64 rng;
+    std::vector<int32_t> stop_ids;
+    std::chrono::steady_clock::time_point arrival, scheduled, first_token;
+    bool started = false;
+  };
+  using SeqPtr = std::unique_ptr<Sequence>;
+
+  Engine(std::unique_ptr<ModelRunner> runner, std::unique_ptr<KvCache> cache,
+         const EngineOptions& options, int64_t max_model_len);
+
+  absl::Status Validate(const GenerationRequest& r) const;
+  int64_t BlocksFor(const Sequence& s) const;
+  void Admit(std::vector<Sequence*>* prefills);
+  void Finish(Sequence& s, FinishReason reason, RequestUpdate* update);
+
+  std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<KvCache> cache_;
+  EngineOptions options_;
+  int64_t max_model_len_;
+  std::deque<SeqPtr> waiting_;
+  std::vector<SeqPtr> running_;
+  std::vector<RequestUpdate> pending_;  // cancellations to report
+  int64_t steps_ = 0;
+  std::vector<float> logits_;
+  std::vector<float> scratch_;
+};
+
+}  // namespace sy::engine

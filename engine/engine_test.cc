@@ -1,0 +1,242 @@
+// Engine behaviour beyond numerics (those are in tests/golden_test.cc):
+// validation, stopping, cancellation, admission, seeded sampling.
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <functional>
+#include <map>
+
+#include "engine/loader.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace sy::engine {
+namespace {
+
+using ::testing::HasSubstr;
+
+const char* kModel = "/tests/data/goldens/qwen3_moe";
+std::unique_ptr<Engine> MakeEngine(EngineOptions opts = {}) {
+  ModelSource src;
+  src.dir = std::string(SY_SOURCE_DIR) + kModel;
+  auto runner = LoadModelRunner(src, kernels::Context{});
+  EXPECT_TRUE(runner.ok()) << runner.status();
+  if (opts.kv.num_blocks == 0 && opts.kv.max_tokens == 0) opts.kv.max_tokens = 1024;
+  auto engine = Engine::Create(*std::move(runner), opts);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return *std::move(engine);
+}
+
+GenerationRequest Req(const std::string& id, int32_t max_new = 8) {
+  GenerationRequest r;
+  r.id = id;
+  r.prompt = {1, 7, 42, 100, 3};
+  r.stopping.max_new_tokens = max_new;
+  return r;
+}
+
+struct Out {
+  std::vector<int32_t> tokens;
+  FinishReason finish = FinishReason::kNone;
+  std::optional<RequestTimings> timings;
+};
+
+std::map<std::string, Out> RunAll(Engine& e) {
+  std::map<std::string, Out> out;
+  while (e.HasWork()) {
+    auto updates = e.Step();
+    EXPECT_TRUE(updates.ok()) << updates.status();
+    if (!updates.ok()) break;
+    for (const auto& u : *updates) {
+      auto& o = out[u.id];
+      o.tokens.insert(o.tokens.end(), u.new_tokens.begin(), u.new_tokens.end());
+      if (u.finish != FinishReason::kNone) {
+        o.finish = u.finish;
+        o.timings = u.timings;
+      }
+    }
+  }
+  return out;
+}
+
+TEST(EngineTest, InvalidRequestsNameTheField) {
+  auto e = MakeEngine();
+  struct Case {
+    std::function<void(GenerationRequest&)> edit;
+    const char* field;
+  };
+  const std::vector<Case> cases = {
+      {[](auto& r) { r.prompt.clear(); }, "prompt must not be empty"},
+      {[](auto& r) { r.prompt[2] = 512; }, "prompt[2]"},
+      {[](auto& r) { r.prompt[0] = -1; }, "prompt[0]"},
+      {[](auto& r) { r.stopping.max_new_tokens = 0; }, "stopping.max_new_tokens"},
+      {[](auto& r) { r.stopping.max_new_tokens = 100000; }, "stopping.max_new_tokens"},
+      {[](auto& r) { r.stopping.max_new_tokens = 510; }, "context limit"},
+      {[](auto& r) { r.stopping.min_new_tokens = 9; }, "stopping.min_new_tokens"},
+      {[](auto& r) { r.stopping.stop_token_ids = {600}; }, "stopping.stop_token_ids[0]"},
+      {[](auto& r) { r.logprobs = 21; }, "logprobs"},
+      {[](auto& r) { r.prompt_logprobs = -2; }, "prompt_logprobs"},
+      {[](auto& r) { r.sampling.temperature = -1; }, "sampling.temperature"},
+      {[](auto& r) { r.sampling.top_p = 0; }, "sampling.top_p"},
+      {[](auto& r) { r.sampling.top_k = -1; }, "sampling.top_k"},
+      {[](auto& r) { r.sampling.min_p = 2; }, "sampling.min_p"},
+      {[](auto& r) { r.sampling.repetition_penalty = 0; }, "sampling.repetition_penalty"},
+      {[](auto& r) { r.sampling.presence_penalty = 5; }, "sampling.presence_penalty"},
+      {[](auto& r) { r.sampling.frequency_penalty = -3; }, "sampling.frequency_penalty"},
+  };
+  for (const auto& c : cases) {
+    GenerationRequest r = Req("bad");
+    c.edit(r);
+    absl::Status st = e->Add(r);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << c.field;
+    EXPECT_THAT(st.message(), HasSubstr(c.field));
+  }
+  // Nothing was queued, and a valid request still runs.
+  EXPECT_FALSE(e->HasWork());
+  ASSERT_TRUE(e->Add(Req("ok")).ok());
+  EXPECT_EQ(RunAll(*e)["ok"].tokens.size(), 8u);
+}
+
+TEST(EngineTest, DuplicateIdAndFullQueueAreRefused) {
+  EngineOptions opts;
+  opts.max_waiting = 2;
+  auto e = MakeEngine(opts);
+  ASSERT_TRUE(e->Add(Req("a")).ok());
+  EXPECT_EQ(e->Add(Req("a")).code(), absl::StatusCode::kAlreadyExists);
+  ASSERT_TRUE(e->Add(Req("b")).ok());
+  EXPECT_EQ(e->Add(Req("c")).code(), absl::StatusCode::kResourceExhausted);
+  auto out = RunAll(*e);
+  EXPECT_EQ(out["a"].finish, FinishReason::kLength);
+  EXPECT_EQ(out["b"].finish, FinishReason::kLength);
+}
+
+TEST(EngineTest, StopTokenAndMinNewTokens) {
+  auto e = MakeEngine();
+  ASSERT_TRUE(e->Add(Req("ref", 12)).ok());
+  const std::vector<int32_t> greedy = RunAll(*e)["ref"].tokens;
+  ASSERT_EQ(greedy.size(), 12u);
+  const int32_t stop = greedy[3];
+  const size_t first = std::find(greedy.begin(), greedy.end(), stop) - greedy.begin();
+
+  GenerationRequest r = Req("stop", 12);
+  r.stopping.stop_token_ids = {stop};
+  ASSERT_TRUE(e->Add(r).ok());
+  auto out = RunAll(*e)["stop"];
+  EXPECT_EQ(out.finish, FinishReason::kStop);
+  ASSERT_EQ(out.tokens.size(), first + 1);
+  EXPECT_EQ(out.tokens.back(), stop);
+
+  // Below min_new_tokens the stop token is masked, so it cannot appear.
+  r.id = "min";
+  r.stopping.min_new_tokens = 12;
+  ASSERT_TRUE(e->Add(r).ok());
+  out = RunAll(*e)["min"];
+  EXPECT_EQ(out.tokens.size(), 12u);
+  EXPECT_EQ(std::count(out.tokens.begin(), out.tokens.end() - 1, stop), 0);
+}
+
+TEST(EngineTest, CancelFreesBlocksAndLeavesOthersIntact) {
+  auto e = MakeEngine();
+  ASSERT_TRUE(e->Add(Req("ref", 16)).ok());
+  const std::vector<int32_t> ref = RunAll(*e)["ref"].tokens;
+  const int64_t total = e->stats().kv_blocks_total;
+  ASSERT_TRUE(e->Add(Req("keep", 16)).ok());
+  ASSERT_TRUE(e->Add(Req("drop", 16)).ok());
+  std::map<std::string, Out> out;
+  for (int i = 0; i < 3; ++i) {
+    auto updates = e->Step();
+    ASSERT_TRUE(updates.ok());
+    for (const auto& u : *updates) {
+      out[u.id].tokens.insert(out[u.id].tokens.end(), u.new_tokens.begin(), u.new_tokens.end());
+    }
+  }
+  const int64_t free_before = e->stats().kv_blocks_free;
+  ASSERT_TRUE(e->Cancel("drop").ok());
+  EXPECT_GT(e->stats().kv_blocks_free, free_before);
+  EXPECT_EQ(e->Cancel("drop").code(), absl::StatusCode::kNotFound);
+  auto rest = RunAll(*e);
+  EXPECT_EQ(rest["drop"].finish, FinishReason::kCancelled);
+  out["keep"].tokens.insert(out["keep"].tokens.end(), rest["keep"].tokens.begin(),
+                            rest["keep"].tokens.end());
+  EXPECT_EQ(out["keep"].tokens, ref);
+  EXPECT_EQ(e->stats().kv_blocks_free, total);
+  EXPECT_EQ(e->stats().running, 0);
+}
+
+TEST(EngineTest, WaitsForKvBlocksInsteadOfFailing) {
+  EngineOptions opts;
+  opts.kv.block_size = 4;
+  opts.kv.num_blocks = 4;  // one request of 5 + 8 tokens at a time
+  auto e = MakeEngine(opts);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(e->Add(Req("r" + std::to_string(i))).ok());
+  auto step = e->Step();
+  ASSERT_TRUE(step.ok());
+  EXPECT_EQ(e->stats().running, 1);
+  EXPECT_EQ(e->stats().waiting, 2);
+  auto out = RunAll(*e);
+  for (int i = 1; i < 3; ++i) {
+    EXPECT_EQ(out["r" + std::to_string(i)].finish, FinishReason::kLength);
+    EXPECT_EQ(out["r" + std::to_string(i)].tokens.size(), 8u);
+  }
+  // A request that could never fit is refused up front.
+  GenerationRequest big = Req("big", 20);
+  EXPECT_THAT(e->Add(big).message(), HasSubstr("KV blocks"));
+}
+
+TEST(EngineTest, SeededSamplingIsReproducibleWhateverTheBatch) {
+  auto e = MakeEngine();
+  GenerationRequest r = Req("seeded", 16);
+  r.sampling.temperature = 1.0f;
+  r.sampling.top_p = 0.9f;
+  r.sampling.seed = 1234;
+  r.sampling.has_seed = true;
+  ASSERT_TRUE(e->Add(r).ok());
+  const auto alone = RunAll(*e)["seeded"].tokens;
+  // Same request again, now sharing every step with other sampled requests.
+  for (int i = 0; i < 3; ++i) {
+    GenerationRequest other = Req("other" + std::to_string(i), 16);
+    other.prompt = {9, 8, static_cast<int32_t>(7 + i)};
+    other.sampling.temperature = 0.8f;
+    ASSERT_TRUE(e->Add(other).ok());
+  }
+  ASSERT_TRUE(e->Add(r).ok());
+  auto batched = RunAll(*e);
+  EXPECT_EQ(batched["seeded"].tokens, alone);
+  // A different seed gives a different sample (16 tokens at temperature 1).
+  r.sampling.seed = 99;
+  ASSERT_TRUE(e->Add(r).ok());
+  EXPECT_NE(RunAll(*e)["seeded"].tokens, alone);
+}
+
+TEST(EngineTest, TimingsReported) {
+  auto e = MakeEngine();
+  ASSERT_TRUE(e->Add(Req("t", 4)).ok());
+  auto out = RunAll(*e)["t"];
+  ASSERT_TRUE(out.timings.has_value());
+  EXPECT_EQ(out.timings->prompt_tokens, 5);
+  EXPECT_EQ(out.timings->output_tokens, 4);
+  EXPECT_GE(out.timings->total_ms, out.timings->ttft_ms);
+  EXPECT_GT(out.timings->ttft_ms, 0.0);
+}
+
+TEST(EngineTest, DummyLoadFormatRunsWithoutCheckpoint) {
+  ModelSource src;
+  src.dir = std::string(SY_SOURCE_DIR) + "/tests/data/goldens/deepseek_v3";
+  src.load_format = "dummy";
+  auto runner = LoadModelRunner(src, kernels::Context{});
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  EngineOptions opts;
+  opts.kv.max_tokens = 256;
+  auto e = Engine::Create(*std::move(runner), opts);
+  ASSERT_TRUE(e.ok());
+  GenerationRequest r = Req("d", 6);
+  r.stopping.ignore_eos = true;
+  ASSERT_TRUE((*e)->Add(r).ok());
+  EXPECT_EQ(RunAll(**e)["d"].tokens.size(), 6u);
+  src.load_format = "pickle";
+  EXPECT_THAT(LoadModelRunner(src, kernels::Context{}).status().message(),
+              HasSubstr("load_format"));
+}
+
+}  // namespace
+}  // namespace sy::engine

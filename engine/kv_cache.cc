@@ -1,0 +1,88 @@
+#include "engine/kv_cache.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+
+namespace sy::engine {
+
+BlockAllocator::BlockAllocator(int32_t num_blocks)
+    : num_total_(num_blocks), in_use_(num_blocks, false) {
+  free_.reserve(num_blocks);
+  // Hand out low ids first (pop from the back).
+  for (int32_t i = num_blocks - 1; i >= 0; --i) free_.push_back(i);
+}
+
+absl::StatusOr<std::vector<int32_t>> BlockAllocator::Allocate(int64_t n) {
+  if (n < 0 || n > static_cast<int64_t>(free_.size())) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("KV cache: ", n, " blocks requested, ", free_.size(), " free"));
+  }
+  std::vector<int32_t> out(free_.end() - n, free_.end());
+  free_.resize(free_.size() - n);
+  for (int32_t b : out) in_use_[b] = true;
+  return out;
+}
+
+void BlockAllocator::Free(const std::vector<int32_t>& blocks) {
+  for (int32_t b : blocks) {
+    SY_CHECK(b >= 0 && b < num_total_ && in_use_[b]) << "double free of KV block " << b;
+    in_use_[b] = false;
+    free_.push_back(b);
+  }
+}
+
+KvCache::KvCache(int64_t block_size, int64_t num_blocks, int64_t k_row, int64_t v_row,
+                 bool shared_kv, int64_t num_layers)
+    : block_size_(block_size),
+      num_blocks_(num_blocks),
+      k_row_(k_row),
+      v_row_(v_row),
+      shared_kv_(shared_kv),
+      allocator_(static_cast<int32_t>(num_blocks)) {
+  const int64_t slots = block_size * num_blocks;
+  k_.resize(num_layers);
+  if (!shared_kv) v_.resize(num_layers);
+  for (int64_t l = 0; l < num_layers; ++l) {
+    k_[l].assign(slots * k_row, 0.0f);
+    if (!shared_kv) v_[l].assign(slots * v_row, 0.0f);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const model::ModelConfig& cfg,
+                                                         const KvCacheOptions& options) {
+  if (options.block_size <= 0) {
+    return absl::InvalidArgumentError("kv cache: block_size must be positive");
+  }
+  int64_t num_blocks = options.num_blocks;
+  if (num_blocks <= 0) {
+    if (options.max_tokens <= 0) {
+      return absl::InvalidArgumentError("kv cache: set num_blocks or max_tokens");
+    }
+    num_blocks = (options.max_tokens + options.block_size - 1) / options.block_size;
+  }
+  if (num_blocks > (int64_t{1} << 30) / options.block_size) {
+    return absl::InvalidArgumentError("kv cache: too many blocks");
+  }
+  int64_t k_row, v_row;
+  bool shared = false;
+  if (cfg.attention == model::AttentionKind::kMla) {
+    k_row = cfg.kv_lora_rank + cfg.qk_rope_head_dim;
+    v_row = k_row;
+    shared = true;
+  } else {
+    k_row = cfg.num_kv_heads * cfg.head_dim;
+    v_row = k_row;
+  }
+  return std::unique_ptr<KvCache>(
+      new KvCache(options.block_size, num_blocks, k_row, v_row, shared, cfg.num_layers));
+}
+
+int64_t KvCache::bytes() const {
+  const int64_t slots = block_size_ * num_blocks_;
+  const int64_t per_layer = slots * (k_row_ + (shared_kv_ ? 0 : v_row_));
+  return per_layer * static_cast<int64_t>(k_.size()) * static_cast<int64_t>(sizeof(float));
+}
+
+}  // namespace sy::engine

@@ -1,0 +1,39 @@
+#include "engine/loader.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status.h"
+
+namespace sy::engine {
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> LoadModelRunner(const ModelSource& source,
+                                                             const kernels::Context& ctx) {
+  const auto t0 = std::chrono::steady_clock::now();
+  SY_ASSIGN_OR_RETURN(model::ModelConfig cfg, model::LoadModelConfig(source.dir));
+  SY_LOG(INFO) << "model " << cfg.architecture << ": " << cfg.num_layers << " layers ("
+               << cfg.num_moe_layers() << " MoE, " << cfg.num_experts << " experts, top-"
+               << cfg.top_k << "), hidden " << cfg.hidden_size << ", vocab " << cfg.vocab_size;
+  model::DenseWeights dense;
+  std::unique_ptr<ExpertExecutor> experts;
+  if (source.load_format == "dummy") {
+    SY_LOG(INFO) << "load_format dummy: random weights (seed " << source.dummy_seed << ")";
+    dense = model::DummyDenseWeights(cfg, source.dummy_seed);
+    experts = LocalExpertExecutor::Dummy(cfg, source.dummy_seed, ctx);
+  } else if (source.load_format == "auto") {
+    SY_ASSIGN_OR_RETURN(std::unique_ptr<model::Checkpoint> ckpt,
+                        model::Checkpoint::Open(source.dir));
+    SY_ASSIGN_OR_RETURN(dense, model::LoadDenseWeights(cfg, *ckpt));
+    SY_ASSIGN_OR_RETURN(experts, LocalExpertExecutor::Load(cfg, *ckpt, ctx));
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("load_format '", source.load_format, "' is not supported (auto, dummy)"));
+  }
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  SY_LOG(INFO) << "weights ready in " << static_cast<int64_t>(ms) << " ms";
+  return ModelRunner::Create(cfg, std::move(dense), std::move(experts), ctx);
+}
+
+}  // namespace sy::engine
