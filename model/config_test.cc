@@ -59,10 +59,15 @@ json DeepseekV3() {
 absl::StatusOr<ModelConfig> Parse(const json& j) { return ParseModelConfig(j.dump(), "test.json"); }
 
 TEST(ModelConfigTest, ShippedGoldenConfigsParse) {
-  for (const char* name : {"deepseek_v3", "mixtral", "param2moe", "qwen3_moe"}) {
-    auto cfg = LoadModelConfig(std::string(SY_SOURCE_DIR) + "/tests/data/goldens/" + name);
-    ASSERT_TRUE(cfg.ok()) << name << ": " << cfg.status();
-    EXPECT_EQ(FamilyName(cfg->family), name);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"deepseek_v3", "deepseek_v3"}, {"deepseek_v3_noqlora", "deepseek_v3"},
+      {"deepseek_v2", "deepseek_v2"}, {"qwen3_moe", "qwen3_moe"},
+      {"qwen2_moe", "qwen2_moe"},     {"glm4_moe", "glm4_moe"},
+      {"mixtral", "mixtral"},         {"param2moe", "param2moe"}};
+  for (const auto& [dir, family] : cases) {
+    auto cfg = LoadModelConfig(std::string(SY_SOURCE_DIR) + "/tests/data/goldens/" + dir);
+    ASSERT_TRUE(cfg.ok()) << dir << ": " << cfg.status();
+    EXPECT_EQ(FamilyName(cfg->family), family);
   }
 }
 

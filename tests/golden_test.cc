@@ -283,7 +283,9 @@ TEST_P(GoldenTest, PromptLogprobsMatchTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Goldens, GoldenTest,
-                         ::testing::Values("deepseek_v3", "mixtral", "param2moe", "qwen3_moe"),
+                         ::testing::Values("deepseek_v3", "deepseek_v3_noqlora", "deepseek_v2",
+                                           "qwen3_moe", "qwen2_moe", "glm4_moe", "mixtral",
+                                           "param2moe"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

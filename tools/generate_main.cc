@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
   const double gen_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_gen).count();
   const double decode_ms = gen_ms - prefill_ms;
   const int64_t n_decode = static_cast<int64_t>(result.tokens.size()) - 1;
-  nlohmann::json timings = {
+  nlohmann::ordered_json timings = {
       {"load_ms", load_ms},
       {"prefill_ms", prefill_ms},
       {"decode_ms", decode_ms},

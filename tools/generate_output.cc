@@ -13,34 +13,36 @@ void GenerationResult::Apply(const engine::RequestUpdate& u) {
   }
 }
 
-nlohmann::json LogprobJson(const engine::TokenLogprob& lp) {
-  nlohmann::json top = nlohmann::json::array();
+nlohmann::ordered_json LogprobJson(const engine::TokenLogprob& lp) {
+  nlohmann::ordered_json top = nlohmann::ordered_json::array();
   for (const auto& t : lp.top) top.push_back({{"token", t.token}, {"logprob", t.logprob}});
   return {{"token", lp.token}, {"logprob", lp.logprob}, {"top", top}};
 }
 
-nlohmann::json ResultJson(const GenerationResult& r, const nlohmann::json& extra_timings) {
-  nlohmann::json out;
+nlohmann::ordered_json ResultJson(const GenerationResult& r,
+                                  const nlohmann::ordered_json& extra_timings) {
+  nlohmann::ordered_json out;
   out["tokens"] = r.tokens;
   out["finish_reason"] = std::string(engine::FinishReasonName(r.finish));
   if (!r.error.empty()) out["error"] = r.error;
   if (r.want_logprobs) {
-    nlohmann::json lps = nlohmann::json::array();
+    nlohmann::ordered_json lps = nlohmann::ordered_json::array();
     for (const auto& lp : r.logprobs) lps.push_back(LogprobJson(lp));
     out["logprobs"] = lps;
   } else {
     out["logprobs"] = nullptr;
   }
   if (r.prompt_logprobs.has_value()) {
-    nlohmann::json pls = nlohmann::json::array();
+    nlohmann::ordered_json pls = nlohmann::ordered_json::array();
     for (const auto& lp : *r.prompt_logprobs) {
-      pls.push_back(lp.has_value() ? LogprobJson(*lp) : nlohmann::json(nullptr));
+      pls.push_back(lp.has_value() ? LogprobJson(*lp) : nlohmann::ordered_json(nullptr));
     }
     out["prompt_logprobs"] = pls;
   } else {
     out["prompt_logprobs"] = nullptr;
   }
-  nlohmann::json timings = extra_timings.is_object() ? extra_timings : nlohmann::json::object();
+  nlohmann::ordered_json timings =
+      extra_timings.is_object() ? extra_timings : nlohmann::ordered_json::object();
   if (r.timings.has_value()) {
     timings["queue_ms"] = r.timings->queue_ms;
     timings["ttft_ms"] = r.timings->ttft_ms;

@@ -25,9 +25,10 @@ struct GenerationResult {
   void Apply(const engine::RequestUpdate& update);
 };
 
-nlohmann::json LogprobJson(const engine::TokenLogprob& lp);
+nlohmann::ordered_json LogprobJson(const engine::TokenLogprob& lp);
 // {"tokens", "finish_reason", "logprobs", "prompt_logprobs", "timings"}; the
 // logprob fields are null when they were not requested.
-nlohmann::json ResultJson(const GenerationResult& result, const nlohmann::json& extra_timings);
+nlohmann::ordered_json ResultJson(const GenerationResult& result,
+                                  const nlohmann::ordered_json& extra_timings);
 
 }  // namespace sy::tools
