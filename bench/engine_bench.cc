@@ -1,13 +1,16 @@
 // CPU prefill and decode throughput of the single-process engine.
 //
-//   build/bin/switchyard-engine-bench [--models a,b] [--batches 1,8] [--prompt 128] [--decode 32]
+//   build/bin/switchyard-engine-bench [--models a,b] [--batches 1,8] [--prompt 128]
+//       [--decode 32] [--repeats 3]
 //
 // For each model and batch size B: B requests of `prompt` tokens arrive
 // together; the first step prefills all of them (tokens/s = B * prompt /
 // step time), the following steps decode one token per sequence (tokens/s =
 // B * decode steps / time). Models: the shipped golden checkpoints and a
 // `dummy` Qwen3-30B-A3B cut to 2 layers (bench/configs). Prints the command
-// line and one row per run.
+// line and one row per configuration (the median of --repeats runs, after an
+// untimed warm-up).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -32,11 +35,13 @@ struct ModelSpec {
 };
 
 struct Args {
-  std::vector<std::string> models = {"qwen3_moe", "mixtral", "deepseek_v3", "param2moe",
-                                     "qwen3_30b_a3b_2layers"};
+  std::vector<std::string> models = {"deepseek_v3", "deepseek_v3_noqlora", "deepseek_v2",
+                                     "qwen3_moe",   "qwen2_moe",           "glm4_moe",
+                                     "mixtral",     "param2moe",           "qwen3_30b_a3b_2layers"};
   std::vector<int> batches = {1, 8};
   int prompt = 128;
   int decode = 32;
+  int repeats = 3;
 };
 
 bool ParseList(const std::string& text, std::vector<int>* out) {
@@ -47,6 +52,42 @@ bool ParseList(const std::string& text, std::vector<int>* out) {
     out->push_back(v);
   }
   return !out->empty();
+}
+
+struct Measurement {
+  double prefill_s = 0;
+  double decode_s = 0;
+  int steps = 0;
+};
+
+// `batch` requests of `prompt` tokens arrive together; the first step
+// prefills them all, the rest decode `decode` tokens per sequence.
+bool Measure(sy::engine::Engine& engine, int64_t vocab, int batch, int prompt, int decode,
+             Measurement* m) {
+  for (int i = 0; i < batch; ++i) {
+    sy::engine::GenerationRequest r;
+    r.id = std::to_string(i);
+    for (int t = 0; t < prompt; ++t) {
+      r.prompt.push_back(static_cast<int32_t>((t * 37 + i * 101 + 11) % vocab));
+    }
+    r.stopping.max_new_tokens = decode + 1;
+    r.stopping.ignore_eos = true;
+    if (auto st = engine.Add(r); !st.ok()) {
+      std::cerr << st << "\n";
+      return false;
+    }
+  }
+  const auto p0 = Clock::now();
+  if (auto st = engine.Step(); !st.ok()) return false;
+  m->prefill_s = std::chrono::duration<double>(Clock::now() - p0).count();
+  const auto d0 = Clock::now();
+  m->steps = 0;
+  while (engine.HasWork()) {
+    if (auto st = engine.Step(); !st.ok()) return false;
+    ++m->steps;
+  }
+  m->decode_s = std::chrono::duration<double>(Clock::now() - d0).count();
+  return true;
 }
 
 int Run(const Args& args) {
@@ -76,35 +117,24 @@ int Run(const Args& args) {
       std::cerr << name << ": " << engine.status() << "\n";
       return 1;
     }
+    // One untimed run warms up allocations, OpenMP and BLAS thread pools.
+    Measurement warm;
+    if (!Measure(**engine, vocab, 1, std::min(args.prompt, 16), 2, &warm)) return 1;
     for (int batch : args.batches) {
-      for (int i = 0; i < batch; ++i) {
-        sy::engine::GenerationRequest r;
-        r.id = std::to_string(i);
-        for (int t = 0; t < args.prompt; ++t) {
-          r.prompt.push_back(static_cast<int32_t>((t * 37 + i * 101 + 11) % vocab));
-        }
-        r.stopping.max_new_tokens = args.decode + 1;
-        r.stopping.ignore_eos = true;
-        if (auto st = (*engine)->Add(r); !st.ok()) {
-          std::cerr << name << ": " << st << "\n";
-          return 1;
-        }
+      std::vector<Measurement> runs(args.repeats);
+      for (auto& m : runs) {
+        if (!Measure(**engine, vocab, batch, args.prompt, args.decode, &m)) return 1;
       }
-      const auto p0 = Clock::now();
-      if (auto st = (*engine)->Step(); !st.ok()) return 1;
-      const double prefill_s = std::chrono::duration<double>(Clock::now() - p0).count();
-      const auto d0 = Clock::now();
-      int steps = 0;
-      while ((*engine)->HasWork()) {
-        if (auto st = (*engine)->Step(); !st.ok()) return 1;
-        ++steps;
-      }
-      const double decode_s = std::chrono::duration<double>(Clock::now() - d0).count();
+      // Median run by total time.
+      std::sort(runs.begin(), runs.end(), [](const Measurement& a, const Measurement& b) {
+        return a.prefill_s + a.decode_s < b.prefill_s + b.decode_s;
+      });
+      const Measurement& m = runs[runs.size() / 2];
       std::printf(
-          "%-24s batch %2d  prefill %8.1f tok/s (%7.1f ms)  decode %8.1f tok/s (%6.2f ms/step)"
+          "%-24s batch %2d  prefill %8.1f tok/s (%8.1f ms)  decode %8.1f tok/s (%7.2f ms/step)"
           "  load %.1f s\n",
-          name.c_str(), batch, batch * args.prompt / prefill_s, prefill_s * 1e3,
-          batch * steps / decode_s, decode_s * 1e3 / std::max(steps, 1), load_s);
+          name.c_str(), batch, batch * args.prompt / m.prefill_s, m.prefill_s * 1e3,
+          batch * m.steps / m.decode_s, m.decode_s * 1e3 / std::max(m.steps, 1), load_s);
       std::fflush(stdout);
     }
   }
@@ -127,9 +157,11 @@ int main(int argc, char** argv) {
       ++i;
     } else if (a == "--decode" && absl::SimpleAtoi(next, &args.decode) && args.decode > 0) {
       ++i;
+    } else if (a == "--repeats" && absl::SimpleAtoi(next, &args.repeats) && args.repeats > 0) {
+      ++i;
     } else {
       std::cerr << "usage: switchyard-engine-bench [--models a,b] [--batches 1,8] [--prompt N] "
-                   "[--decode N]\n(bad argument: "
+                   "[--decode N] [--repeats N]\n(bad argument: "
                 << a << ")\n";
       return 2;
     }

@@ -1,5 +1,6 @@
 #include "model/weights.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -155,7 +156,11 @@ absl::Status LoadLayer(const ModelConfig& cfg, const Checkpoint& ckpt, int64_t i
                                 p + "mlp.down_proj.weight", hidden, cfg.intermediate_size));
     return absl::OkStatus();
   }
-  const std::string m = MoeBlock(cfg, i);
+  std::string m = MoeBlock(cfg, i);
+  // transformers 5 saves Mixtral's block_sparse_moe under the common "mlp." name.
+  if (IsMixtral(cfg) && !ckpt.Has(m + "gate.weight") && ckpt.Has(p + "mlp.gate.weight")) {
+    m = p + "mlp.";
+  }
   SY_ASSIGN_OR_RETURN(l->router, Read(ckpt, m + "gate.weight", {cfg.num_experts, hidden}));
   if (cfg.has_correction_bias) {
     const std::string bias_name =
@@ -175,6 +180,13 @@ absl::Status LoadLayer(const ModelConfig& cfg, const Checkpoint& ckpt, int64_t i
   return absl::OkStatus();
 }
 
+// splitmix64's output function: a bijective 64-bit mixer.
+uint64_t Mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 // Deterministic per-tensor RNG for dummy weights.
 class DummyFiller {
  public:
@@ -184,21 +196,29 @@ class DummyFiller {
     Tensor t;
     t.data.resize(Numel(shape));
     t.shape = std::move(shape);
-    // splitmix64 + Box-Muller, cheap enough for multi-GB dummy models.
-    uint64_t state = seed_ ^ (salt * 0x9E3779B97F4A7C15ull);
-    auto next = [&state]() {
-      uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-      return z ^ (z >> 31);
-    };
-    for (size_t i = 0; i < t.data.size(); i += 2) {
-      const double u1 = (static_cast<double>(next() >> 11) + 1.0) * 0x1.0p-53;
-      const double u2 = static_cast<double>(next() >> 11) * 0x1.0p-53;
-      const double rad = std::sqrt(-2.0 * std::log(u1));
-      t.data[i] = mean + scale * static_cast<float>(rad * std::cos(2.0 * M_PI * u2));
-      if (i + 1 < t.data.size()) {
-        t.data[i + 1] = mean + scale * static_cast<float>(rad * std::sin(2.0 * M_PI * u2));
+    // splitmix64 + Box-Muller in independent chunks (each seeded from seed,
+    // salt and chunk index), so multi-GB dummy models fill in parallel and the
+    // values do not depend on the thread count.
+    constexpr int64_t kChunk = 1 << 16;
+    const int64_t n = t.numel();
+    const int64_t num_chunks = (n + kChunk - 1) / kChunk;
+    float* out = t.data.data();
+    // Seed, salt and chunk go through the mixer before use: streams started
+    // from linearly related states would be shifted copies of each other.
+    const uint64_t base = Mix(seed_ ^ Mix(salt + 0x632BE59BD9B4E019ull));
+#pragma omp parallel for schedule(static) if (num_chunks > 4)
+    for (int64_t c = 0; c < num_chunks; ++c) {
+      uint64_t state = Mix(base ^ Mix(static_cast<uint64_t>(c) + 1));
+      auto next = [&state]() { return Mix(state += 0x9E3779B97F4A7C15ull); };
+      const int64_t end = std::min(n, (c + 1) * kChunk);
+      for (int64_t i = c * kChunk; i < end; i += 2) {
+        const double u1 = (static_cast<double>(next() >> 11) + 1.0) * 0x1.0p-53;
+        const double u2 = static_cast<double>(next() >> 11) * 0x1.0p-53;
+        const double rad = std::sqrt(-2.0 * std::log(u1));
+        out[i] = mean + scale * static_cast<float>(rad * std::cos(2.0 * M_PI * u2));
+        if (i + 1 < end) {
+          out[i + 1] = mean + scale * static_cast<float>(rad * std::sin(2.0 * M_PI * u2));
+        }
       }
     }
     return t;
