@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git python3
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libyaml-cpp-dev prometheus-cpp-dev libucx-dev ucx-utils
-  libopenblas-dev nlohmann-json3-dev
+  libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang-format
 )
 
