@@ -1,7 +1,7 @@
 // CPU prefill and decode throughput of the single-process engine.
 //
 //   build/bin/switchyard-engine-bench [--models a,b] [--batches 1,8] [--prompt 128]
-//       [--decode 32] [--repeats 3]
+//       [--decode 32] [--repeats 3] [--root REPO_DIR]
 //
 // For each model and batch size B: B requests of `prompt` tokens arrive
 // together; the first step prefills all of them (tokens/s = B * prompt /
@@ -42,6 +42,7 @@ struct Args {
   int prompt = 128;
   int decode = 32;
   int repeats = 3;
+  std::string root = SY_SOURCE_DIR;  // repository checkout holding tests/data and bench/configs
 };
 
 bool ParseList(const std::string& text, std::vector<int>* out) {
@@ -91,7 +92,7 @@ bool Measure(sy::engine::Engine& engine, int64_t vocab, int batch, int prompt, i
 }
 
 int Run(const Args& args) {
-  const std::string root = SY_SOURCE_DIR;
+  const std::string& root = args.root;
   for (const std::string& name : args.models) {
     ModelSpec spec{name, root + "/tests/data/goldens/" + name, "auto"};
     if (name == "qwen3_30b_a3b_2layers") {
@@ -159,9 +160,12 @@ int main(int argc, char** argv) {
       ++i;
     } else if (a == "--repeats" && absl::SimpleAtoi(next, &args.repeats) && args.repeats > 0) {
       ++i;
+    } else if (a == "--root" && !next.empty()) {
+      args.root = next;
+      ++i;
     } else {
       std::cerr << "usage: switchyard-engine-bench [--models a,b] [--batches 1,8] [--prompt N] "
-                   "[--decode N] [--repeats N]\n(bad argument: "
+                   "[--decode N] [--repeats N] [--root DIR]\n(bad argument: "
                 << a << ")\n";
       return 2;
     }

@@ -15,12 +15,16 @@ LocalExpertExecutor::LocalExpertExecutor(const model::ModelConfig& cfg, const ke
 absl::StatusOr<std::unique_ptr<LocalExpertExecutor>> LocalExpertExecutor::Load(
     const model::ModelConfig& cfg, const model::Checkpoint& ckpt, const kernels::Context& ctx) {
   std::unique_ptr<LocalExpertExecutor> ex(new LocalExpertExecutor(cfg, ctx));
+  const int64_t num_moe = cfg.num_moe_layers();
+  int64_t done = 0;
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     if (!cfg.layer_is_moe[l]) continue;
     ex->experts_[l].resize(cfg.num_experts);
     for (int64_t e = 0; e < cfg.num_experts; ++e) {
       SY_ASSIGN_OR_RETURN(ex->experts_[l][e], model::LoadExpert(cfg, ckpt, l, e));
     }
+    ++done;
+    SY_LOG(INFO) << "experts: loaded layer " << l << " (" << done << "/" << num_moe << ")";
   }
   return ex;
 }
@@ -35,6 +39,7 @@ std::unique_ptr<LocalExpertExecutor> LocalExpertExecutor::Dummy(const model::Mod
     for (int64_t e = 0; e < cfg.num_experts; ++e) {
       ex->experts_[l][e] = model::DummyExpert(cfg, l, e, seed);
     }
+    SY_LOG(INFO) << "experts: filled layer " << l << " with dummy weights";
   }
   return ex;
 }
