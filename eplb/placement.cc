@@ -1,0 +1,141 @@
+#include "eplb/placement.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace sy::eplb {
+
+int32_t Placement::MoeIndex(int32_t layer) const {
+  auto it = std::lower_bound(layers.begin(), layers.end(), layer);
+  if (it == layers.end() || *it != layer) return -1;
+  return static_cast<int32_t>(it - layers.begin());
+}
+
+void RebuildLog2Phy(Placement* p) {
+  p->log2phy.assign(p->phy2log.size(), std::vector<std::vector<int32_t>>(p->num_logical));
+  for (size_t l = 0; l < p->phy2log.size(); ++l) {
+    for (int32_t s = 0; s < static_cast<int32_t>(p->phy2log[l].size()); ++s) {
+      const int32_t e = p->phy2log[l][s];
+      if (e >= 0 && e < p->num_logical) p->log2phy[l][e].push_back(s);
+    }
+  }
+}
+
+absl::Status Placement::Validate() const {
+  if (num_logical <= 0 || num_workers <= 0 || num_slots < num_logical) {
+    return absl::InvalidArgumentError("placement: bad sizes");
+  }
+  if (num_slots % num_workers != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "placement: ", num_slots, " slots do not divide over ", num_workers, " expert workers"));
+  }
+  if (phy2log.size() != layers.size() || log2phy.size() != layers.size()) {
+    return absl::InvalidArgumentError("placement: layer count mismatch");
+  }
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if (static_cast<int32_t>(phy2log[l].size()) != num_slots) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("placement: layer ", layers[l], " has ", phy2log[l].size(), " slots"));
+    }
+    std::vector<int32_t> count(num_logical, 0);
+    for (int32_t s = 0; s < num_slots; ++s) {
+      const int32_t e = phy2log[l][s];
+      if (e < 0 || e >= num_logical) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("placement: layer ", layers[l], " slot ", s, " holds expert ", e));
+      }
+      ++count[e];
+    }
+    for (int32_t e = 0; e < num_logical; ++e) {
+      if (count[e] == 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("placement: layer ", layers[l], " has no replica of expert ", e));
+      }
+      if (static_cast<int32_t>(log2phy[l][e].size()) != count[e]) {
+        return absl::InvalidArgumentError("placement: log2phy is not the inverse of phy2log");
+      }
+      for (int32_t s : log2phy[l][e]) {
+        if (s < 0 || s >= num_slots || phy2log[l][s] != e) {
+          return absl::InvalidArgumentError("placement: log2phy is not the inverse of phy2log");
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Placement> InitialPlacement(const std::vector<int32_t>& layers, int32_t num_experts,
+                                           const PlacementOptions& options) {
+  const int32_t N = options.num_workers, R = options.redundant, E = num_experts;
+  if (N <= 0) return absl::InvalidArgumentError("placement: need at least one expert worker");
+  if (R < 0) return absl::InvalidArgumentError("placement: redundant_experts must be >= 0");
+  if (E <= 0) return absl::InvalidArgumentError("placement: model has no experts");
+  if ((E + R) % N != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("placement: experts (", E, ") + redundant_experts (", R,
+                     ") must be a multiple of the expert worker count (", N, ")"));
+  }
+  for (int32_t e : options.replicate) {
+    if (e < 0 || e >= E) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("placement: replicate lists expert ", e, " outside [0, ", E, ")"));
+    }
+  }
+  const int32_t per_worker = (E + R) / N;
+  // Deal logical experts to workers.
+  std::vector<std::vector<int32_t>> by_worker(N);
+  for (int32_t e = 0; e < E; ++e) {
+    int32_t w;
+    if (options.order == PlacementOrder::kStrided) {
+      w = e % N;
+    } else {
+      // Contiguous ranges of E / N, the first E % N workers one more.
+      const int32_t base = E / N, extra = E % N;
+      const int32_t split = extra * (base + 1);
+      w = e < split ? e / (base + 1) : extra + (e - split) / std::max(base, 1);
+    }
+    by_worker[w].push_back(e);
+  }
+  for (int32_t w = 0; w < N; ++w) {
+    if (static_cast<int32_t>(by_worker[w].size()) > per_worker) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("placement: worker ", w, " would need ", by_worker[w].size(),
+                       " slots but has ", per_worker, "; add redundant slots or workers"));
+    }
+  }
+  // Redundant replicas: fill the emptiest worker that lacks the expert.
+  for (int32_t r = 0; r < R; ++r) {
+    const int32_t e =
+        options.replicate.empty() ? r % E : options.replicate[r % options.replicate.size()];
+    auto holds = [&](int32_t w) {
+      return std::find(by_worker[w].begin(), by_worker[w].end(), e) != by_worker[w].end();
+    };
+    // Prefer a worker without this expert, then the one with the fewest slots.
+    auto better = [&](int32_t a, int32_t b) {
+      if (holds(a) != holds(b)) return !holds(a);
+      return by_worker[a].size() < by_worker[b].size();
+    };
+    int32_t best = -1;
+    for (int32_t w = 0; w < N; ++w) {
+      if (static_cast<int32_t>(by_worker[w].size()) >= per_worker) continue;
+      if (best < 0 || better(w, best)) best = w;
+    }
+    by_worker[best].push_back(e);
+  }
+  Placement p;
+  p.epoch = 1;
+  p.num_logical = E;
+  p.num_slots = E + R;
+  p.num_workers = N;
+  p.layers = layers;
+  std::vector<int32_t> slots;
+  for (int32_t w = 0; w < N; ++w)
+    slots.insert(slots.end(), by_worker[w].begin(), by_worker[w].end());
+  p.phy2log.assign(layers.size(), slots);
+  RebuildLog2Phy(&p);
+  if (auto st = p.Validate(); !st.ok()) return st;
+  return p;
+}
+
+}  // namespace sy::eplb

@@ -1,0 +1,61 @@
+// Expert placement: which logical expert each physical slot of each MoE layer
+// holds, and which expert worker owns each slot.
+//
+// Per MoE layer there are P = E + R physical slots (E logical experts, R
+// redundant replicas), P / N consecutive slots on each of N expert workers:
+// worker w owns slots [w * P/N, (w + 1) * P/N). phy2log[layer][slot] is the
+// logical expert of a slot; log2phy[layer][expert] lists the slots holding a
+// replica of it (equivalent copies; an attention worker may send a token to
+// any of them). Placements are immutable values; a new placement has a new
+// epoch.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace sy::eplb {
+
+struct Placement {
+  int64_t epoch = 0;
+  int32_t num_logical = 0;                    // E
+  int32_t num_slots = 0;                      // P = E + R
+  int32_t num_workers = 0;                    // N
+  std::vector<int32_t> layers;                // model layer index of each MoE layer, ascending
+  std::vector<std::vector<int32_t>> phy2log;  // [moe layer][slot]
+  std::vector<std::vector<std::vector<int32_t>>> log2phy;  // [moe layer][expert] -> slots
+
+  int32_t slots_per_worker() const { return num_workers > 0 ? num_slots / num_workers : 0; }
+  int32_t WorkerOfSlot(int32_t slot) const { return slot / slots_per_worker(); }
+  // Index into phy2log/log2phy of model layer `layer`, or -1 when not MoE.
+  int32_t MoeIndex(int32_t layer) const;
+  // Checks every invariant (sizes, every expert has a replica, log2phy is
+  // the inverse of phy2log). InvalidArgument describing the first violation.
+  absl::Status Validate() const;
+};
+
+// How the initial placement deals logical experts to workers.
+enum class PlacementOrder {
+  kContiguous,  // worker w gets experts [w * E/N, (w + 1) * E/N) (first workers take the remainder)
+  kStrided,     // expert e goes to worker e % N
+};
+
+struct PlacementOptions {
+  int32_t num_workers = 1;
+  int32_t redundant = 0;           // R extra slots per layer
+  std::vector<int32_t> replicate;  // experts given the redundant slots (cycled); empty: 0, 1, ...
+  PlacementOrder order = PlacementOrder::kContiguous;
+};
+
+// Builds the initial placement for MoE layers `layers` of a model with
+// `num_experts` experts. (E + R) must divide by N. Redundant replicas go to
+// the worker that does not already hold that expert and has the fewest slots.
+absl::StatusOr<Placement> InitialPlacement(const std::vector<int32_t>& layers, int32_t num_experts,
+                                           const PlacementOptions& options);
+
+// Fills log2phy from phy2log.
+void RebuildLog2Phy(Placement* p);
+
+}  // namespace sy::eplb

@@ -1,0 +1,78 @@
+#include "eplb/placement.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace sy::eplb {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+TEST(PlacementTest, ContiguousWithRedundantSlots) {
+  PlacementOptions o;
+  o.num_workers = 3;
+  o.redundant = 2;  // 16 + 2 = 18 slots, 6 per worker
+  auto p = InitialPlacement({0, 1, 2, 3}, 16, o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->num_slots, 18);
+  EXPECT_EQ(p->slots_per_worker(), 6);
+  // Experts 0-5 | 6-10 + replica | 11-15 + replica.
+  EXPECT_THAT(p->phy2log[0],
+              ElementsAre(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 11, 12, 13, 14, 15, 1));
+  EXPECT_THAT(p->log2phy[0][0], ElementsAre(0, 11));
+  EXPECT_THAT(p->log2phy[0][1], ElementsAre(1, 17));
+  EXPECT_THAT(p->log2phy[0][2], ElementsAre(2));
+  EXPECT_EQ(p->WorkerOfSlot(11), 1);
+  EXPECT_EQ(p->MoeIndex(2), 2);
+  EXPECT_TRUE(p->Validate().ok());
+}
+
+TEST(PlacementTest, StridedAndChosenReplicas) {
+  PlacementOptions o;
+  o.num_workers = 2;
+  o.redundant = 2;
+  o.order = PlacementOrder::kStrided;
+  o.replicate = {5};
+  auto p = InitialPlacement({1, 3}, 8, o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  // Worker 0: 0 2 4 6 + 5; worker 1: 1 3 5 7 + 5 (both hold 5 then).
+  EXPECT_THAT(p->phy2log[1], ElementsAre(0, 2, 4, 6, 5, 1, 3, 5, 7, 5));
+  EXPECT_EQ(p->log2phy[1][5].size(), 3u);
+  EXPECT_EQ(p->MoeIndex(3), 1);
+  EXPECT_EQ(p->MoeIndex(2), -1);
+}
+
+TEST(PlacementTest, SingleWorkerHoldsEverything) {
+  PlacementOptions o;
+  auto p = InitialPlacement({0}, 4, o);
+  ASSERT_TRUE(p.ok());
+  EXPECT_THAT(p->phy2log[0], ElementsAre(0, 1, 2, 3));
+}
+
+TEST(PlacementTest, Errors) {
+  PlacementOptions o;
+  o.num_workers = 3;
+  EXPECT_THAT(InitialPlacement({0}, 16, o).status().message(), HasSubstr("multiple of the expert"));
+  o.num_workers = 0;
+  EXPECT_FALSE(InitialPlacement({0}, 16, o).ok());
+  o.num_workers = 2;
+  o.redundant = 2;
+  o.replicate = {99};
+  EXPECT_THAT(InitialPlacement({0}, 16, o).status().message(), HasSubstr("replicate"));
+}
+
+TEST(PlacementTest, ValidateCatchesBrokenMaps) {
+  PlacementOptions o;
+  o.num_workers = 2;
+  auto p = InitialPlacement({0}, 4, o);
+  ASSERT_TRUE(p.ok());
+  Placement bad = *p;
+  bad.phy2log[0][1] = 0;  // expert 1 lost; log2phy now stale too
+  EXPECT_FALSE(bad.Validate().ok());
+  RebuildLog2Phy(&bad);
+  EXPECT_THAT(bad.Validate().message(), HasSubstr("no replica of expert 1"));
+}
+
+}  // namespace
+}  // namespace sy::eplb

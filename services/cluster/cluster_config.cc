@@ -1,0 +1,225 @@
+#include "services/cluster/cluster_config.h"
+
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "yaml-cpp/yaml.h"
+
+namespace sy::cluster {
+namespace {
+
+// Reads one YAML mapping, remembering which keys were used so the rest can
+// be reported as unknown.
+class Section {
+ public:
+  Section(const YAML::Node& node, std::string path, const std::string& source)
+      : node_(node), path_(std::move(path)), source_(source) {}
+
+  absl::Status Error(const std::string& key, const std::string& what) const {
+    return absl::InvalidArgumentError(absl::StrCat(source_, ": ", Key(key), " ", what));
+  }
+
+  std::string Key(const std::string& key) const {
+    return path_.empty() ? key : absl::StrCat(path_, ".", key);
+  }
+
+  absl::Status CheckMapping() const {
+    if (node_ && !node_.IsNull() && !node_.IsMap()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source_, ": ", path_.empty() ? "top level" : path_, " must be a mapping"));
+    }
+    return absl::OkStatus();
+  }
+
+  YAML::Node Get(const std::string& key) {
+    used_.insert(key);
+    if (!node_ || !node_.IsMap()) return YAML::Node();
+    return node_[key];
+  }
+
+  template <typename T>
+  absl::Status Read(const std::string& key, T* out) {
+    YAML::Node v = Get(key);
+    if (!v || v.IsNull()) return absl::OkStatus();  // keep the default
+    if (!v.IsScalar()) return Error(key, "must be a scalar");
+    try {
+      *out = v.as<T>();
+    } catch (const YAML::Exception&) {
+      return Error(key, absl::StrCat("has an invalid value '", v.Scalar(), "'"));
+    }
+    return absl::OkStatus();
+  }
+
+  template <typename T>
+  absl::Status ReadMin(const std::string& key, T min_value, T* out) {
+    SY_RETURN_IF_ERROR(Read(key, out));
+    if (*out < min_value) return Error(key, absl::StrCat("must be >= ", min_value));
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadIntList(const std::string& key, std::vector<int32_t>* out) {
+    YAML::Node v = Get(key);
+    if (!v || v.IsNull()) return absl::OkStatus();
+    if (!v.IsSequence()) return Error(key, "must be a list of integers");
+    out->clear();
+    for (const auto& item : v) {
+      try {
+        out->push_back(item.as<int32_t>());
+      } catch (const YAML::Exception&) {
+        return Error(key, "must be a list of integers");
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadAddress(const std::string& key, ServiceAddress* out) {
+    std::string text;
+    SY_RETURN_IF_ERROR(Read(key, &text));
+    if (text.empty()) return absl::OkStatus();
+    const size_t colon = text.rfind(':');
+    int port = -1;
+    if (colon == std::string::npos || colon == 0) return Error(key, "must be HOST:PORT");
+    try {
+      size_t used = 0;
+      port = std::stoi(text.substr(colon + 1), &used);
+      if (used != text.size() - colon - 1) port = -1;
+    } catch (...) {
+      port = -1;
+    }
+    if (port < 0 || port > 65535) return Error(key, "must be HOST:PORT with a port in [0, 65535]");
+    out->host = text.substr(0, colon);
+    out->port = port;
+    return absl::OkStatus();
+  }
+
+  Section Child(const std::string& key) { return Section(Get(key), Key(key), source_); }
+
+  absl::Status CheckUnknown() const {
+    if (!node_ || !node_.IsMap()) return absl::OkStatus();
+    for (const auto& kv : node_) {
+      const std::string k = kv.first.as<std::string>();
+      if (!used_.count(k)) return Error(k, "is not a known key");
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  YAML::Node node_;
+  std::string path_;
+  const std::string& source_;
+  std::set<std::string> used_;
+};
+
+// Parses one child section with `fn`, then rejects its unknown keys.
+absl::Status ParseSection(Section& parent, const std::string& key,
+                          const std::function<absl::Status(Section&)>& fn) {
+  Section s = parent.Child(key);
+  SY_RETURN_IF_ERROR(s.CheckMapping());
+  SY_RETURN_IF_ERROR(fn(s));
+  return s.CheckUnknown();
+}
+
+}  // namespace
+
+std::string ServiceAddress::address() const { return absl::StrCat(host, ":", port); }
+
+absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,
+                                                 const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid YAML: ", e.what()));
+  }
+  ClusterConfig c;
+  c.source = source;
+  Section top(root, "", source);
+  SY_RETURN_IF_ERROR(top.CheckMapping());
+  SY_RETURN_IF_ERROR(ParseSection(top, "model", [&](Section& s) -> absl::Status {
+    SY_RETURN_IF_ERROR(s.Read("path", &c.model.path));
+    SY_RETURN_IF_ERROR(s.Read("load_format", &c.model.load_format));
+    SY_RETURN_IF_ERROR(s.Read("dummy_seed", &c.model.dummy_seed));
+    if (c.model.path.empty()) return s.Error("path", "is required");
+    if (c.model.load_format != "auto" && c.model.load_format != "dummy") {
+      return s.Error("load_format", "must be auto or dummy");
+    }
+    return absl::OkStatus();
+  }));
+  SY_RETURN_IF_ERROR(ParseSection(top, "topology", [&](Section& s) -> absl::Status {
+    SY_RETURN_IF_ERROR(s.ReadMin("attention_workers", 1, &c.topology.attention_workers));
+    SY_RETURN_IF_ERROR(s.ReadMin("expert_workers", 1, &c.topology.expert_workers));
+    if (c.topology.attention_workers + c.topology.expert_workers > 1024) {
+      return s.Error("attention_workers", "plus expert_workers must be <= 1024");
+    }
+    return absl::OkStatus();
+  }));
+  SY_RETURN_IF_ERROR(ParseSection(top, "transport", [&](Section& s) -> absl::Status {
+    SY_RETURN_IF_ERROR(s.Read("backend", &c.transport.backend));
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("timeout_ms", 1, &c.transport.timeout_ms));
+    if (c.transport.backend != "ucx" && c.transport.backend != "inproc") {
+      return s.Error("backend", "must be ucx or inproc");
+    }
+    return absl::OkStatus();
+  }));
+  SY_RETURN_IF_ERROR(ParseSection(top, "placement", [&](Section& s) -> absl::Status {
+    SY_RETURN_IF_ERROR(s.ReadMin("redundant_experts", 0, &c.placement.redundant_experts));
+    SY_RETURN_IF_ERROR(s.ReadIntList("replicate", &c.placement.replicate));
+    std::string order = "contiguous";
+    SY_RETURN_IF_ERROR(s.Read("order", &order));
+    if (order == "contiguous") {
+      c.placement.order = eplb::PlacementOrder::kContiguous;
+    } else if (order == "strided") {
+      c.placement.order = eplb::PlacementOrder::kStrided;
+    } else {
+      return s.Error("order", "must be contiguous or strided");
+    }
+    return absl::OkStatus();
+  }));
+  SY_RETURN_IF_ERROR(ParseSection(top, "coordinator", [&](Section& s) -> absl::Status {
+    SY_RETURN_IF_ERROR(s.ReadAddress("listen", &c.coordinator.listen));
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("heartbeat_ms", 10, &c.coordinator.heartbeat_ms));
+    SY_RETURN_IF_ERROR(
+        s.ReadMin<int64_t>("worker_timeout_ms", 100, &c.coordinator.worker_timeout_ms));
+    return absl::OkStatus();
+  }));
+  SY_RETURN_IF_ERROR(ParseSection(top, "router", [&](Section& s) -> absl::Status {
+    return s.ReadAddress("listen", &c.router.listen);
+  }));
+  SY_RETURN_IF_ERROR(ParseSection(top, "attention_worker", [&](Section& s) -> absl::Status {
+    auto& a = c.attention_worker;
+    SY_RETURN_IF_ERROR(s.ReadMin("base_port", 0, &a.base_port));
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_num_seqs", 1, &a.max_num_seqs));
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_batched_tokens", 1, &a.max_batched_tokens));
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("kv_block_size", 1, &a.kv_block_size));
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("kv_blocks", 0, &a.kv_blocks));
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("idle_sleep_us", 0, &a.idle_sleep_us));
+    return absl::OkStatus();
+  }));
+  SY_RETURN_IF_ERROR(ParseSection(top, "expert_worker", [&](Section& s) -> absl::Status {
+    return s.ReadMin("base_port", 0, &c.expert_worker.base_port);
+  }));
+  SY_RETURN_IF_ERROR(ParseSection(top, "limits", [&](Section& s) -> absl::Status {
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_queue", 1, &c.limits.max_queue));
+    SY_RETURN_IF_ERROR(s.ReadMin("max_new_tokens", 1, &c.limits.max_new_tokens));
+    SY_RETURN_IF_ERROR(s.ReadMin("max_logprobs", 0, &c.limits.max_logprobs));
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_model_len", 0, &c.limits.max_model_len));
+    return absl::OkStatus();
+  }));
+  SY_RETURN_IF_ERROR(top.CheckUnknown());
+  return c;
+}
+
+absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open cluster config"));
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return ParseClusterConfig(buf.str(), path);
+}
+
+}  // namespace sy::cluster

@@ -1,0 +1,95 @@
+// The cluster YAML: one file describing a whole Switchyard cluster (model,
+// topology, transport, placement, ports, limits). switchyard-local and the
+// Kubernetes ConfigMap use the same file; every process parses it once in
+// main() into these typed options.
+//
+// A missing key takes the default documented in the README; an unknown key,
+// a value of the wrong type or out of range is InvalidArgument naming the key
+// path and the file (e.g. "cluster.yaml: topology.expert_workers must be >= 1").
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "eplb/placement.h"
+
+namespace sy::cluster {
+
+struct ModelOptions {
+  std::string path;                  // model directory (config.json + safetensors)
+  std::string load_format = "auto";  // auto | dummy
+  uint64_t dummy_seed = 0;
+};
+
+struct TopologyOptions {
+  int32_t attention_workers = 1;
+  int32_t expert_workers = 1;
+};
+
+struct TransportOptions {
+  std::string backend = "ucx";  // ucx | inproc
+  int64_t timeout_ms = 30000;   // one dispatch/combine exchange at most
+};
+
+struct PlacementConfig {
+  int32_t redundant_experts = 0;
+  std::vector<int32_t> replicate;  // experts given the redundant slots
+  eplb::PlacementOrder order = eplb::PlacementOrder::kContiguous;
+};
+
+struct ServiceAddress {
+  std::string host = "127.0.0.1";
+  int32_t port = 0;
+  std::string address() const;  // host:port
+};
+
+struct LimitOptions {
+  int64_t max_queue = 256;  // in-flight requests at the router before RESOURCE_EXHAUSTED
+  int32_t max_new_tokens = 4096;
+  int32_t max_logprobs = 20;
+  int64_t max_model_len = 0;  // 0: the model's max_position_embeddings
+};
+
+struct AttentionWorkerOptions {
+  int32_t base_port = 50200;  // worker i listens on base_port + i
+  int64_t max_num_seqs = 64;
+  int64_t max_batched_tokens = 8192;
+  int64_t kv_block_size = 16;
+  int64_t kv_blocks = 0;        // 0: derived from max_num_seqs and max_model_len
+  int64_t idle_sleep_us = 500;  // pause between empty mesh steps
+};
+
+struct ExpertWorkerOptions {
+  int32_t base_port = 50300;
+};
+
+struct CoordinatorOptions {
+  ServiceAddress listen{"127.0.0.1", 50100};
+  int64_t heartbeat_ms = 1000;
+  int64_t worker_timeout_ms = 10000;  // no heartbeat this long: member is dead
+};
+
+struct RouterOptions {
+  ServiceAddress listen{"127.0.0.1", 50051};
+};
+
+struct ClusterConfig {
+  std::string source;  // file path, for messages
+  ModelOptions model;
+  TopologyOptions topology;
+  TransportOptions transport;
+  PlacementConfig placement;
+  CoordinatorOptions coordinator;
+  RouterOptions router;
+  AttentionWorkerOptions attention_worker;
+  ExpertWorkerOptions expert_worker;
+  LimitOptions limits;
+};
+
+absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,
+                                                 const std::string& source);
+absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
+
+}  // namespace sy::cluster

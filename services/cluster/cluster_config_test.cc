@@ -1,0 +1,96 @@
+#include "services/cluster/cluster_config.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace sy::cluster {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kFull[] = R"(
+model:
+  path: tests/data/goldens/qwen3_moe
+  load_format: auto
+topology:
+  attention_workers: 2
+  expert_workers: 3
+transport:
+  backend: ucx
+  timeout_ms: 5000
+placement:
+  redundant_experts: 2
+  replicate: [3, 4]
+  order: strided
+coordinator:
+  listen: 127.0.0.1:7000
+  heartbeat_ms: 200
+router:
+  listen: 127.0.0.1:7001
+attention_worker:
+  base_port: 7100
+  max_num_seqs: 32
+expert_worker:
+  base_port: 7200
+limits:
+  max_queue: 64
+  max_new_tokens: 256
+)";
+
+TEST(ClusterConfigTest, ParsesEveryKey) {
+  auto c = ParseClusterConfig(kFull, "c.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model.path, "tests/data/goldens/qwen3_moe");
+  EXPECT_EQ(c->topology.attention_workers, 2);
+  EXPECT_EQ(c->topology.expert_workers, 3);
+  EXPECT_EQ(c->transport.timeout_ms, 5000);
+  EXPECT_EQ(c->placement.redundant_experts, 2);
+  EXPECT_THAT(c->placement.replicate, ::testing::ElementsAre(3, 4));
+  EXPECT_EQ(c->placement.order, eplb::PlacementOrder::kStrided);
+  EXPECT_EQ(c->coordinator.listen.address(), "127.0.0.1:7000");
+  EXPECT_EQ(c->coordinator.heartbeat_ms, 200);
+  EXPECT_EQ(c->router.listen.port, 7001);
+  EXPECT_EQ(c->attention_worker.base_port, 7100);
+  EXPECT_EQ(c->attention_worker.max_num_seqs, 32);
+  EXPECT_EQ(c->expert_worker.base_port, 7200);
+  EXPECT_EQ(c->limits.max_queue, 64);
+  EXPECT_EQ(c->limits.max_new_tokens, 256);
+}
+
+TEST(ClusterConfigTest, DefaultsForMissingSections) {
+  auto c = ParseClusterConfig("model: {path: /m}\n", "c.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->transport.backend, "ucx");
+  EXPECT_EQ(c->topology.attention_workers, 1);
+  EXPECT_EQ(c->router.listen.address(), "127.0.0.1:50051");
+}
+
+TEST(ClusterConfigTest, ErrorsNameKeyAndFile) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"model: {path: /m}\nbogus: 1\n", "bogus is not a known key"},
+      {"model: {path: /m, colour: red}\n", "model.colour is not a known key"},
+      {"model: {load_format: auto}\n", "model.path is required"},
+      {"model: {path: /m, load_format: pickle}\n", "model.load_format"},
+      {"model: {path: /m}\ntopology: {expert_workers: 0}\n",
+       "topology.expert_workers must be >= 1"},
+      {"model: {path: /m}\ntopology: {attention_workers: two}\n", "topology.attention_workers"},
+      {"model: {path: /m}\ntransport: {backend: tcp}\n", "transport.backend"},
+      {"model: {path: /m}\nplacement: {replicate: 3}\n", "placement.replicate"},
+      {"model: {path: /m}\nplacement: {order: random}\n", "placement.order"},
+      {"model: {path: /m}\nrouter: {listen: localhost}\n", "router.listen must be HOST:PORT"},
+      {"model: {path: /m}\nrouter: {listen: 'h:99999'}\n", "router.listen"},
+      {"model: {path: /m}\nlimits: [1, 2]\n", "limits must be a mapping"},
+      {"model: {path: /m\n", "not valid YAML"},
+      {"- a\n- b\n", "top level must be a mapping"},
+  };
+  for (const auto& [yaml, expect] : cases) {
+    auto c = ParseClusterConfig(yaml, "bad.yaml");
+    ASSERT_FALSE(c.ok()) << yaml;
+    EXPECT_THAT(c.status().message(), HasSubstr(expect)) << yaml;
+    EXPECT_THAT(c.status().message(), HasSubstr("bad.yaml")) << yaml;
+  }
+  EXPECT_EQ(LoadClusterConfig("/nonexistent.yaml").status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace sy::cluster
