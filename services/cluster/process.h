@@ -1,0 +1,24 @@
+// Process plumbing shared by the Switchyard service binaries: orderly
+// shutdown on SIGINT/SIGTERM, and flag spelling.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace sy::cluster {
+
+// Installs SIGINT/SIGTERM handlers that request shutdown (idempotent).
+void InstallShutdownHandlers();
+// True once shutdown was requested (signal or RequestShutdown()).
+bool ShutdownRequested();
+void RequestShutdown();
+// Sleeps until shutdown is requested or `timeout` passes; returns
+// ShutdownRequested().
+bool WaitForShutdown(std::chrono::milliseconds timeout);
+
+// Rewrites "--flag-name[=v]" to abseil's "--flag_name[=v]" so flags may be
+// spelled with dashes. `storage` owns the strings the result points into.
+std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::string>* storage);
+
+}  // namespace sy::cluster

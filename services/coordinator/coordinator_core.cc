@@ -1,0 +1,117 @@
+#include "services/coordinator/coordinator_core.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+
+namespace sy::coordinator {
+
+CoordinatorCore::CoordinatorCore(const CoordinatorOptions& options, eplb::Placement placement)
+    : options_(options), placement_(std::move(placement)) {}
+
+bool CoordinatorCore::CompleteLocked() const {
+  return static_cast<int32_t>(attention_.size()) == options_.attention_workers &&
+         static_cast<int32_t>(experts_.size()) == options_.expert_workers;
+}
+
+absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, const std::string& grpc_address,
+                                                  const std::string& transport_address,
+                                                  const std::string& name) {
+  if (grpc_address.empty()) return absl::InvalidArgumentError("grpc_address must not be empty");
+  if (transport_address.empty()) {
+    return absl::InvalidArgumentError("transport_address must not be empty");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<MemberInfo>& list = role == Role::kAttention ? attention_ : experts_;
+  const int32_t limit =
+      role == Role::kAttention ? options_.attention_workers : options_.expert_workers;
+  // A worker re-registering from the same address (restart before the mesh
+  // formed) takes its old rank back.
+  for (MemberInfo& m : list) {
+    if (m.grpc_address == grpc_address) {
+      m.transport_address = transport_address;
+      m.alive = true;
+      m.last_heartbeat = std::chrono::steady_clock::now();
+      ++epoch_;
+      cv_.notify_all();
+      return m.rank;
+    }
+  }
+  if (static_cast<int32_t>(list.size()) >= limit) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("all ", limit, role == Role::kAttention ? " attention" : " expert",
+                     " worker slots are taken"));
+  }
+  MemberInfo m;
+  m.role = role;
+  m.rank = role == Role::kAttention
+               ? static_cast<int32_t>(list.size())
+               : options_.attention_workers + static_cast<int32_t>(list.size());
+  m.grpc_address = grpc_address;
+  m.transport_address = transport_address;
+  m.name = name;
+  m.last_heartbeat = std::chrono::steady_clock::now();
+  list.push_back(m);
+  ++epoch_;
+  SY_LOG(INFO) << "registered " << (role == Role::kAttention ? "attention" : "expert")
+               << " worker '" << name << "' at " << grpc_address << " as rank " << m.rank
+               << " (epoch " << epoch_ << ")";
+  if (CompleteLocked()) SY_LOG(INFO) << "mesh complete at epoch " << epoch_;
+  cv_.notify_all();
+  return m.rank;
+}
+
+absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto* list : {&attention_, &experts_}) {
+    for (MemberInfo& m : *list) {
+      if (m.rank == rank) {
+        m.last_heartbeat = std::chrono::steady_clock::now();
+        if (!m.alive) {
+          m.alive = true;
+          ++epoch_;
+        }
+        return epoch_;
+      }
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("rank ", rank, " is not registered"));
+}
+
+MeshView CoordinatorCore::GetMesh(bool wait, std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (wait) cv_.wait_until(lock, deadline, [this] { return CompleteLocked(); });
+  MeshView v;
+  v.epoch = epoch_;
+  v.complete = CompleteLocked();
+  v.members = attention_;
+  v.members.insert(v.members.end(), experts_.begin(), experts_.end());
+  v.placement = placement_;
+  return v;
+}
+
+std::vector<int32_t> CoordinatorCore::ExpireSilent(std::chrono::steady_clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<int32_t> expired;
+  for (auto* list : {&attention_, &experts_}) {
+    for (MemberInfo& m : *list) {
+      if (m.alive && now - m.last_heartbeat > options_.worker_timeout) {
+        m.alive = false;
+        expired.push_back(m.rank);
+        SY_LOG(WARNING) << "rank " << m.rank << " (" << m.grpc_address
+                        << ") missed heartbeats; marked dead";
+      }
+    }
+  }
+  if (!expired.empty()) {
+    ++epoch_;
+    cv_.notify_all();
+  }
+  return expired;
+}
+
+int64_t CoordinatorCore::epoch() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return epoch_;
+}
+
+}  // namespace sy::coordinator

@@ -1,0 +1,78 @@
+// The coordinator's state machine, free of gRPC types: membership, rank
+// assignment, the expert placement and liveness.
+//
+// Ranks: attention workers get 0..A-1 in registration order, expert workers
+// A..A+M-1. The mesh is complete once A attention and M expert workers have
+// registered; until then GetMesh(wait) blocks. The coordinator is the single
+// source of truth: each change of membership or placement bumps the epoch.
+// Thread-safe: gRPC handler threads call every method concurrently.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "eplb/placement.h"
+
+namespace sy::coordinator {
+
+enum class Role { kAttention, kExpert };
+
+struct MemberInfo {
+  int32_t rank = -1;
+  Role role = Role::kAttention;
+  std::string grpc_address;
+  std::string transport_address;
+  std::string name;
+  bool alive = true;
+  std::chrono::steady_clock::time_point last_heartbeat;
+};
+
+struct MeshView {
+  int64_t epoch = 0;
+  bool complete = false;
+  std::vector<MemberInfo> members;  // ordered by rank
+  eplb::Placement placement;
+};
+
+struct CoordinatorOptions {
+  int32_t attention_workers = 1;
+  int32_t expert_workers = 1;
+  std::chrono::milliseconds worker_timeout{10000};
+};
+
+class CoordinatorCore {
+ public:
+  CoordinatorCore(const CoordinatorOptions& options, eplb::Placement placement);
+
+  // Adds a worker and returns its rank. FailedPrecondition when all slots of
+  // that role are taken; InvalidArgument for an empty address.
+  absl::StatusOr<int32_t> Register(Role role, const std::string& grpc_address,
+                                   const std::string& transport_address, const std::string& name);
+  // Records a heartbeat; NotFound for an unknown rank. Returns the epoch.
+  absl::StatusOr<int64_t> Heartbeat(int32_t rank);
+  // The current mesh; with wait, blocks until it is complete or `deadline`.
+  MeshView GetMesh(bool wait, std::chrono::steady_clock::time_point deadline);
+  // Marks members whose last heartbeat is older than the timeout as dead
+  // (bumping the epoch); returns their ranks. Called periodically.
+  std::vector<int32_t> ExpireSilent(std::chrono::steady_clock::time_point now);
+
+  int64_t epoch() const;
+
+ private:
+  bool CompleteLocked() const;
+
+  const CoordinatorOptions options_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  int64_t epoch_ = 1;
+  std::vector<MemberInfo> attention_;
+  std::vector<MemberInfo> experts_;
+  eplb::Placement placement_;
+};
+
+}  // namespace sy::coordinator

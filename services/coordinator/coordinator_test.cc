@@ -1,0 +1,135 @@
+// The coordinator over real gRPC on 127.0.0.1: registration, ranks, mesh
+// completion, placement round trip, heartbeats and expiry.
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "services/cluster/grpc_server.h"
+#include "services/coordinator/coordinator_service.h"
+
+namespace sy::coordinator {
+namespace {
+
+using ::testing::HasSubstr;
+
+eplb::Placement TestPlacement() {
+  eplb::PlacementOptions o;
+  o.num_workers = 2;
+  o.redundant = 2;
+  auto p = eplb::InitialPlacement({1, 2, 3}, 8, o);
+  EXPECT_TRUE(p.ok());
+  return *p;
+}
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    CoordinatorOptions o;
+    o.attention_workers = 2;
+    o.expert_workers = 2;
+    o.worker_timeout = std::chrono::milliseconds(300);
+    core_ = std::make_unique<CoordinatorCore>(o, TestPlacement());
+    service_ = std::make_unique<CoordinatorService>(core_.get());
+    auto server = cluster::StartGrpcServer("127.0.0.1:0", {service_.get()});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_.port),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = pb::Coordinator::NewStub(channel_);
+  }
+  void TearDown() override { server_.server->Shutdown(); }
+
+  grpc::Status Register(pb::Role role, const std::string& addr, pb::RegisterResponse* resp) {
+    grpc::ClientContext ctx;
+    pb::RegisterRequest req;
+    req.set_role(role);
+    req.set_grpc_address(addr);
+    req.set_transport_address("blob-" + addr);
+    req.set_worker_name(addr);
+    return stub_->Register(&ctx, req, resp);
+  }
+
+  pb::Mesh GetMesh(bool wait) {
+    grpc::ClientContext ctx;
+    pb::GetMeshRequest req;
+    req.set_wait_complete(wait);
+    pb::Mesh mesh;
+    EXPECT_TRUE(stub_->GetMesh(&ctx, req, &mesh).ok());
+    return mesh;
+  }
+
+  std::unique_ptr<CoordinatorCore> core_;
+  std::unique_ptr<CoordinatorService> service_;
+  cluster::GrpcServer server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::Coordinator::Stub> stub_;
+};
+
+TEST_F(CoordinatorTest, RanksMeshAndPlacement) {
+  pb::RegisterResponse r;
+  ASSERT_TRUE(Register(pb::ROLE_EXPERT, "e0:1", &r).ok());
+  EXPECT_EQ(r.rank(), 2);  // expert ranks follow the attention ranks
+  ASSERT_TRUE(Register(pb::ROLE_ATTENTION, "a0:1", &r).ok());
+  EXPECT_EQ(r.rank(), 0);
+  EXPECT_FALSE(GetMesh(false).complete());
+  ASSERT_TRUE(Register(pb::ROLE_ATTENTION, "a1:1", &r).ok());
+  EXPECT_EQ(r.rank(), 1);
+  // A third attention worker does not fit.
+  grpc::Status st = Register(pb::ROLE_ATTENTION, "a2:1", &r);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  // Re-registering an address keeps its rank.
+  ASSERT_TRUE(Register(pb::ROLE_ATTENTION, "a1:1", &r).ok());
+  EXPECT_EQ(r.rank(), 1);
+  std::thread late([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    pb::RegisterResponse r2;
+    EXPECT_TRUE(Register(pb::ROLE_EXPERT, "e1:1", &r2).ok());
+  });
+  pb::Mesh mesh;
+  for (int i = 0; i < 50 && !mesh.complete(); ++i) mesh = GetMesh(true);
+  late.join();
+  ASSERT_TRUE(mesh.complete());
+  ASSERT_EQ(mesh.members_size(), 4);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(mesh.members(i).rank(), i);
+  EXPECT_EQ(mesh.members(3).transport_address(), "blob-e1:1");
+  auto placement = PlacementFromProto(mesh.placement());
+  ASSERT_TRUE(placement.ok()) << placement.status();
+  EXPECT_EQ(placement->phy2log, TestPlacement().phy2log);
+  EXPECT_EQ(placement->num_workers, 2);
+  EXPECT_EQ(placement->layers, std::vector<int32_t>({1, 2, 3}));
+}
+
+TEST_F(CoordinatorTest, BadRegistrationsAreRefused) {
+  pb::RegisterResponse r;
+  EXPECT_EQ(Register(pb::ROLE_UNSPECIFIED, "x:1", &r).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  grpc::ClientContext ctx;
+  pb::RegisterRequest req;
+  req.set_role(pb::ROLE_EXPERT);
+  grpc::Status st = stub_->Register(&ctx, req, &r);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("grpc_address"));
+}
+
+TEST_F(CoordinatorTest, HeartbeatsAndExpiry) {
+  pb::RegisterResponse r;
+  ASSERT_TRUE(Register(pb::ROLE_EXPERT, "e0:1", &r).ok());
+  grpc::ClientContext ctx;
+  pb::HeartbeatRequest hb;
+  hb.set_rank(r.rank());
+  pb::HeartbeatResponse resp;
+  ASSERT_TRUE(stub_->Heartbeat(&ctx, hb, &resp).ok());
+  const int64_t epoch = resp.epoch();
+  EXPECT_TRUE(core_->ExpireSilent(std::chrono::steady_clock::now()).empty());
+  auto later = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  EXPECT_THAT(core_->ExpireSilent(later), ::testing::ElementsAre(r.rank()));
+  EXPECT_GT(core_->epoch(), epoch);
+  EXPECT_FALSE(GetMesh(false).members(0).alive());
+  grpc::ClientContext ctx2;
+  hb.set_rank(77);
+  EXPECT_EQ(stub_->Heartbeat(&ctx2, hb, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+}  // namespace
+}  // namespace sy::coordinator
