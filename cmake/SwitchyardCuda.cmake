@@ -1,5 +1,6 @@
-# SWITCHYARD_WITH_CUDA: AUTO enables CUDA when a toolkit (nvcc) and NCCL are
-# found, ON requires them (configure error otherwise), OFF skips the check.
+# SWITCHYARD_WITH_CUDA: AUTO enables CUDA when a CUDA 13+ toolkit (nvcc) and
+# NCCL are found, ON requires them (configure error otherwise), OFF skips the
+# check.
 set(SWITCHYARD_CUDA_ENABLED OFF)
 string(TOUPPER "${SWITCHYARD_WITH_CUDA}" _sy_cuda_mode)
 if(NOT _sy_cuda_mode MATCHES "^(AUTO|ON|OFF)$")
@@ -27,6 +28,10 @@ if(NOT _sy_cuda_mode STREQUAL "OFF")
     get_filename_component(_sy_cuda_bin "${_sy_nvcc}" DIRECTORY)
     get_filename_component(CUDAToolkit_ROOT "${_sy_cuda_bin}" DIRECTORY)
     find_package(CUDAToolkit QUIET)
+    if(CUDAToolkit_FOUND AND CUDAToolkit_VERSION_MAJOR LESS 13)
+      message(STATUS "Switchyard: CUDA ${CUDAToolkit_VERSION} found; CUDA 13 or newer is required")
+      set(CUDAToolkit_FOUND FALSE)
+    endif()
     if(CUDAToolkit_FOUND)
       find_path(SWITCHYARD_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
       find_library(SWITCHYARD_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})

@@ -66,8 +66,10 @@ LogMessage::LogMessage(LogLevel level, const char* file, int line) : level_(leve
   char stamp[32];
   std::strftime(stamp, sizeof(stamp), "%m%d %H:%M:%S", &tm_utc);
   const char* base = std::strrchr(file, '/');
-  stream_ << LevelChar(level) << stamp << "." << micros << " " << (base ? base + 1 : file) << ":"
-          << line << "] ";
+  char micro_text[8];
+  std::snprintf(micro_text, sizeof(micro_text), "%06lld", static_cast<long long>(micros));
+  stream_ << LevelChar(level) << stamp << "." << micro_text << " " << (base ? base + 1 : file)
+          << ":" << line << "] ";
 }
 
 LogMessage::~LogMessage() {

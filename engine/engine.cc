@@ -59,7 +59,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<ModelRunn
   KvCacheOptions kv = options.kv;
   if (kv.num_blocks <= 0 && kv.max_tokens <= 0) {
     // Default: room for max_num_seqs sequences of full length, capped at 64k tokens.
-    kv.max_tokens = std::min<int64_t>(options.max_num_seqs * max_len, 65536);
+    kv.max_tokens = options.max_num_seqs > 65536 / max_len ? 65536 : options.max_num_seqs * max_len;
     kv.max_tokens = std::max<int64_t>(kv.max_tokens, max_len);
   }
   SY_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, KvCache::Create(cfg, kv));
@@ -112,6 +112,16 @@ absl::Status Engine::Validate(const GenerationRequest& r) const {
   if (r.prompt_logprobs < -1 || r.prompt_logprobs > options_.max_logprobs) {
     return FieldError("prompt_logprobs",
                       absl::StrCat("must be in [0, ", options_.max_logprobs, "] (or -1 for none)"));
+  }
+  // Prompt logprobs need the logits of every prompt row at once.
+  constexpr int64_t kMaxPromptLogitFloats = int64_t{1} << 27;  // 512 MiB
+  if (r.prompt_logprobs >= 0 &&
+      static_cast<int64_t>(r.prompt.size()) * cfg.vocab_size > kMaxPromptLogitFloats) {
+    return FieldError(
+        "prompt_logprobs",
+        absl::StrCat("needs the logits of every prompt token; at most ",
+                     kMaxPromptLogitFloats / cfg.vocab_size,
+                     " prompt tokens with this vocabulary (got ", r.prompt.size(), ")"));
   }
   SY_RETURN_IF_ERROR(ValidateSamplingParams(r.sampling));
   const int64_t blocks = (total + cache_->block_size() - 1) / cache_->block_size();

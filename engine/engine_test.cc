@@ -3,12 +3,15 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 
 #include "engine/loader.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 
 namespace sy::engine {
 namespace {
@@ -236,6 +239,116 @@ TEST(EngineTest, DummyLoadFormatRunsWithoutCheckpoint) {
   src.load_format = "pickle";
   EXPECT_THAT(LoadModelRunner(src, kernels::Context{}).status().message(),
               HasSubstr("load_format"));
+}
+
+// The model's EOS: stops generation (included as the last token), is ignored
+// with ignore_eos, and is masked below min_new_tokens. The shipped qwen3_moe
+// config has no EOS, so a copy of the model names one of its greedy tokens.
+TEST(EngineTest, ModelEosStopsUnlessIgnored) {
+  auto ref = MakeEngine();
+  ASSERT_TRUE(ref->Add(Req("ref", 12)).ok());
+  const std::vector<int32_t> greedy = RunAll(*ref)["ref"].tokens;
+  const int32_t eos = greedy[4];
+  const size_t first = std::find(greedy.begin(), greedy.end(), eos) - greedy.begin();
+
+  const std::string dir = ::testing::TempDir() + "/eos_model";
+  std::filesystem::create_directories(dir);
+  const std::string src = std::string(SY_SOURCE_DIR) + kModel;
+  std::filesystem::copy_file(src + "/model.safetensors", dir + "/model.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::ifstream in(src + "/config.json");
+  nlohmann::json cfg = nlohmann::json::parse(in);
+  cfg["eos_token_id"] = {eos, 511};
+  std::ofstream(dir + "/config.json") << cfg.dump();
+
+  ModelSource ms;
+  ms.dir = dir;
+  auto runner = LoadModelRunner(ms, kernels::Context{});
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  EngineOptions opts;
+  opts.kv.max_tokens = 1024;
+  auto e = Engine::Create(*std::move(runner), opts);
+  ASSERT_TRUE(e.ok());
+  ASSERT_TRUE((*e)->Add(Req("eos", 12)).ok());
+  auto out = RunAll(**e)["eos"];
+  EXPECT_EQ(out.finish, FinishReason::kStop);
+  ASSERT_EQ(out.tokens.size(), first + 1);
+  EXPECT_EQ(out.tokens.back(), eos);
+
+  GenerationRequest r = Req("ignore", 12);
+  r.stopping.ignore_eos = true;
+  ASSERT_TRUE((*e)->Add(r).ok());
+  out = RunAll(**e)["ignore"];
+  EXPECT_EQ(out.finish, FinishReason::kLength);
+  EXPECT_EQ(out.tokens, greedy);
+
+  r = Req("min", 12);
+  r.stopping.min_new_tokens = 12;
+  ASSERT_TRUE((*e)->Add(r).ok());
+  out = RunAll(**e)["min"];
+  EXPECT_EQ(out.tokens.size(), 12u);
+  EXPECT_EQ(std::count(out.tokens.begin(), out.tokens.end(), eos), 0);
+}
+
+TEST(EngineTest, PromptLogprobsOfHugePromptsAreRefused) {
+  // A dummy model with a 4M-token vocabulary: prompt logprobs need
+  // prompt_len x vocab logits at once, capped at 2^27.
+  const std::string dir = ::testing::TempDir() + "/big_vocab";
+  std::filesystem::create_directories(dir);
+  nlohmann::json cfg = {{"architectures", {"Qwen3MoeForCausalLM"}},
+                        {"vocab_size", 1 << 22},
+                        {"hidden_size", 8},
+                        {"num_hidden_layers", 1},
+                        {"num_attention_heads", 2},
+                        {"num_key_value_heads", 1},
+                        {"head_dim", 4},
+                        {"max_position_embeddings", 64},
+                        {"intermediate_size", 8},
+                        {"moe_intermediate_size", 4},
+                        {"num_experts", 2},
+                        {"num_experts_per_tok", 1}};
+  std::ofstream(dir + "/config.json") << cfg.dump();
+  ModelSource src;
+  src.dir = dir;
+  src.load_format = "dummy";
+  auto runner = LoadModelRunner(src, kernels::Context{});
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  EngineOptions opts;
+  opts.kv.max_tokens = 64;
+  auto e = Engine::Create(*std::move(runner), opts);
+  ASSERT_TRUE(e.ok());
+  GenerationRequest r = Req("pl", 1);
+  r.prompt.assign(40, 7);  // 40 x 2^22 > 2^27
+  r.prompt_logprobs = 0;
+  absl::Status st = (*e)->Add(r);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr("prompt_logprobs"));
+  r.prompt.assign(20, 7);  // 20 x 2^22 < 2^27
+  EXPECT_TRUE((*e)->Add(r).ok());
+}
+
+TEST(EngineTest, TinyTemperatureIsGreedy) {
+  auto e = MakeEngine();
+  ASSERT_TRUE(e->Add(Req("greedy", 8)).ok());
+  const auto greedy = RunAll(*e)["greedy"].tokens;
+  GenerationRequest r = Req("tiny", 8);
+  r.sampling.temperature = 1e-30f;
+  r.sampling.has_seed = true;
+  r.sampling.seed = 3;
+  ASSERT_TRUE(e->Add(r).ok());
+  EXPECT_EQ(RunAll(*e)["tiny"].tokens, greedy);
+}
+
+TEST(EngineTest, OversizedKvCacheIsAnError) {
+  ModelSource src;
+  src.dir = std::string(SY_SOURCE_DIR) + kModel;
+  auto runner = LoadModelRunner(src, kernels::Context{});
+  ASSERT_TRUE(runner.ok());
+  EngineOptions opts;
+  opts.kv.num_blocks = 60000000;
+  auto e = Engine::Create(*std::move(runner), opts);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(e.status().message(), HasSubstr("kv"));
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "engine/kv_cache.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -62,8 +64,13 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const model::ModelConfi
     }
     num_blocks = (options.max_tokens + options.block_size - 1) / options.block_size;
   }
+  if (options.block_size > (int64_t{1} << 20)) {
+    return absl::InvalidArgumentError("kv cache: kv_block_size must be <= 1048576 tokens");
+  }
   if (num_blocks > (int64_t{1} << 30) / options.block_size) {
-    return absl::InvalidArgumentError("kv cache: too many blocks");
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv cache: ", num_blocks, " blocks of ", options.block_size,
+                     " tokens exceed 2^30 token slots; lower kv_blocks or kv_block_size"));
   }
   int64_t k_row, v_row;
   bool shared = false;
@@ -74,6 +81,16 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const model::ModelConfi
   } else {
     k_row = cfg.num_kv_heads * cfg.head_dim;
     v_row = k_row;
+  }
+  const double bytes = 4.0 * static_cast<double>(num_blocks * options.block_size) *
+                       static_cast<double>((k_row + (shared ? 0 : v_row)) * cfg.num_layers);
+  const double have =
+      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
+  if (have > 0 && bytes > have / 2) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "kv cache: ", num_blocks, " blocks of ", options.block_size, " tokens need ",
+        static_cast<int64_t>(bytes / (1 << 20)), " MiB, more than half of this machine's ",
+        static_cast<int64_t>(have / (1 << 20)), " MiB; lower kv_blocks or the context limit"));
   }
   return std::unique_ptr<KvCache>(
       new KvCache(options.block_size, num_blocks, k_row, v_row, shared, cfg.num_layers));

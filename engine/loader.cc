@@ -1,5 +1,7 @@
 #include "engine/loader.h"
 
+#include <unistd.h>
+
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +17,16 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> LoadModelRunner(const ModelSource& 
   SY_LOG(INFO) << "model " << cfg.architecture << ": " << cfg.num_layers << " layers ("
                << cfg.num_moe_layers() << " MoE, " << cfg.num_experts << " experts, top-"
                << cfg.top_k << "), hidden " << cfg.hidden_size << ", vocab " << cfg.vocab_size;
+  // Refuse before allocating what this machine cannot hold (fp32 weights).
+  const double need = 4.0 * static_cast<double>(model::EstimateParameterCount(cfg));
+  const double have =
+      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
+  if (have > 0 && need > have) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(cfg.source, ": the model needs about ", static_cast<int64_t>(need / (1 << 20)),
+                     " MiB of fp32 weights; this machine has ",
+                     static_cast<int64_t>(have / (1 << 20)), " MiB of memory"));
+  }
   model::DenseWeights dense;
   std::unique_ptr<ExpertExecutor> experts;
   if (source.load_format == "dummy") {

@@ -12,6 +12,7 @@ namespace sy::engine {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kMinTemperature = 1e-5f;
 
 absl::Status FieldError(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("sampling.", field, " ", what));
@@ -21,7 +22,7 @@ absl::Status FieldError(absl::string_view field, absl::string_view what) {
 
 absl::Status ValidateSamplingParams(const SamplingParams& p) {
   if (!std::isfinite(p.temperature) || p.temperature < 0.0f) {
-    return FieldError("temperature", "must be >= 0");
+    return FieldError("temperature", "must be a finite number >= 0");
   }
   if (p.top_k < 0) return FieldError("top_k", "must be >= 0 (0 disables)");
   if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) return FieldError("top_p", "must be in (0, 1]");
@@ -83,7 +84,8 @@ int32_t Sampler::Sample(const float* logits, int64_t vocab, const SamplingParams
   }
   for (int32_t t : masked) l[t] = kNegInf;
 
-  if (p.temperature == 0.0f) {
+  // Temperatures this small are greedy in all but name (and 1/T overflows).
+  if (p.temperature < kMinTemperature) {
     int32_t best = 0;
     for (int64_t i = 1; i < vocab; ++i) {
       if (l[i] > l[best]) best = static_cast<int32_t>(i);
@@ -98,12 +100,12 @@ int32_t Sampler::Sample(const float* logits, int64_t vocab, const SamplingParams
   std::partial_sort(idx.begin(), idx.begin() + n, idx.end(),
                     [&](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
   idx.resize(n);
-  const float inv_t = 1.0f / p.temperature;
-  const float top = l[idx[0]] * inv_t;
+  const double inv_t = 1.0 / static_cast<double>(p.temperature);
+  const double top = l[idx[0]];
   std::vector<double> probs(n);
   double total = 0.0;
   for (int64_t i = 0; i < n; ++i) {
-    probs[i] = std::exp(static_cast<double>(l[idx[i]] * inv_t - top));
+    probs[i] = std::exp((static_cast<double>(l[idx[i]]) - top) * inv_t);
     total += probs[i];
   }
   for (double& q : probs) q /= total;

@@ -132,10 +132,13 @@ struct RouterParams {
   // Added to the scores for *selection only* (e_score_correction_bias /
   // expert_bias); the weights use the raw scores. May be nullptr.
   const float* correction_bias = nullptr;  // [num_experts]
+  // Selection value given to experts of groups that are not kept: 0 for the
+  // transformers DeepSeek/GLM routers, -inf for Param2MoE (Bailing-MoE-V2).
+  float dropped_group_value = 0.0f;
 };
 // Router logits are always fp32 (as in the reference implementations).
-// Experts of groups that are not kept are treated as score 0 (not -inf),
-// matching Hugging Face transformers. Ties break toward the lower index.
+// Experts of groups that are not kept get `dropped_group_value` for
+// selection. Ties break toward the lower index.
 absl::Status MoeRoute(const Context& ctx, const float* logits,  // [num_tokens, num_experts]
                       int64_t num_tokens, const RouterParams& params,
                       int32_t* topk_ids,     // [num_tokens, top_k]

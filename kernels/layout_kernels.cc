@@ -12,9 +12,10 @@ namespace {
 
 absl::Status CheckCpuF32(const Context& ctx, DType dtype, const char* fn) {
   if (ctx.device != Device::kCpu || dtype != DType::kF32) {
-    return absl::UnimplementedError(absl::StrCat(
-        fn, ": only the CPU fp32 backend is built (device=", static_cast<int>(ctx.device),
-        ", dtype=", static_cast<int>(dtype), ")"));
+    const char* device = ctx.device == Device::kCpu ? "cpu" : "cuda";
+    const char* type = dtype == DType::kF32 ? "f32" : dtype == DType::kBF16 ? "bf16" : "f16";
+    return absl::UnimplementedError(
+        absl::StrCat(fn, ": not implemented for device ", device, " and dtype ", type));
   }
   return absl::OkStatus();
 }

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <sstream>
 
@@ -210,7 +211,7 @@ absl::Status ParseRope(const Fields& f, double default_theta, double partial_rot
                           f.NumIn(*params, "partial_rotary_factor",
                                   prefix + "partial_rotary_factor", std::nullopt));
     }
-    if (type != "default") {
+    if (type == "linear") {
       SY_ASSIGN_OR_RETURN(rope.factor, f.NumIn(*params, "factor", prefix + "factor", std::nullopt));
       if (rope.factor <= 0) return f.Error(prefix + "factor", "must be positive");
     }
@@ -219,6 +220,12 @@ absl::Status ParseRope(const Fields& f, double default_theta, double partial_rot
           rope.original_max_position_embeddings,
           f.IntIn(*params, "original_max_position_embeddings",
                   prefix + "original_max_position_embeddings", cfg->max_position_embeddings, 1));
+      // transformers 5 uses an explicit factor; without one, the ratio of the
+      // context lengths.
+      const double implied = static_cast<double>(cfg->max_position_embeddings) /
+                             static_cast<double>(rope.original_max_position_embeddings);
+      SY_ASSIGN_OR_RETURN(rope.factor, f.NumIn(*params, "factor", prefix + "factor", implied));
+      if (rope.factor <= 0) return f.Error(prefix + "factor", "must be positive");
       SY_ASSIGN_OR_RETURN(rope.beta_fast,
                           f.NumIn(*params, "beta_fast", prefix + "beta_fast", 32.0));
       SY_ASSIGN_OR_RETURN(rope.beta_slow, f.NumIn(*params, "beta_slow", prefix + "beta_slow", 1.0));
@@ -389,7 +396,7 @@ absl::Status ParseMoe(const Fields& f, ModelConfig* cfg) {
       }
       SY_ASSIGN_OR_RETURN(cfg->moe_intermediate_size,
                           f.Int("moe_intermediate_size", std::nullopt, 1));
-      SY_ASSIGN_OR_RETURN(cfg->norm_topk_prob, f.Bool("norm_topk_prob", fam == Family::kQwen3Moe));
+      SY_ASSIGN_OR_RETURN(cfg->norm_topk_prob, f.Bool("norm_topk_prob", false));
       SY_ASSIGN_OR_RETURN(int64_t step, f.Int("decoder_sparse_step", 1, 1));
       SY_ASSIGN_OR_RETURN(std::vector<int64_t> mlp_only, f.IntList("mlp_only_layers"));
       for (int64_t i = 0; i < L; ++i) {
@@ -411,27 +418,29 @@ absl::Status ParseMoe(const Fields& f, ModelConfig* cfg) {
       break;
     }
     case Family::kParam2Moe: {
+      // Param2MoE (Bailing-MoE-V2 layout): sigmoid scores, expert bias for
+      // selection, groups ranked by their top-2 sum, dropped groups masked
+      // with -inf, weights renormalised whenever top_k > 1.
       SY_ASSIGN_OR_RETURN(cfg->num_experts, f.Int("num_experts", std::nullopt, 1));
       SY_ASSIGN_OR_RETURN(cfg->moe_intermediate_size,
                           f.Int("moe_intermediate_size", std::nullopt, 1));
-      SY_ASSIGN_OR_RETURN(int64_t n_shared, f.Int("num_shared_experts", 0));
+      SY_ASSIGN_OR_RETURN(int64_t n_shared, f.Int("num_shared_experts", 1));
       SY_ASSIGN_OR_RETURN(
           cfg->shared_expert_intermediate_size,
           f.Int("moe_shared_expert_intermediate_size", n_shared * cfg->moe_intermediate_size));
       if (n_shared == 0) cfg->shared_expert_intermediate_size = 0;
-      SY_ASSIGN_OR_RETURN(std::string score, f.Str("score_function", "softmax"));
-      if (score == "sigmoid") {
-        cfg->score_function = kernels::ScoreFunction::kSigmoid;
-      } else if (score == "softmax") {
-        cfg->score_function = kernels::ScoreFunction::kSoftmax;
-      } else {
-        return f.Error("score_function", absl::StrCat("'", score, "' is not sigmoid or softmax"));
+      SY_ASSIGN_OR_RETURN(std::string score, f.Str("score_function", "sigmoid"));
+      if (score != "sigmoid") {
+        return f.Error("score_function",
+                       absl::StrCat("'", score, "' is not supported for Param2MoE (sigmoid)"));
       }
-      SY_ASSIGN_OR_RETURN(cfg->has_correction_bias, f.Bool("moe_router_enable_expert_bias", false));
+      cfg->score_function = kernels::ScoreFunction::kSigmoid;
+      SY_ASSIGN_OR_RETURN(cfg->has_correction_bias, f.Bool("moe_router_enable_expert_bias", true));
       SY_ASSIGN_OR_RETURN(cfg->n_group, f.Int("n_group", 1, 1));
       SY_ASSIGN_OR_RETURN(cfg->topk_group, f.Int("topk_group", 1, 1));
       cfg->topk_method = kernels::TopkMethod::kNoAuxTc;
-      SY_ASSIGN_OR_RETURN(cfg->norm_topk_prob, f.Bool("norm_topk_prob", true));
+      cfg->dropped_group_value = -std::numeric_limits<float>::infinity();
+      cfg->norm_topk_prob = cfg->top_k > 1;
       SY_ASSIGN_OR_RETURN(double scale, f.Num("routed_scaling_factor", 1.0));
       cfg->routed_scaling_factor = static_cast<float>(scale);
       SY_ASSIGN_OR_RETURN(int64_t first_dense, f.Int("first_k_dense_replace", 0));
@@ -487,6 +496,7 @@ kernels::RouterParams ModelConfig::router_params() const {
   p.topk_groups = topk_group;
   p.renormalize = norm_topk_prob;
   p.scaling = routed_scaling_factor;
+  p.dropped_group_value = dropped_group_value;
   return p;
 }
 
@@ -527,6 +537,33 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
 
   SY_RETURN_IF_ERROR(ParseAttention(f, &cfg));
   SY_RETURN_IF_ERROR(ParseMoe(f, &cfg));
+  // Upper bounds well past any released model, so a corrupt config fails
+  // here instead of asking for absurd allocations later.
+  const struct {
+    const char* key;
+    int64_t value;
+    int64_t max;
+  } limits[] = {
+      {"vocab_size", cfg.vocab_size, int64_t{1} << 22},
+      {"hidden_size", cfg.hidden_size, int64_t{1} << 16},
+      {"num_hidden_layers", cfg.num_layers, 1024},
+      {"max_position_embeddings", cfg.max_position_embeddings, int64_t{1} << 24},
+      {"intermediate_size", cfg.intermediate_size, int64_t{1} << 20},
+      {"num_attention_heads", cfg.num_heads, 1024},
+      {"head_dim", cfg.head_dim, 4096},
+      {"moe_intermediate_size", cfg.moe_intermediate_size, int64_t{1} << 20},
+      {"num_experts", cfg.num_experts, 4096},
+      {"num_experts_per_tok", cfg.top_k, 256},
+      {"kv_lora_rank", cfg.kv_lora_rank, 8192},
+      {"q_lora_rank", cfg.q_lora_rank, 65536},
+      {"shared expert size", cfg.shared_expert_intermediate_size, int64_t{1} << 20},
+  };
+  for (const auto& l : limits) {
+    if (l.value > l.max) {
+      return f.Error(l.key,
+                     absl::StrCat("(", l.value, ") exceeds the supported maximum of ", l.max));
+    }
+  }
   return cfg;
 }
 

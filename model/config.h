@@ -38,7 +38,7 @@ enum class AttentionKind {
 };
 
 struct RopeConfig {
-  std::string type = "default";  // default | linear | yarn | dynamic (as static NTK) | llama3
+  std::string type = "default";  // default | linear | yarn
   double theta = 10000.0;
   int64_t rotary_dim = 0;    // dimensions rotated in each head
   bool interleaved = false;  // pairs (2i, 2i+1) instead of (i, i + d/2)
@@ -100,6 +100,7 @@ struct ModelConfig {
   bool norm_topk_prob = false;
   float routed_scaling_factor = 1.0f;
   bool has_correction_bias = false;             // e_score_correction_bias / expert_bias present
+  float dropped_group_value = 0.0f;             // selection value of experts in dropped groups
   int64_t shared_expert_intermediate_size = 0;  // 0: no shared expert
   bool shared_expert_gate = false;              // Qwen2-MoE: sigmoid(gate(x)) * shared(x)
 

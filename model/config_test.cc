@@ -278,5 +278,63 @@ TEST(ModelConfigTest, ErrorsNameTheField) {
   EXPECT_THAT(Parse(ds).status().message(), HasSubstr("kv_lora_rank"));
 }
 
+TEST(ModelConfigTest, FamilyDefaultsFollowTransformers) {
+  json q = Qwen3();
+  q.erase("norm_topk_prob");
+  auto cfg = Parse(q);
+  ASSERT_TRUE(cfg.ok());
+  EXPECT_FALSE(cfg->norm_topk_prob);  // Qwen3MoeConfig's default
+  // Param2MoE: sigmoid, expert bias on, one shared expert, -inf group masking,
+  // renormalised top-k, when the config says nothing.
+  json p = {{"architectures", {"Param2MoEForCausalLM"}},
+            {"vocab_size", 64},
+            {"hidden_size", 16},
+            {"num_hidden_layers", 2},
+            {"num_attention_heads", 2},
+            {"num_key_value_heads", 1},
+            {"head_dim", 8},
+            {"max_position_embeddings", 64},
+            {"intermediate_size", 32},
+            {"moe_intermediate_size", 8},
+            {"num_experts", 8},
+            {"num_experts_per_tok", 2},
+            {"n_group", 2},
+            {"topk_group", 1}};
+  cfg = Parse(p);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->score_function, kernels::ScoreFunction::kSigmoid);
+  EXPECT_TRUE(cfg->has_correction_bias);
+  EXPECT_EQ(cfg->shared_expert_intermediate_size, 8);
+  EXPECT_TRUE(cfg->norm_topk_prob);
+  EXPECT_TRUE(std::isinf(cfg->router_params().dropped_group_value));
+  p["score_function"] = "softmax";
+  EXPECT_THAT(Parse(p).status().message(), HasSubstr("score_function"));
+}
+
+TEST(ModelConfigTest, YarnFactorImpliedByContextLengths) {
+  json j = Qwen3();
+  j["max_position_embeddings"] = 131072;
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"original_max_position_embeddings", 32768}};
+  auto cfg = Parse(j);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_DOUBLE_EQ(cfg->rope.factor, 4.0);
+  j["rope_scaling"]["factor"] = 2.0;  // an explicit factor wins (transformers 5)
+  cfg = Parse(j);
+  ASSERT_TRUE(cfg.ok());
+  EXPECT_DOUBLE_EQ(cfg->rope.factor, 2.0);
+  j["rope_scaling"] = {{"rope_type", "linear"}};
+  EXPECT_THAT(Parse(j).status().message(), HasSubstr("factor"));
+}
+
+TEST(ModelConfigTest, AbsurdSizesAreRefused) {
+  for (const char* key : {"vocab_size", "hidden_size", "moe_intermediate_size", "num_experts"}) {
+    json j = Qwen3();
+    j[key] = int64_t{1} << 40;
+    auto cfg = Parse(j);
+    ASSERT_FALSE(cfg.ok()) << key;
+    EXPECT_THAT(cfg.status().message(), HasSubstr(key));
+  }
+}
+
 }  // namespace
 }  // namespace sy::model

@@ -19,6 +19,9 @@ int64_t Numel(const Shape& shape) {
 }
 
 absl::StatusOr<Tensor> Read(const Checkpoint& ckpt, const std::string& name, Shape shape) {
+  // Check the stored shape before allocating: the config decides `shape`.
+  SY_ASSIGN_OR_RETURN(Shape stored, ckpt.Shape(name));
+  if (stored != shape) return ckpt.ReadF32(name, shape, nullptr);  // the shape error
   Tensor t;
   t.data.resize(Numel(shape));
   SY_RETURN_IF_ERROR(ckpt.ReadF32(name, shape, t.data.data()));
@@ -242,6 +245,31 @@ MlpWeights DummyMlp(DummyFiller& f, int64_t hidden, int64_t inter, uint64_t salt
 }
 
 }  // namespace
+
+int64_t EstimateParameterCount(const ModelConfig& cfg) {
+  const int64_t H = cfg.hidden_size, NH = cfg.num_heads, KV = cfg.num_kv_heads;
+  const int64_t D = cfg.head_dim;
+  int64_t attn;
+  if (cfg.attention == AttentionKind::kMla) {
+    const int64_t q = cfg.q_lora_rank > 0 ? cfg.q_lora_rank * (H + NH * D) : NH * D * H;
+    attn = q + (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * H +
+           NH * (cfg.qk_nope_head_dim + cfg.v_head_dim) * cfg.kv_lora_rank +
+           H * NH * cfg.v_head_dim;
+  } else {
+    attn = (NH + 2 * KV) * D * H + H * NH * D;
+  }
+  int64_t total = 2 * cfg.vocab_size * H;
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    total += attn;
+    if (cfg.layer_is_moe[l]) {
+      total += cfg.num_experts * 3 * H * cfg.moe_intermediate_size + cfg.num_experts * H +
+               3 * H * cfg.shared_expert_intermediate_size;
+    } else {
+      total += 3 * H * cfg.intermediate_size;
+    }
+  }
+  return total;
+}
 
 std::string LayerPrefix(const ModelConfig& cfg, int64_t layer) {
   return absl::StrCat("model.layers.", layer, ".");

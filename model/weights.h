@@ -92,6 +92,10 @@ absl::StatusOr<MlpWeights> LoadExpert(const ModelConfig& cfg, const Checkpoint& 
 DenseWeights DummyDenseWeights(const ModelConfig& cfg, uint64_t seed);
 MlpWeights DummyExpert(const ModelConfig& cfg, int64_t layer, int64_t expert, uint64_t seed);
 
+// Parameters of the whole model (dense part and every routed expert), to
+// check memory before loading.
+int64_t EstimateParameterCount(const ModelConfig& cfg);
+
 // Hub tensor names, exposed for tests and tools.
 std::string LayerPrefix(const ModelConfig& cfg, int64_t layer);
 std::string ExpertTensorName(const ModelConfig& cfg, int64_t layer, int64_t expert,

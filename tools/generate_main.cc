@@ -14,6 +14,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -31,7 +32,9 @@ ABSL_FLAG(int32_t, max_new_tokens, 16, "Stop after this many generated tokens");
 ABSL_FLAG(int32_t, min_new_tokens, 0, "Do not stop on EOS/stop tokens before this many tokens");
 ABSL_FLAG(std::string, stop_token_ids, "", "Comma-separated extra stop token ids");
 ABSL_FLAG(bool, ignore_eos, false, "Do not stop on the model's EOS token");
-ABSL_FLAG(double, temperature, 0.0, "Sampling temperature; 0 = greedy");
+ABSL_FLAG(double, temperature, -1.0,
+          "Sampling temperature; 0 = greedy. Default: 1 when --top-k, --top-p, --min-p or "
+          "--seed is given, else 0 (greedy)");
 ABSL_FLAG(int32_t, top_k, 0, "Keep the k most likely tokens; 0 = off");
 ABSL_FLAG(double, top_p, 1.0, "Nucleus sampling mass; 1 = off");
 ABSL_FLAG(double, min_p, 0.0, "Drop tokens below min_p x the top probability; 0 = off");
@@ -83,6 +86,11 @@ std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::s
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --help lists every flag (abseil's default filters by file name).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view) { return true; };
+  usage.contains_helpshort_flags = [](absl::string_view) { return true; };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "Generates from token ids with the single-process Switchyard engine.\n"
       "  switchyard-generate --model DIR --prompt-ids 1,7,42 --max-new-tokens 24");
@@ -114,7 +122,15 @@ int main(int argc, char** argv) {
   req.stopping.min_new_tokens = absl::GetFlag(FLAGS_min_new_tokens);
   req.stopping.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
   auto& sp = req.sampling;
-  sp.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+  const double temperature = absl::GetFlag(FLAGS_temperature);
+  if (temperature == -1.0) {
+    // Greedy unless sampling flags are given.
+    const bool sampling = absl::GetFlag(FLAGS_top_k) > 0 || absl::GetFlag(FLAGS_top_p) < 1.0 ||
+                          absl::GetFlag(FLAGS_min_p) > 0.0 || absl::GetFlag(FLAGS_seed) >= 0;
+    sp.temperature = sampling ? 1.0f : 0.0f;
+  } else {
+    sp.temperature = static_cast<float>(temperature);
+  }
   sp.top_k = absl::GetFlag(FLAGS_top_k);
   sp.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
   sp.min_p = static_cast<float>(absl::GetFlag(FLAGS_min_p));

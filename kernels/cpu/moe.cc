@@ -4,8 +4,8 @@
 // (scores + correction bias), optional group restriction, top-k selection and
 // the combine weights taken from the raw scores. The group rules follow the
 // Hugging Face transformers DeepSeek-V2/V3 routers: experts of groups that are
-// not kept get selection value 0.0, so with a negative bias they can still
-// win over kept experts.
+// not kept get selection value `dropped_group_value` (0.0 there, so with a
+// negative bias they can still win over kept experts; -inf for Param2MoE).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -96,7 +96,7 @@ void MaskGroups(const RouterParams& p, RouteScratch& s) {
   }
   for (int64_t g = 0; g < groups; ++g) {
     if (s.group_kept[static_cast<size_t>(g)]) continue;
-    std::fill_n(s.choice.begin() + g * group_size, group_size, 0.0f);
+    std::fill_n(s.choice.begin() + g * group_size, group_size, p.dropped_group_value);
   }
 }
 

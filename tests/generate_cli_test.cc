@@ -1,0 +1,115 @@
+// switchyard-generate as a user runs it: the JSON document on stdout, exit
+// codes, error messages on stderr.
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Result {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+Result RunGenerate(const std::string& args) {
+  const std::string err_file = ::testing::TempDir() + "/generate_cli_stderr.txt";
+  const std::string cmd =
+      std::string(SY_BINARY_DIR) + "/bin/switchyard-generate " + args + " 2>" + err_file;
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream in(err_file);
+  r.err.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return r;
+}
+
+const std::string kModel = std::string(SY_SOURCE_DIR) + "/tests/data/goldens/qwen3_moe";
+
+TEST(GenerateCliTest, PrintsOneJsonObjectMatchingTheGoldens) {
+  Result r = RunGenerate(
+      "--model " + kModel +
+      " --prompt-ids 1,7,42,100,3 --max-new-tokens 24 --logprobs 5 --prompt-logprobs 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  std::ifstream gin(kModel + "/golden.json");
+  nlohmann::json golden = nlohmann::json::parse(gin);
+  EXPECT_EQ(j["tokens"], golden["prompts"][0]["greedy"]);
+  EXPECT_EQ(j["finish_reason"], "length");
+  ASSERT_EQ(j["logprobs"].size(), 24u);
+  EXPECT_EQ(j["logprobs"][0]["top"].size(), 5u);
+  EXPECT_EQ(j["logprobs"][0]["token"], j["tokens"][0]);
+  EXPECT_EQ(j["logprobs"][0]["top"][0]["token"], j["tokens"][0]);  // greedy = argmax
+  ASSERT_EQ(j["prompt_logprobs"].size(), 5u);
+  EXPECT_TRUE(j["prompt_logprobs"][0].is_null());
+  EXPECT_EQ(j["prompt_logprobs"][1]["token"], 7);
+  EXPECT_EQ(j["prompt_logprobs"][1]["top"].size(), 2u);
+  for (const char* key : {"load_ms", "prefill_ms", "decode_ms", "ttft_ms", "total_ms"}) {
+    EXPECT_TRUE(j["timings"].contains(key)) << key;
+  }
+  EXPECT_EQ(j["timings"]["prompt_tokens"], 5);
+  EXPECT_EQ(j["timings"]["output_tokens"], 24);
+  // Field order as documented.
+  EXPECT_EQ(r.out.find("{\"tokens\""), 0u);
+  EXPECT_THAT(r.err, HasSubstr("Qwen3MoeForCausalLM"));  // logs go to stderr
+}
+
+TEST(GenerateCliTest, SamplingFlagsImplyTemperatureOneAndSeedsReproduce) {
+  const std::string args = "--model " + kModel + " --prompt-ids 1,7,42 --max-new-tokens 12";
+  Result greedy = RunGenerate(args);
+  Result a = RunGenerate(args + " --top-k 50 --seed 11");
+  Result b = RunGenerate(args + " --top_k=50 --seed=11");  // abseil spelling too
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  auto tokens = [](const Result& r) { return nlohmann::json::parse(r.out)["tokens"]; };
+  EXPECT_EQ(tokens(a), tokens(b));
+  EXPECT_NE(tokens(a), tokens(greedy));
+  EXPECT_TRUE(nlohmann::json::parse(greedy.out)["logprobs"].is_null());
+}
+
+TEST(GenerateCliTest, BadInputExitCodesAndMessages) {
+  Result r = RunGenerate("--model " + kModel + " --prompt-ids 1,7,999");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("prompt[2] = 999 is outside the vocabulary"));
+  EXPECT_TRUE(r.out.empty());
+  r = RunGenerate("--model " + kModel + " --prompt-ids 1,x");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("'x' is not a token id"));
+  r = RunGenerate("--model " + kModel);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--prompt-ids is required"));
+  r = RunGenerate("--model /nonexistent --prompt-ids 1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("/nonexistent/config.json"));
+  r = RunGenerate("--model " + kModel + " --prompt-ids 1 --max-new-tokens 0");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("stopping.max_new_tokens"));
+  r = RunGenerate("--model " + kModel + " --prompt-ids 1 --kv-block-size 0");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("block_size"));
+  r = RunGenerate("--bogus-flag 1");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.err, HasSubstr("bogus_flag"));
+}
+
+TEST(GenerateCliTest, HelpListsTheFlags) {
+  Result r = RunGenerate("--help");
+  EXPECT_THAT(r.out + r.err, HasSubstr("max_new_tokens"));
+  EXPECT_THAT(r.out + r.err, HasSubstr("prompt_logprobs"));
+}
+
+}  // namespace
