@@ -1,0 +1,195 @@
+// The lockstep MoE step over the inproc transport: 2 attention workers and 3
+// expert workers (threads) with redundant slots give the same logits as the
+// single-process engine, whatever the placement, including steps where one
+// attention worker has no tokens.
+#include <fstream>
+#include <thread>
+
+#include "engine/kv_cache.h"
+#include "engine/loader.h"
+#include "engine/model_runner.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "services/moe/remote_experts.h"
+#include "transport/registry.h"
+
+namespace sy::moe {
+namespace {
+
+const std::string kDir = std::string(SY_SOURCE_DIR) + "/tests/data/goldens/";
+
+std::vector<std::vector<int32_t>> Prompts(const std::string& name) {
+  std::ifstream in(kDir + name + "/golden.json");
+  nlohmann::json j = nlohmann::json::parse(in);
+  std::vector<std::vector<int32_t>> out;
+  for (const auto& p : j["prompts"]) out.push_back(p["prompt"].get<std::vector<int32_t>>());
+  return out;
+}
+
+engine::ForwardBatch Batch(const std::vector<int32_t>& tokens, int64_t start,
+                           const std::vector<int32_t>& blocks, int64_t block_size) {
+  engine::ForwardBatch b;
+  b.max_blocks_per_seq = static_cast<int64_t>(blocks.size());
+  b.q_start = {0, static_cast<int32_t>(tokens.size())};
+  b.context_lens = {static_cast<int32_t>(start + tokens.size())};
+  b.block_tables = blocks;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const int64_t pos = start + static_cast<int64_t>(i);
+    b.tokens.push_back(tokens[i]);
+    b.positions.push_back(static_cast<int32_t>(pos));
+    b.slots.push_back(
+        static_cast<int32_t>(blocks[pos / block_size] * block_size + pos % block_size));
+    b.logit_rows.push_back(static_cast<int32_t>(i));
+  }
+  return b;
+}
+
+// Logits of prompt p (all rows) then of one decode token, from a runner.
+struct Trace {
+  std::vector<float> prefill;
+  std::vector<float> decode;
+};
+
+Trace RunTrace(engine::ModelRunner& runner, const std::vector<int32_t>& prompt) {
+  engine::KvCacheOptions kv;
+  kv.block_size = 8;
+  kv.max_tokens = 512;
+  auto cache = engine::KvCache::Create(runner.config(), kv);
+  EXPECT_TRUE(cache.ok());
+  auto blocks = (*cache)->allocator().Allocate(8 + prompt.size() / 8);
+  EXPECT_TRUE(blocks.ok());
+  Trace t;
+  EXPECT_TRUE(runner.Forward(Batch(prompt, 0, *blocks, 8), **cache, &t.prefill).ok());
+  EXPECT_TRUE(
+      runner.Forward(Batch({prompt[0]}, prompt.size(), *blocks, 8), **cache, &t.decode).ok());
+  return t;
+}
+
+float MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float m = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+struct MeshCase {
+  std::string model;
+  int32_t expert_workers;
+  int32_t redundant;
+  eplb::PlacementOrder order;
+};
+
+class MoeMeshTest : public ::testing::TestWithParam<MeshCase> {};
+
+TEST_P(MoeMeshTest, MatchesSingleProcessEngine) {
+  const MeshCase mc = GetParam();
+  const std::string dir = kDir + mc.model;
+  auto prompts = Prompts(mc.model);
+  // Reference: the single-process engine.
+  engine::ModelSource src;
+  src.dir = dir;
+  auto local = engine::LoadModelRunner(src, kernels::Context{});
+  ASSERT_TRUE(local.ok());
+  Trace ref0 = RunTrace(**local, prompts[0]);
+  Trace ref1 = RunTrace(**local, prompts[1]);
+
+  auto cfg = model::LoadModelConfig(dir);
+  ASSERT_TRUE(cfg.ok());
+  auto ckpt = model::Checkpoint::Open(dir);
+  ASSERT_TRUE(ckpt.ok());
+  std::vector<int32_t> moe_layers;
+  for (int32_t l = 0; l < cfg->num_layers; ++l) {
+    if (cfg->layer_is_moe[l]) moe_layers.push_back(l);
+  }
+  eplb::PlacementOptions po;
+  po.num_workers = mc.expert_workers;
+  po.redundant = mc.redundant;
+  po.order = mc.order;
+  auto placement = eplb::InitialPlacement(moe_layers, static_cast<int32_t>(cfg->num_experts), po);
+  ASSERT_TRUE(placement.ok()) << placement.status();
+
+  const int32_t num_aw = 2, num_ew = mc.expert_workers;
+  MeshRanks ranks;
+  for (int32_t i = 0; i < num_aw; ++i) ranks.attention.push_back(i);
+  for (int32_t i = 0; i < num_ew; ++i) ranks.experts.push_back(num_aw + i);
+  auto fabric = std::make_shared<transport::inproc::Fabric>();
+  std::vector<std::unique_ptr<transport::Transport>> transports;
+  std::vector<transport::PeerAddress> peers;
+  for (int32_t r = 0; r < num_aw + num_ew; ++r) {
+    transport::TransportOptions to;
+    to.backend = "inproc";
+    to.rank = r;
+    to.fabric = fabric;
+    auto t = transport::CreateTransport(to);
+    ASSERT_TRUE(t.ok()) << t.status();
+    peers.push_back({r, (*t)->local_address()});
+    transports.push_back(*std::move(t));
+  }
+  for (auto& t : transports) ASSERT_TRUE(t->Connect(peers).ok());
+  const absl::Duration timeout = absl::Seconds(20);
+
+  // Expert workers serve 2 steps each.
+  std::vector<std::thread> ews;
+  for (int32_t w = 0; w < num_ew; ++w) {
+    ews.emplace_back([&, w] {
+      auto server = ExpertServer::Create(*cfg, *placement, w, ranks, transports[num_aw + w].get(),
+                                         ckpt->get(), 0, timeout, kernels::Context{});
+      ASSERT_TRUE(server.ok()) << server.status();
+      for (int s = 0; s < 2; ++s) ASSERT_TRUE((*server)->ServeStep().ok());
+    });
+  }
+  // Attention worker 0 runs prefill + decode; worker 1 prefill, then an
+  // empty step.
+  Trace got0, got1;
+  std::thread aw0([&] {
+    auto dense = model::LoadDenseWeights(*cfg, **ckpt);
+    ASSERT_TRUE(dense.ok());
+    auto exec = std::make_unique<RemoteExpertExecutor>(*cfg, *placement, ranks, transports[0].get(),
+                                                       timeout);
+    auto runner =
+        engine::ModelRunner::Create(*cfg, *std::move(dense), std::move(exec), kernels::Context{});
+    ASSERT_TRUE(runner.ok());
+    got0 = RunTrace(**runner, prompts[0]);
+  });
+  std::thread aw1([&] {
+    auto dense = model::LoadDenseWeights(*cfg, **ckpt);
+    ASSERT_TRUE(dense.ok());
+    auto exec = std::make_unique<RemoteExpertExecutor>(*cfg, *placement, ranks, transports[1].get(),
+                                                       timeout);
+    RemoteExpertExecutor* raw = exec.get();
+    auto runner =
+        engine::ModelRunner::Create(*cfg, *std::move(dense), std::move(exec), kernels::Context{});
+    ASSERT_TRUE(runner.ok());
+    engine::KvCacheOptions kv;
+    kv.block_size = 8;
+    kv.max_tokens = 512;
+    auto cache = engine::KvCache::Create(*cfg, kv);
+    ASSERT_TRUE(cache.ok());
+    auto blocks = (*cache)->allocator().Allocate(8);
+    ASSERT_TRUE(blocks.ok());
+    ASSERT_TRUE((*runner)->Forward(Batch(prompts[1], 0, *blocks, 8), **cache, &got1.prefill).ok());
+    ASSERT_TRUE(raw->RunEmptyStep().ok());
+  });
+  aw0.join();
+  aw1.join();
+  for (auto& t : ews) t.join();
+  EXPECT_LT(MaxDiff(got0.prefill, ref0.prefill), 1e-4);
+  EXPECT_LT(MaxDiff(got0.decode, ref0.decode), 1e-4);
+  EXPECT_LT(MaxDiff(got1.prefill, ref1.prefill), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Placements, MoeMeshTest,
+    ::testing::Values(MeshCase{"qwen3_moe", 3, 2, eplb::PlacementOrder::kContiguous},
+                      MeshCase{"qwen3_moe", 1, 0, eplb::PlacementOrder::kContiguous},
+                      MeshCase{"qwen3_moe", 2, 4, eplb::PlacementOrder::kStrided},
+                      MeshCase{"deepseek_v3", 3, 4, eplb::PlacementOrder::kStrided},
+                      MeshCase{"mixtral", 2, 2, eplb::PlacementOrder::kContiguous}),
+    [](const auto& info) {
+      return info.param.model + "_ew" + std::to_string(info.param.expert_workers) + "_r" +
+             std::to_string(info.param.redundant) +
+             (info.param.order == eplb::PlacementOrder::kStrided ? "_strided" : "_contiguous");
+    });
+
+}  // namespace
+}  // namespace sy::moe

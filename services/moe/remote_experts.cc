@@ -1,0 +1,215 @@
+#include "services/moe/remote_experts.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "services/moe/moe_wire.h"
+
+namespace sy::moe {
+
+RemoteExpertExecutor::RemoteExpertExecutor(const model::ModelConfig& cfg, eplb::Placement placement,
+                                           MeshRanks ranks, transport::Transport* transport,
+                                           absl::Duration timeout)
+    : cfg_(cfg),
+      placement_(std::move(placement)),
+      ranks_(std::move(ranks)),
+      transport_(transport),
+      timeout_(timeout) {
+  const size_t n = ranks_.experts.size();
+  slots_.resize(n);
+  rows_.resize(n);
+  row_token_.resize(n);
+  row_weight_.resize(n);
+  send_.resize(n);
+}
+
+absl::Status RemoteExpertExecutor::Run(int64_t layer, const float* hidden, int64_t num_tokens,
+                                       const int32_t* topk_ids, const float* topk_weights,
+                                       int64_t top_k, float* out) {
+  const int32_t moe_index = placement_.MoeIndex(static_cast<int32_t>(layer));
+  if (moe_index < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not in the placement"));
+  }
+  // A forward pass visits the MoE layers in increasing order: going back to
+  // an earlier (or the same) layer starts the next step.
+  if (moe_index <= last_moe_index_) ++step_;
+  last_moe_index_ = moe_index;
+  absl::Status st = Exchange(moe_index, hidden, num_tokens, topk_ids, topk_weights, top_k, out);
+  if (moe_index == static_cast<int32_t>(placement_.layers.size()) - 1) {
+    ++step_;
+    last_moe_index_ = -1;
+  }
+  return st;
+}
+
+absl::Status RemoteExpertExecutor::RunEmptyStep() {
+  for (int32_t i = 0; i < static_cast<int32_t>(placement_.layers.size()); ++i) {
+    SY_RETURN_IF_ERROR(
+        Run(placement_.layers[i], nullptr, 0, nullptr, nullptr, cfg_.top_k, nullptr));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidden,
+                                            int64_t num_tokens, const int32_t* topk_ids,
+                                            const float* topk_weights, int64_t top_k, float* out) {
+  const int64_t H = cfg_.hidden_size;
+  const int32_t spw = placement_.slots_per_worker();
+  const size_t num_ew = ranks_.experts.size();
+  for (size_t w = 0; w < num_ew; ++w) {
+    slots_[w].clear();
+    rows_[w].clear();
+    row_token_[w].clear();
+    row_weight_[w].clear();
+  }
+  const auto& log2phy = placement_.log2phy[moe_index];
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    for (int64_t k = 0; k < top_k; ++k) {
+      const int32_t e = topk_ids[t * top_k + k];
+      if (e < 0 || e >= placement_.num_logical) {
+        return absl::InvalidArgumentError(absl::StrCat("expert id ", e, " out of range"));
+      }
+      const auto& replicas = log2phy[e];
+      // Replicas are equivalent; rotate through them to spread the load.
+      const int32_t slot = replicas[(spread_ + t) % replicas.size()];
+      const int32_t w = slot / spw;
+      slots_[w].push_back(slot % spw);
+      rows_[w].insert(rows_[w].end(), hidden + t * H, hidden + (t + 1) * H);
+      row_token_[w].push_back(static_cast<int32_t>(t));
+      row_weight_[w].push_back(topk_weights[t * top_k + k]);
+    }
+  }
+  ++spread_;
+  std::vector<transport::SendItem> sends(num_ew);
+  for (size_t w = 0; w < num_ew; ++w) {
+    EncodeDispatch(slots_[w], rows_[w], &send_[w]);
+    sends[w] = {ranks_.experts[w], send_[w].data(), send_[w].size()};
+  }
+  SY_RETURN_IF_ERROR(Annotate(
+      transport_->Exchange(StepTag(step_, moe_index, Phase::kDispatch), sends, {}, &recv_,
+                           timeout_),
+      absl::StrCat("MoE dispatch, step ", step_, " layer ", placement_.layers[moe_index])));
+  SY_RETURN_IF_ERROR(
+      Annotate(transport_->Exchange(StepTag(step_, moe_index, Phase::kCombine), {}, ranks_.experts,
+                                    &recv_, timeout_),
+               absl::StrCat("MoE combine, step ", step_, " layer ", placement_.layers[moe_index])));
+  if (num_tokens > 0) std::memset(out, 0, sizeof(float) * num_tokens * H);
+  for (size_t w = 0; w < num_ew; ++w) {
+    const float* rows = nullptr;
+    SY_RETURN_IF_ERROR(
+        DecodeCombine(recv_[w], static_cast<uint32_t>(row_token_[w].size()), H, &rows));
+    for (size_t r = 0; r < row_token_[w].size(); ++r) {
+      float* dst = out + static_cast<int64_t>(row_token_[w][r]) * H;
+      const float* src = rows + r * H;
+      const float wt = row_weight_[w][r];
+      for (int64_t c = 0; c < H; ++c) dst[c] += wt * src[c];
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<ExpertServer>> ExpertServer::Create(
+    const model::ModelConfig& cfg, const eplb::Placement& placement, int32_t worker_index,
+    MeshRanks ranks, transport::Transport* transport, const model::Checkpoint* ckpt,
+    uint64_t dummy_seed, absl::Duration timeout, const kernels::Context& ctx) {
+  if (worker_index < 0 || worker_index >= placement.num_workers) {
+    return absl::InvalidArgumentError(absl::StrCat("expert worker index ", worker_index,
+                                                   " outside the placement's ",
+                                                   placement.num_workers, " workers"));
+  }
+  std::unique_ptr<ExpertServer> s(new ExpertServer());
+  s->cfg_ = cfg;
+  s->placement_ = placement;
+  s->worker_index_ = worker_index;
+  s->ranks_ = std::move(ranks);
+  s->transport_ = transport;
+  s->timeout_ = timeout;
+  s->ctx_ = ctx;
+  const int32_t spw = placement.slots_per_worker();
+  s->slots_.resize(placement.layers.size());
+  s->load_.assign(placement.layers.size(), std::vector<int64_t>(spw, 0));
+  for (size_t l = 0; l < placement.layers.size(); ++l) {
+    for (int32_t i = 0; i < spw; ++i) {
+      const int32_t expert = placement.phy2log[l][worker_index * spw + i];
+      if (ckpt != nullptr) {
+        SY_ASSIGN_OR_RETURN(model::MlpWeights w,
+                            model::LoadExpert(cfg, *ckpt, placement.layers[l], expert));
+        s->slots_[l].push_back(std::move(w));
+      } else {
+        s->slots_[l].push_back(model::DummyExpert(cfg, placement.layers[l], expert, dummy_seed));
+      }
+    }
+    SY_LOG(INFO) << "expert worker " << worker_index << ": loaded " << spw << " slots of layer "
+                 << placement.layers[l] << " (" << l + 1 << "/" << placement.layers.size() << ")";
+  }
+  return s;
+}
+
+absl::Status ExpertServer::ServeStep() {
+  for (int32_t i = 0; i < static_cast<int32_t>(placement_.layers.size()); ++i) {
+    SY_RETURN_IF_ERROR(ServeLayer(i));
+  }
+  ++step_;
+  return absl::OkStatus();
+}
+
+absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
+  const int64_t H = cfg_.hidden_size, I = cfg_.moe_intermediate_size;
+  const int32_t spw = placement_.slots_per_worker();
+  SY_RETURN_IF_ERROR(
+      Annotate(transport_->Exchange(StepTag(step_, moe_index, Phase::kDispatch), {},
+                                    ranks_.attention, &recv_, timeout_),
+               absl::StrCat("expert worker ", worker_index_, " dispatch, step ", step_)));
+  const size_t num_aw = ranks_.attention.size();
+  send_.resize(num_aw);
+  std::vector<transport::SendItem> sends(num_aw);
+  std::vector<int64_t> offsets(spw + 1);
+  std::vector<int32_t> order;
+  std::vector<const void*> gate_up(spw), down(spw);
+  for (int32_t i = 0; i < spw; ++i) {
+    gate_up[i] = slots_[moe_index][i].gate_up.ptr();
+    down[i] = slots_[moe_index][i].down.ptr();
+  }
+  for (size_t a = 0; a < num_aw; ++a) {
+    DispatchView v;
+    SY_RETURN_IF_ERROR(Annotate(DecodeDispatch(recv_[a], H, spw, &v),
+                                absl::StrCat("from rank ", ranks_.attention[a])));
+    const uint32_t n = v.num_rows;
+    // Group the rows by local slot (counting sort), run, and scatter back.
+    std::fill(offsets.begin(), offsets.end(), 0);
+    for (uint32_t r = 0; r < n; ++r) ++offsets[v.slots[r] + 1];
+    for (int32_t i = 0; i < spw; ++i) {
+      load_[moe_index][i] += offsets[i + 1];
+      offsets[i + 1] += offsets[i];
+    }
+    order.resize(n);
+    std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1);
+    for (uint32_t r = 0; r < n; ++r) order[cursor[v.slots[r]]++] = static_cast<int32_t>(r);
+    gathered_.resize(static_cast<size_t>(n) * H);
+    computed_.resize(static_cast<size_t>(n) * H);
+    for (uint32_t p = 0; p < n; ++p) {
+      std::memcpy(gathered_.data() + p * H, v.rows + static_cast<int64_t>(order[p]) * H,
+                  sizeof(float) * H);
+    }
+    if (n > 0) {
+      SY_RETURN_IF_ERROR(kernels::GroupedExpertFfn(ctx_, kernels::DType::kF32, gathered_.data(),
+                                                   offsets.data(), spw, gate_up.data(), down.data(),
+                                                   H, I, computed_.data()));
+    }
+    // Back to dispatch order: the combine rows match the dispatch rows.
+    std::vector<float> back(static_cast<size_t>(n) * H);
+    for (uint32_t p = 0; p < n; ++p) {
+      std::memcpy(back.data() + static_cast<int64_t>(order[p]) * H, computed_.data() + p * H,
+                  sizeof(float) * H);
+    }
+    EncodeCombine(back.data(), n, H, &send_[a]);
+    sends[a] = {ranks_.attention[a], send_[a].data(), send_[a].size()};
+  }
+  return Annotate(
+      transport_->Exchange(StepTag(step_, moe_index, Phase::kCombine), sends, {}, &recv_, timeout_),
+      absl::StrCat("expert worker ", worker_index_, " combine, step ", step_));
+}
+
+}  // namespace sy::moe

@@ -1,0 +1,52 @@
+#include "transport/registry.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
+#include "transport/exchange_args.h"
+
+#if SY_TRANSPORT_WITH_UCX
+#include "transport/ucx/ucx_transport.h"
+#endif
+
+namespace sy::transport {
+
+std::vector<std::string> AvailableTransportBackends() {
+  std::vector<std::string> names = {"inproc"};
+#if SY_TRANSPORT_WITH_UCX
+  names.push_back("ucx");
+#endif
+  return names;
+}
+
+absl::StatusOr<std::unique_ptr<Transport>> CreateTransport(const TransportOptions& options) {
+  if (!IsValidRank(options.rank)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("transport rank ", options.rank, " out of range [0, ", kMaxRanks, ")"));
+  }
+  if (options.backend == "inproc") {
+    if (options.fabric == nullptr) {
+      return absl::InvalidArgumentError("the inproc transport needs TransportOptions::fabric");
+    }
+    return std::unique_ptr<Transport>(
+        std::make_unique<inproc::InprocTransport>(options.fabric, options.rank));
+  }
+  if (options.backend == "ucx") {
+#if SY_TRANSPORT_WITH_UCX
+    ucx::UcxTransport::Options ucx_options;
+    ucx_options.rank = options.rank;
+    SY_ASSIGN_OR_RETURN(std::unique_ptr<ucx::UcxTransport> transport,
+                        ucx::UcxTransport::Create(ucx_options));
+    return std::unique_ptr<Transport>(std::move(transport));
+#else
+    return absl::UnimplementedError("transport backend 'ucx' is not built into this binary");
+#endif
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown transport backend '", options.backend,
+                   "' (available: ", absl::StrJoin(AvailableTransportBackends(), ", "), ")"));
+}
+
+}  // namespace sy::transport

@@ -1,0 +1,41 @@
+// Builds a Transport by backend name: the one place that knows which
+// optional backends this binary was built with.
+//
+//   TransportOptions options;
+//   options.backend = "ucx";
+//   options.rank = 3;
+//   SY_ASSIGN_OR_RETURN(std::unique_ptr<Transport> transport, CreateTransport(options));
+//
+// The caller owns the returned Transport. Thread-safe (no shared state).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "transport/inproc/inproc_transport.h"
+#include "transport/transport.h"
+
+namespace sy::transport {
+
+struct TransportOptions {
+  // "inproc" or "ucx" (see AvailableTransportBackends()).
+  std::string backend = "inproc";
+  // This process's rank in the mesh, in [0, kMaxRanks).
+  int32_t rank = -1;
+  // inproc only, required there: the fabric shared by every rank of the
+  // process (each rank's options point to the same one). Ignored otherwise.
+  std::shared_ptr<inproc::Fabric> fabric;
+};
+
+// Names of the backends built into this binary, e.g. {"inproc", "ucx"}.
+std::vector<std::string> AvailableTransportBackends();
+
+// InvalidArgument for an unknown backend, a bad rank or a missing fabric;
+// Unimplemented for a known backend left out of this build; otherwise the
+// backend's own construction error (e.g. UCX initialisation).
+absl::StatusOr<std::unique_ptr<Transport>> CreateTransport(const TransportOptions& options);
+
+}  // namespace sy::transport

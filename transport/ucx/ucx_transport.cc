@@ -1,0 +1,373 @@
+#include "transport/ucx/ucx_transport.h"
+
+#include <algorithm>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "transport/exchange_args.h"
+
+namespace sy::transport::ucx {
+namespace {
+
+constexpr int kRankBits = 16;
+static_assert(kMaxRanks == (1 << kRankBits));
+static_assert(kMaxUserTag == (~uint64_t{0} >> kRankBits));
+constexpr ucp_tag_t kFullTagMask = ~ucp_tag_t{0};
+// Busy-polls this many idle progress rounds before yielding the CPU, so
+// ranks sharing cores (tests, single host) still make progress.
+constexpr int kIdleSpinsBeforeYield = 64;
+
+ucp_tag_t WireTag(uint64_t user_tag, int32_t src_rank) {
+  return (user_tag << kRankBits) | static_cast<ucp_tag_t>(src_rank);
+}
+
+}  // namespace
+
+// A send of the current Exchange still in flight (`request` empty once done).
+struct UcxTransport::PendingSend {
+  UcxTransport::Peer* peer;
+  UcpRequest request;
+};
+
+// One receive of the current Exchange: not yet matched, in flight
+// (`request`), or done.
+struct UcxTransport::PendingRecv {
+  int32_t src = -1;
+  Peer* peer = nullptr;  // nullptr for this rank
+  size_t index = 0;      // into recv_from / *received
+  bool matched = false;
+  bool done = false;
+  UcpRequest request;
+};
+
+absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(const Options& options) {
+  if (!IsValidRank(options.rank)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ucx transport: rank ", options.rank, " out of range [0, ", kMaxRanks, ")"));
+  }
+  SY_ASSIGN_OR_RETURN(std::unique_ptr<UcpContext> context,
+                      UcpContext::Create(absl::StrCat("switchyard-rank-", options.rank)));
+  SY_ASSIGN_OR_RETURN(std::unique_ptr<UcpWorker> worker, UcpWorker::Create(*context));
+  SY_ASSIGN_OR_RETURN(std::string address, worker->Address());
+  return std::unique_ptr<UcxTransport>(
+      new UcxTransport(options, std::move(context), std::move(worker), std::move(address)));
+}
+
+UcxTransport::UcxTransport(const Options& options, std::unique_ptr<UcpContext> context,
+                           std::unique_ptr<UcpWorker> worker, std::string address)
+    : rank_(options.rank),
+      options_(options),
+      address_(std::move(address)),
+      context_(std::move(context)),
+      worker_(std::move(worker)) {}
+
+UcxTransport::~UcxTransport() { Close().IgnoreError(); }
+
+void UcxTransport::OnEndpointError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
+  Peer* peer = static_cast<Peer*>(arg);
+  peer->error.store(status, std::memory_order_relaxed);  // published by the release below
+  peer->failed.store(true, std::memory_order_release);
+}
+
+absl::Status UcxTransport::ClosedError() const {
+  return absl::FailedPreconditionError(absl::StrCat("ucx rank ", rank_, ": transport is closed"));
+}
+
+absl::Status UcxTransport::PeerDownError(const Peer& peer) const {
+  const ucs_status_t error = peer.error.load(std::memory_order_relaxed);
+  return absl::UnavailableError(absl::StrCat("ucx rank ", rank_, ": peer rank ", peer.rank,
+                                             " is unavailable (", ucs_status_string(error), ")"));
+}
+
+void UcxTransport::FailPeer(Peer& peer, ucs_status_t status) {
+  if (!peer.failed.load(std::memory_order_acquire)) {
+    peer.error.store(status, std::memory_order_relaxed);
+    peer.failed.store(true, std::memory_order_release);
+  }
+  if (peer.ep != nullptr) peer.ep->Close(/*flush=*/false, absl::InfinitePast());
+}
+
+void UcxTransport::CloseFailedEndpoints() {
+  for (auto& [unused_rank, peer] : peers_) {
+    if (peer->failed.load(std::memory_order_acquire) && peer->ep->is_open()) {
+      peer->ep->Close(/*flush=*/false, absl::InfinitePast());
+    }
+  }
+}
+
+void UcxTransport::ReapOrphans() {
+  std::erase_if(orphans_,
+                [](const OrphanRecv& orphan) { return orphan.request.Status() != UCS_INPROGRESS; });
+}
+
+absl::Status UcxTransport::Connect(const std::vector<PeerAddress>& peers) {
+  if (worker_ == nullptr) return ClosedError();
+  for (const PeerAddress& peer : peers) {
+    if (!IsValidRank(peer.rank) || (peer.rank != rank_ && peer.address.empty())) {
+      return absl::InvalidArgumentError(absl::StrCat("ucx rank ", rank_, ": bad peer (rank ",
+                                                     peer.rank, ", ", peer.address.size(),
+                                                     "-byte address)"));
+    }
+  }
+  CloseFailedEndpoints();
+  for (const PeerAddress& address : peers) {
+    if (address.rank == rank_) continue;
+    auto it = peers_.find(address.rank);
+    if (it != peers_.end() && it->second->ep->is_open() && it->second->address == address.address) {
+      continue;
+    }
+    auto peer = std::make_unique<Peer>(address.rank, address.address);
+    SY_ASSIGN_OR_RETURN(peer->ep, UcpEndpoint::Create(worker_.get(), address.address,
+                                                      &OnEndpointError, peer.get()));
+    if (it != peers_.end()) {
+      it->second->ep->Close(/*flush=*/false, absl::InfinitePast());
+      retired_peers_.push_back(std::move(it->second));
+      it->second = std::move(peer);
+    } else {
+      peers_.emplace(address.rank, std::move(peer));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UcxTransport::AdvanceRecv(uint64_t tag, PendingRecv& recv,
+                                       std::vector<uint8_t>& buffer) {
+  if (!recv.matched) {
+    if (recv.peer == nullptr) {  // from this rank: a message queued by an earlier send to self
+      auto it = self_messages_.find(tag);
+      if (it == self_messages_.end()) return absl::OkStatus();
+      buffer = std::move(it->second.front());
+      it->second.pop_front();
+      if (it->second.empty()) self_messages_.erase(it);
+      recv.matched = recv.done = true;
+      return absl::OkStatus();
+    }
+    ucp_tag_recv_info_t info{};
+    const ucp_tag_message_h message =
+        ucp_tag_probe_nb(worker_->get(), WireTag(tag, recv.src), kFullTagMask, /*remove=*/1, &info);
+    if (message == nullptr) return absl::OkStatus();
+    recv.matched = true;
+    // The probe gave the length, so an immediate completion (which does not
+    // report it) needs nothing more.
+    buffer.resize(info.length);
+    ucp_request_param_t params{};
+    const ucs_status_ptr_t result = ucp_tag_msg_recv_nbx(
+        worker_->get(), buffer.empty() ? &scratch_ : buffer.data(), info.length, message, &params);
+    if (UCS_PTR_IS_ERR(result)) {
+      recv.done = true;
+      return UcsError(UCS_PTR_STATUS(result), "ucp_tag_msg_recv_nbx", __FILE__, __LINE__);
+    }
+    if (result == nullptr) {
+      recv.done = true;
+      return absl::OkStatus();
+    }
+    recv.request = UcpRequest(result);
+  }
+  const ucs_status_t status = recv.request.Status();
+  if (status == UCS_INPROGRESS) return absl::OkStatus();
+  recv.request.Reset();
+  recv.done = true;
+  if (status != UCS_OK) {
+    FailPeer(*recv.peer, status);
+    return PeerDownError(*recv.peer);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UcxTransport::Exchange(uint64_t tag, const std::vector<SendItem>& sends,
+                                    const std::vector<int32_t>& recv_from,
+                                    std::vector<std::vector<uint8_t>>* received,
+                                    absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  if (worker_ == nullptr) return ClosedError();
+  SY_RETURN_IF_ERROR(CheckExchangeArgs(rank_, tag, sends, recv_from, received, [this](int32_t p) {
+    return p == rank_ || peers_.contains(p);
+  }));
+  ReapOrphans();
+  CloseFailedEndpoints();
+  // A peer already known to be gone fails the call before anything is sent.
+  auto find_peer = [this](int32_t rank) -> Peer* {
+    return rank == rank_ ? nullptr : peers_.at(rank).get();
+  };
+  for (const SendItem& item : sends) {
+    Peer* peer = find_peer(item.peer);
+    if (peer != nullptr && !peer->ep->is_open()) return PeerDownError(*peer);
+  }
+  for (int32_t src : recv_from) {
+    Peer* peer = find_peer(src);
+    if (peer != nullptr && !peer->ep->is_open()) return PeerDownError(*peer);
+  }
+
+  absl::Status failure;
+  std::vector<PendingSend> pending_sends;
+  const ucp_tag_t send_tag = WireTag(tag, rank_);
+  for (const SendItem& item : sends) {
+    Peer* peer = find_peer(item.peer);
+    if (peer == nullptr) {
+      self_messages_[tag].emplace_back(item.data, item.data + item.size);
+      continue;
+    }
+    ucp_request_param_t params{};  // contiguous bytes, completion polled below
+    const ucs_status_ptr_t result = ucp_tag_send_nbx(
+        peer->ep->get(), item.size > 0 ? item.data : &scratch_, item.size, send_tag, &params);
+    if (UCS_PTR_IS_ERR(result)) {
+      FailPeer(*peer, UCS_PTR_STATUS(result));
+      failure = PeerDownError(*peer);
+      break;
+    }
+    if (result != nullptr) pending_sends.push_back({peer, UcpRequest(result)});
+  }
+
+  if (received != nullptr) received->assign(recv_from.size(), {});
+  std::vector<PendingRecv> recvs(recv_from.size());
+  for (size_t i = 0; i < recv_from.size(); ++i) {
+    recvs[i].src = recv_from[i];
+    recvs[i].peer = find_peer(recv_from[i]);
+    recvs[i].index = i;
+  }
+
+  size_t num_sends_left = pending_sends.size();
+  size_t num_recvs_left = recvs.size();
+  int idle_spins = 0;
+  while (failure.ok()) {
+    bool advanced = worker_->Progress() != 0;
+    for (PendingSend& send : pending_sends) {
+      if (send.request.empty()) continue;
+      const ucs_status_t status = send.request.Status();
+      if (status == UCS_INPROGRESS) continue;
+      send.request.Reset();
+      --num_sends_left;
+      advanced = true;
+      if (status != UCS_OK) {
+        FailPeer(*send.peer, status);
+        failure = PeerDownError(*send.peer);
+        break;
+      }
+    }
+    for (PendingRecv& recv : recvs) {
+      if (!failure.ok()) break;
+      if (recv.done) continue;
+      failure = AdvanceRecv(tag, recv, (*received)[recv.index]);
+      if (recv.done) {
+        --num_recvs_left;
+        advanced = true;
+      }
+    }
+    if (!failure.ok()) break;
+    if (num_sends_left == 0 && num_recvs_left == 0) return absl::OkStatus();
+
+    // A peer whose endpoint failed while we still wait on it ends the call.
+    for (const PendingSend& send : pending_sends) {
+      if (!send.request.empty() && send.peer->failed.load(std::memory_order_acquire)) {
+        failure = PeerDownError(*send.peer);
+      }
+    }
+    for (const PendingRecv& recv : recvs) {
+      if (!recv.done && recv.peer != nullptr && recv.peer->failed.load(std::memory_order_acquire)) {
+        failure = PeerDownError(*recv.peer);
+      }
+    }
+    if (!failure.ok()) break;
+
+    if (absl::Now() >= deadline) {
+      std::vector<int32_t> missing_from;
+      std::vector<int32_t> unsent_to;
+      for (const PendingRecv& recv : recvs) {
+        if (!recv.done) missing_from.push_back(recv.src);
+      }
+      for (const PendingSend& send : pending_sends) {
+        if (!send.request.empty()) unsent_to.push_back(send.peer->rank);
+      }
+      failure = absl::DeadlineExceededError(
+          absl::StrCat("ucx rank ", rank_, ", tag ", tag, ": not complete within ",
+                       absl::FormatDuration(timeout), "; no message from ranks [",
+                       absl::StrJoin(missing_from, ", "), "]; sends to ranks [",
+                       absl::StrJoin(unsent_to, ", "), "] in flight"));
+      break;
+    }
+    if (advanced) {
+      idle_spins = 0;
+    } else if (++idle_spins >= kIdleSpinsBeforeYield) {
+      idle_spins = 0;
+      std::this_thread::yield();
+    }
+  }
+  Abandon(pending_sends, recvs, received, deadline);
+  return failure;
+}
+
+void UcxTransport::Abandon(std::vector<PendingSend>& sends, std::vector<PendingRecv>& recvs,
+                           std::vector<std::vector<uint8_t>>* received, absl::Time deadline) {
+  // Receives in flight write into their buffers until UCX completes them,
+  // and a matched receive cannot be cancelled (ucp_request_cancel only
+  // removes unmatched ones): keep request and buffer until it completes.
+  for (PendingRecv& recv : recvs) {
+    if (recv.request.empty()) continue;
+    orphans_.push_back({std::move(recv.request), std::move((*received)[recv.index])});
+  }
+  if (received != nullptr) received->clear();
+
+  // Sends read the caller's buffers, so none may outlive this call: give them
+  // a short grace, then force-close the endpoints they are stuck on, which
+  // completes them with UCS_ERR_CANCELED.
+  const absl::Time grace_end = std::min(deadline, absl::Now() + options_.abandon_grace);
+  auto any_send_left = [&sends] {
+    bool any = false;
+    for (PendingSend& send : sends) {
+      if (!send.request.empty() && send.request.Status() != UCS_INPROGRESS) send.request.Reset();
+      any = any || !send.request.empty();
+    }
+    return any;
+  };
+  while (any_send_left() && absl::Now() < grace_end) {
+    worker_->Progress();
+    CloseFailedEndpoints();
+  }
+  for (PendingSend& send : sends) {
+    if (send.request.empty()) continue;
+    SY_LOG(WARNING) << "ucx rank " << rank_ << ": send to rank " << send.peer->rank
+                    << " still in flight after a failed exchange; closing its endpoint";
+    FailPeer(*send.peer, UCS_ERR_CANCELED);
+  }
+  for (PendingSend& send : sends) {
+    if (send.request.empty()) continue;
+    if (send.request.Status() == UCS_INPROGRESS) {
+      // Not expected: a force close completes the endpoint's requests.
+      SY_LOG(ERROR) << "ucx rank " << rank_ << ": send to rank " << send.peer->rank
+                    << " still in flight after its endpoint was force-closed";
+    }
+    send.request.Reset();
+  }
+}
+
+absl::Status UcxTransport::Close() {
+  if (worker_ == nullptr) return absl::OkStatus();
+  // Let data already handed to UCX leave (a flush needs no help from the
+  // peers), then force-close the endpoints: a graceful close would wait for
+  // every peer to progress, which idle or dead peers never do.
+  const absl::Status flushed = worker_->Flush(absl::Now() + options_.close_timeout);
+  if (!flushed.ok()) {
+    SY_LOG(WARNING) << "ucx rank " << rank_ << ": closing with unflushed data: " << flushed;
+  }
+  for (auto& [unused_rank, peer] : peers_) peer->ep->Close(/*flush=*/false, absl::InfinitePast());
+  ReapOrphans();
+  // Buffers of receives UCX may still write to live until the worker is gone.
+  std::vector<std::vector<uint8_t>> late_buffers;
+  for (OrphanRecv& orphan : orphans_) {
+    orphan.request.Release();  // dies with the worker
+    late_buffers.push_back(std::move(orphan.buffer));
+  }
+  orphans_.clear();
+  worker_.reset();
+  context_.reset();
+  peers_.clear();
+  retired_peers_.clear();
+  self_messages_.clear();
+  return absl::OkStatus();
+}
+
+}  // namespace sy::transport::ucx
