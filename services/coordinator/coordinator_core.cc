@@ -6,14 +6,32 @@
 namespace sy::coordinator {
 
 CoordinatorCore::CoordinatorCore(const CoordinatorOptions& options, eplb::Placement placement)
-    : options_(options), placement_(std::move(placement)) {}
+    : options_(options),
+      attention_(options.attention_workers),
+      experts_(options.expert_workers),
+      placement_(std::move(placement)) {}
 
 bool CoordinatorCore::CompleteLocked() const {
-  return static_cast<int32_t>(attention_.size()) == options_.attention_workers &&
-         static_cast<int32_t>(experts_.size()) == options_.expert_workers;
+  for (const auto* list : {&attention_, &experts_}) {
+    for (const MemberInfo& m : *list) {
+      if (m.rank < 0) return false;
+    }
+  }
+  return true;
 }
 
-absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, const std::string& grpc_address,
+std::vector<MemberInfo> CoordinatorCore::RegisteredLocked() const {
+  std::vector<MemberInfo> out;
+  for (const auto* list : {&attention_, &experts_}) {
+    for (const MemberInfo& m : *list) {
+      if (m.rank >= 0) out.push_back(m);
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
+                                                  const std::string& grpc_address,
                                                   const std::string& transport_address,
                                                   const std::string& name) {
   if (grpc_address.empty()) return absl::InvalidArgumentError("grpc_address must not be empty");
@@ -22,39 +40,26 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, const std::string& 
   }
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<MemberInfo>& list = role == Role::kAttention ? attention_ : experts_;
-  const int32_t limit =
-      role == Role::kAttention ? options_.attention_workers : options_.expert_workers;
-  // A worker re-registering from the same address (restart before the mesh
-  // formed) takes its old rank back.
-  for (MemberInfo& m : list) {
-    if (m.grpc_address == grpc_address) {
-      m.transport_address = transport_address;
-      m.alive = true;
-      m.last_heartbeat = std::chrono::steady_clock::now();
-      ++epoch_;
-      cv_.notify_all();
-      return m.rank;
-    }
+  const char* role_name = role == Role::kAttention ? "attention" : "expert";
+  if (index < 0 || index >= static_cast<int32_t>(list.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("index ", index, " is outside the ", list.size(),
+                                                   " ", role_name, " workers of the topology"));
   }
-  if (static_cast<int32_t>(list.size()) >= limit) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("all ", limit, role == Role::kAttention ? " attention" : " expert",
-                     " worker slots are taken"));
+  MemberInfo& m = list[index];
+  if (m.rank >= 0 && m.grpc_address != grpc_address && m.alive) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(role_name, " worker ", index, " is already registered from ", m.grpc_address));
   }
-  MemberInfo m;
   m.role = role;
-  m.rank = role == Role::kAttention
-               ? static_cast<int32_t>(list.size())
-               : options_.attention_workers + static_cast<int32_t>(list.size());
+  m.rank = role == Role::kAttention ? index : options_.attention_workers + index;
   m.grpc_address = grpc_address;
   m.transport_address = transport_address;
   m.name = name;
+  m.alive = true;
   m.last_heartbeat = std::chrono::steady_clock::now();
-  list.push_back(m);
   ++epoch_;
-  SY_LOG(INFO) << "registered " << (role == Role::kAttention ? "attention" : "expert")
-               << " worker '" << name << "' at " << grpc_address << " as rank " << m.rank
-               << " (epoch " << epoch_ << ")";
+  SY_LOG(INFO) << "registered " << role_name << " worker " << index << " ('" << name << "') at "
+               << grpc_address << " as rank " << m.rank << " (epoch " << epoch_ << ")";
   if (CompleteLocked()) SY_LOG(INFO) << "mesh complete at epoch " << epoch_;
   cv_.notify_all();
   return m.rank;
@@ -64,7 +69,7 @@ absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank) {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto* list : {&attention_, &experts_}) {
     for (MemberInfo& m : *list) {
-      if (m.rank == rank) {
+      if (m.rank == rank && rank >= 0) {
         m.last_heartbeat = std::chrono::steady_clock::now();
         if (!m.alive) {
           m.alive = true;
@@ -83,8 +88,7 @@ MeshView CoordinatorCore::GetMesh(bool wait, std::chrono::steady_clock::time_poi
   MeshView v;
   v.epoch = epoch_;
   v.complete = CompleteLocked();
-  v.members = attention_;
-  v.members.insert(v.members.end(), experts_.begin(), experts_.end());
+  v.members = RegisteredLocked();
   v.placement = placement_;
   return v;
 }
@@ -94,7 +98,7 @@ std::vector<int32_t> CoordinatorCore::ExpireSilent(std::chrono::steady_clock::ti
   std::vector<int32_t> expired;
   for (auto* list : {&attention_, &experts_}) {
     for (MemberInfo& m : *list) {
-      if (m.alive && now - m.last_heartbeat > options_.worker_timeout) {
+      if (m.rank >= 0 && m.alive && now - m.last_heartbeat > options_.worker_timeout) {
         m.alive = false;
         expired.push_back(m.rank);
         SY_LOG(WARNING) << "rank " << m.rank << " (" << m.grpc_address

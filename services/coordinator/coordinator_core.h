@@ -1,9 +1,10 @@
 // The coordinator's state machine, free of gRPC types: membership, rank
 // assignment, the expert placement and liveness.
 //
-// Ranks: attention workers get 0..A-1 in registration order, expert workers
-// A..A+M-1. The mesh is complete once A attention and M expert workers have
-// registered; until then GetMesh(wait) blocks. The coordinator is the single
+// Ranks follow from each worker's index within its role, so a worker knows
+// its rank (and can build its transport) before registering: attention
+// worker i is rank i, expert worker j is rank A + j. The mesh is complete once A attention and M
+// expert workers have registered; until then GetMesh(wait) blocks. The coordinator is the single
 // source of truth: each change of membership or placement bumps the epoch.
 // Thread-safe: gRPC handler threads call every method concurrently.
 #pragma once
@@ -49,9 +50,11 @@ class CoordinatorCore {
  public:
   CoordinatorCore(const CoordinatorOptions& options, eplb::Placement placement);
 
-  // Adds a worker and returns its rank. FailedPrecondition when all slots of
-  // that role are taken; InvalidArgument for an empty address.
-  absl::StatusOr<int32_t> Register(Role role, const std::string& grpc_address,
+  // Adds worker `index` of `role` and returns its rank. InvalidArgument for an
+  // index outside the topology or an empty address; AlreadyExists when
+  // another address holds that index. Re-registering the same address (a
+  // restart) replaces its transport address.
+  absl::StatusOr<int32_t> Register(Role role, int32_t index, const std::string& grpc_address,
                                    const std::string& transport_address, const std::string& name);
   // Records a heartbeat; NotFound for an unknown rank. Returns the epoch.
   absl::StatusOr<int64_t> Heartbeat(int32_t rank);
@@ -65,12 +68,13 @@ class CoordinatorCore {
 
  private:
   bool CompleteLocked() const;
+  std::vector<MemberInfo> RegisteredLocked() const;
 
   const CoordinatorOptions options_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   int64_t epoch_ = 1;
-  std::vector<MemberInfo> attention_;
+  std::vector<MemberInfo> attention_;  // [index]; rank -1 until registered
   std::vector<MemberInfo> experts_;
   eplb::Placement placement_;
 };

@@ -91,8 +91,8 @@ grpc::ServerUnaryReactor* CoordinatorService::Register(grpc::CallbackServerConte
     return Done(ctx, "Register", start,
                 absl::InvalidArgumentError("role must be ROLE_ATTENTION or ROLE_EXPERT"));
   }
-  auto rank =
-      core_->Register(role, req->grpc_address(), req->transport_address(), req->worker_name());
+  auto rank = core_->Register(role, req->index(), req->grpc_address(), req->transport_address(),
+                              req->worker_name());
   if (rank.ok()) {
     resp->set_rank(*rank);
     resp->set_epoch(core_->epoch());

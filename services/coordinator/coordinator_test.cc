@@ -40,10 +40,12 @@ class CoordinatorTest : public ::testing::Test {
   }
   void TearDown() override { server_.server->Shutdown(); }
 
-  grpc::Status Register(pb::Role role, const std::string& addr, pb::RegisterResponse* resp) {
+  grpc::Status Register(pb::Role role, int32_t index, const std::string& addr,
+                        pb::RegisterResponse* resp) {
     grpc::ClientContext ctx;
     pb::RegisterRequest req;
     req.set_role(role);
+    req.set_index(index);
     req.set_grpc_address(addr);
     req.set_transport_address("blob-" + addr);
     req.set_worker_name(addr);
@@ -68,23 +70,26 @@ class CoordinatorTest : public ::testing::Test {
 
 TEST_F(CoordinatorTest, RanksMeshAndPlacement) {
   pb::RegisterResponse r;
-  ASSERT_TRUE(Register(pb::ROLE_EXPERT, "e0:1", &r).ok());
+  ASSERT_TRUE(Register(pb::ROLE_EXPERT, 0, "e0:1", &r).ok());
   EXPECT_EQ(r.rank(), 2);  // expert ranks follow the attention ranks
-  ASSERT_TRUE(Register(pb::ROLE_ATTENTION, "a0:1", &r).ok());
-  EXPECT_EQ(r.rank(), 0);
-  EXPECT_FALSE(GetMesh(false).complete());
-  ASSERT_TRUE(Register(pb::ROLE_ATTENTION, "a1:1", &r).ok());
+  ASSERT_TRUE(Register(pb::ROLE_ATTENTION, 1, "a1:1", &r).ok());
   EXPECT_EQ(r.rank(), 1);
-  // A third attention worker does not fit.
-  grpc::Status st = Register(pb::ROLE_ATTENTION, "a2:1", &r);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_FALSE(GetMesh(false).complete());
+  ASSERT_TRUE(Register(pb::ROLE_ATTENTION, 0, "a0:1", &r).ok());
+  EXPECT_EQ(r.rank(), 0);
+  // Index outside the topology; index held by another live address.
+  grpc::Status st = Register(pb::ROLE_ATTENTION, 2, "a2:1", &r);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("index 2"));
+  st = Register(pb::ROLE_ATTENTION, 1, "other:1", &r);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS);
   // Re-registering an address keeps its rank.
-  ASSERT_TRUE(Register(pb::ROLE_ATTENTION, "a1:1", &r).ok());
+  ASSERT_TRUE(Register(pb::ROLE_ATTENTION, 1, "a1:1", &r).ok());
   EXPECT_EQ(r.rank(), 1);
   std::thread late([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     pb::RegisterResponse r2;
-    EXPECT_TRUE(Register(pb::ROLE_EXPERT, "e1:1", &r2).ok());
+    EXPECT_TRUE(Register(pb::ROLE_EXPERT, 1, "e1:1", &r2).ok());
   });
   pb::Mesh mesh;
   for (int i = 0; i < 50 && !mesh.complete(); ++i) mesh = GetMesh(true);
@@ -102,7 +107,7 @@ TEST_F(CoordinatorTest, RanksMeshAndPlacement) {
 
 TEST_F(CoordinatorTest, BadRegistrationsAreRefused) {
   pb::RegisterResponse r;
-  EXPECT_EQ(Register(pb::ROLE_UNSPECIFIED, "x:1", &r).error_code(),
+  EXPECT_EQ(Register(pb::ROLE_UNSPECIFIED, 0, "x:1", &r).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   grpc::ClientContext ctx;
   pb::RegisterRequest req;
@@ -114,7 +119,7 @@ TEST_F(CoordinatorTest, BadRegistrationsAreRefused) {
 
 TEST_F(CoordinatorTest, HeartbeatsAndExpiry) {
   pb::RegisterResponse r;
-  ASSERT_TRUE(Register(pb::ROLE_EXPERT, "e0:1", &r).ok());
+  ASSERT_TRUE(Register(pb::ROLE_EXPERT, 0, "e0:1", &r).ok());
   grpc::ClientContext ctx;
   pb::HeartbeatRequest hb;
   hb.set_rank(r.rank());

@@ -1,0 +1,141 @@
+#include "services/attention_worker/attention_worker_core.h"
+
+#include <chrono>
+#include <thread>
+
+#include "common/log.h"
+
+namespace sy::attention_worker {
+
+AttentionWorkerCore::AttentionWorkerCore(std::unique_ptr<engine::Engine> engine,
+                                         moe::RemoteExpertExecutor* mesh,
+                                         const AttentionWorkerCoreOptions& options)
+    : engine_(std::move(engine)),
+      mesh_(mesh),
+      options_(options),
+      model_config_(engine_->config()),
+      max_model_len_(engine_->max_model_len()) {
+  Publish();
+}
+
+void AttentionWorkerCore::Submit(engine::GenerationRequest request,
+                                 std::shared_ptr<UpdateSink> sink) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Command c;
+  c.request = std::move(request);
+  c.sink = std::move(sink);
+  inbox_.push_back(std::move(c));
+  cv_.notify_all();
+}
+
+void AttentionWorkerCore::Cancel(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Command c;
+  c.cancel = true;
+  c.cancel_id = id;
+  inbox_.push_back(std::move(c));
+  cv_.notify_all();
+}
+
+WorkerStatsSnapshot AttentionWorkerCore::stats() const {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  return stats_;
+}
+
+void AttentionWorkerCore::Stop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stop_.store(true);
+  cv_.notify_all();
+}
+
+void AttentionWorkerCore::Drain() {
+  std::deque<Command> commands;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    commands.swap(inbox_);
+  }
+  for (Command& c : commands) {
+    if (c.cancel) {
+      // NotFound: already finished (or never admitted); nothing to do.
+      (void)engine_->Cancel(c.cancel_id);
+      continue;
+    }
+    const std::string id = c.request.id;
+    absl::Status st = engine_->Add(std::move(c.request));
+    if (!st.ok()) {
+      c.sink->OnError(st);
+      continue;
+    }
+    sinks_[id] = std::move(c.sink);
+  }
+}
+
+void AttentionWorkerCore::Publish() {
+  const engine::EngineStats s = engine_->stats();
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  stats_.running = s.running;
+  stats_.waiting = s.waiting;
+  stats_.kv_blocks_total = s.kv_blocks_total;
+  stats_.kv_blocks_free = s.kv_blocks_free;
+  stats_.steps = s.steps;
+  stats_.mesh_steps = mesh_steps_;
+}
+
+void AttentionWorkerCore::FailAll(const std::string& why) {
+  for (auto& [id, sink] : sinks_) {
+    engine::RequestUpdate u;
+    u.id = id;
+    u.finish = engine::FinishReason::kError;
+    u.error = why;
+    sink->OnUpdate(u);
+  }
+  sinks_.clear();
+}
+
+absl::Status AttentionWorkerCore::Run() {
+  while (!stop_.load()) {
+    Drain();
+    bool ran_forward = false;
+    if (engine_->HasWork()) {
+      const int64_t before = engine_->stats().steps;
+      auto updates = engine_->Step();
+      if (!updates.ok()) {
+        FailAll(std::string(updates.status().message()));
+        return updates.status();
+      }
+      ran_forward = engine_->stats().steps != before;
+      for (const auto& u : *updates) {
+        auto it = sinks_.find(u.id);
+        if (it == sinks_.end()) continue;
+        it->second->OnUpdate(u);
+        if (u.finish != engine::FinishReason::kNone) sinks_.erase(it);
+      }
+      if (ran_forward && mesh_ != nullptr) ++mesh_steps_;
+    }
+    if (mesh_ != nullptr && !ran_forward) {
+      // Take part in the mesh step without tokens.
+      absl::Status st = mesh_->RunEmptyStep();
+      if (!st.ok()) {
+        SY_LOG(ERROR) << "mesh step failed: " << st;
+        FailAll(std::string(st.message()));
+        Publish();
+        return st;
+      }
+      ++mesh_steps_;
+      if (!engine_->HasWork() && options_.idle_sleep_us > 0) {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait_for(lock, std::chrono::microseconds(options_.idle_sleep_us),
+                     [this] { return !inbox_.empty() || stop_.load(); });
+      }
+    } else if (mesh_ == nullptr && !engine_->HasWork()) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::milliseconds(50),
+                   [this] { return !inbox_.empty() || stop_.load(); });
+    }
+    Publish();
+  }
+  FailAll("attention worker shutting down");
+  return absl::OkStatus();
+}
+
+}  // namespace sy::attention_worker

@@ -1,0 +1,99 @@
+// The attention worker's step loop, free of gRPC types.
+//
+// One thread (Run) owns the engine: it drains submitted requests and
+// cancellations, runs engine steps, and hands every update to the request's
+// sink. In a mesh, every loop iteration is one mesh step: when the engine has
+// nothing to run, the worker still takes part with an empty step so expert
+// workers and the other attention workers can proceed.
+//
+// Submit/Cancel/stats may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/status.h"
+#include "engine/engine.h"
+#include "services/moe/remote_experts.h"
+
+namespace sy::attention_worker {
+
+// Receives one request's results, on the step thread. After a call with
+// finish != kNone, or OnError, no further calls come.
+class UpdateSink {
+ public:
+  virtual ~UpdateSink() = default;
+  virtual void OnUpdate(const engine::RequestUpdate& update) = 0;
+  // The engine refused the request (validation, queue full, duplicate id).
+  virtual void OnError(const absl::Status& status) = 0;
+};
+
+struct WorkerStatsSnapshot {
+  int64_t running = 0;
+  int64_t waiting = 0;
+  int64_t kv_blocks_total = 0;
+  int64_t kv_blocks_free = 0;
+  int64_t steps = 0;
+  int64_t mesh_steps = 0;
+};
+
+struct AttentionWorkerCoreOptions {
+  int64_t idle_sleep_us = 500;  // pause after an empty mesh step
+};
+
+class AttentionWorkerCore {
+ public:
+  // `mesh` (not owned; may be null for a local engine) is the executor inside
+  // `engine`'s model runner, used for empty steps.
+  AttentionWorkerCore(std::unique_ptr<engine::Engine> engine, moe::RemoteExpertExecutor* mesh,
+                      const AttentionWorkerCoreOptions& options);
+
+  void Submit(engine::GenerationRequest request, std::shared_ptr<UpdateSink> sink);
+  void Cancel(const std::string& id);
+  WorkerStatsSnapshot stats() const;
+  const model::ModelConfig& model_config() const { return model_config_; }
+  int64_t max_model_len() const { return max_model_len_; }
+
+  // The step loop; returns when Stop() is called (OK) or the mesh fails (the
+  // error). Live requests are finished with an error either way.
+  absl::Status Run();
+  void Stop();
+
+ private:
+  struct Command {
+    bool cancel = false;
+    engine::GenerationRequest request;
+    std::string cancel_id;
+    std::shared_ptr<UpdateSink> sink;
+  };
+
+  void Drain();
+  void Publish();
+  void FailAll(const std::string& why);
+
+  std::unique_ptr<engine::Engine> engine_;
+  moe::RemoteExpertExecutor* mesh_;
+  const AttentionWorkerCoreOptions options_;
+  const model::ModelConfig model_config_;
+  const int64_t max_model_len_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Command> inbox_;
+  // Set by Stop() from any thread, read by the loop; relaxed is not enough
+  // for the cv wait predicate, so the loop reads it under mu_ there.
+  std::atomic<bool> stop_{false};
+
+  std::map<std::string, std::shared_ptr<UpdateSink>> sinks_;  // step thread only
+  mutable std::mutex stats_mu_;
+  WorkerStatsSnapshot stats_;
+  int64_t mesh_steps_ = 0;
+};
+
+}  // namespace sy::attention_worker

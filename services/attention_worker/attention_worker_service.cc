@@ -1,0 +1,146 @@
+#include "services/attention_worker/attention_worker_service.h"
+
+#include <deque>
+#include <mutex>
+
+#include "common/log.h"
+#include "services/api/convert.h"
+
+namespace sy::attention_worker {
+namespace {
+
+using ::switchyard::v1::GenerateStreamResponse;
+
+// One streaming call. The step thread pushes messages through the sink side
+// (OnUpdate/OnError); gRPC drives the writes. The reactor deletes itself in
+// OnDone; the sink may outlive it (the core holds it until the request
+// finishes), so it reaches the reactor only through `alive_` under `mu_`.
+class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> {
+ public:
+  class Sink : public UpdateSink {
+   public:
+    explicit Sink(GenerateReactor* r) : reactor_(r) {}
+    void OnUpdate(const engine::RequestUpdate& u) override {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (reactor_ != nullptr) reactor_->Push(u);
+    }
+    void OnError(const absl::Status& st) override {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (reactor_ != nullptr) reactor_->Fail(st);
+    }
+    void Detach() {
+      std::lock_guard<std::mutex> lock(mu_);
+      reactor_ = nullptr;
+    }
+
+   private:
+    std::mutex mu_;
+    GenerateReactor* reactor_;
+  };
+
+  GenerateReactor(AttentionWorkerCore* core, grpc::CallbackServerContext* ctx,
+                  const ::switchyard::v1::GenerateRequest* req)
+      : core_(core) {
+    auto request = api::FromProto(*req);
+    if (!request.ok()) {
+      Finish(api::ToGrpcStatus(request.status()));
+      return;
+    }
+    id_ = request->id;
+    sink_ = std::make_shared<Sink>(this);
+    core_->Submit(*std::move(request), sink_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::recursive_mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) {
+      // The client went away; the core is told in OnCancel/OnDone.
+      return;
+    }
+    if (!queue_.empty()) queue_.pop_front();
+    WriteNextLocked();
+  }
+
+  void OnCancel() override {
+    if (!id_.empty()) core_->Cancel(id_);
+  }
+
+  void OnDone() override {
+    if (sink_ != nullptr) {
+      sink_->Detach();
+      // A call that ended early (client gone) still frees the request.
+      std::lock_guard<std::recursive_mutex> lock(mu_);
+      if (!finished_) core_->Cancel(id_);
+    }
+    delete this;
+  }
+
+ private:
+  // Called with the sink's lock held, from the step thread.
+  void Push(const engine::RequestUpdate& u) {
+    std::lock_guard<std::recursive_mutex> lock(mu_);
+    GenerateStreamResponse msg;
+    api::ToProto(u, &msg);
+    queue_.push_back(std::move(msg));
+    if (u.finish != engine::FinishReason::kNone) finished_ = true;
+    WriteNextLocked();
+  }
+
+  void Fail(const absl::Status& st) {
+    std::lock_guard<std::recursive_mutex> lock(mu_);
+    finished_ = true;
+    if (!finish_called_) {
+      finish_called_ = true;
+      Finish(api::ToGrpcStatus(st));
+    }
+  }
+
+  void WriteNextLocked() {
+    if (writing_ || finish_called_) return;
+    if (!queue_.empty()) {
+      writing_ = true;
+      StartWrite(&queue_.front());
+      return;
+    }
+    if (finished_) {
+      finish_called_ = true;
+      Finish(grpc::Status::OK);
+    }
+  }
+
+  AttentionWorkerCore* core_;
+  std::string id_;
+  std::shared_ptr<Sink> sink_;
+  // Recursive: gRPC may run OnWriteDone on the thread that called StartWrite
+  // before that call returns.
+  std::recursive_mutex mu_;
+  std::deque<GenerateStreamResponse> queue_;  // front is being written while writing_
+  bool writing_ = false;
+  bool finished_ = false;
+  bool finish_called_ = false;
+};
+
+}  // namespace
+
+grpc::ServerWriteReactor<::switchyard::v1::GenerateStreamResponse>*
+AttentionWorkerService::Generate(grpc::CallbackServerContext* ctx,
+                                 const ::switchyard::v1::GenerateRequest* req) {
+  return new GenerateReactor(core_, ctx, req);
+}
+
+grpc::ServerUnaryReactor* AttentionWorkerService::Stats(grpc::CallbackServerContext* ctx,
+                                                        const pb::WorkerStatsRequest*,
+                                                        pb::WorkerStats* resp) {
+  const WorkerStatsSnapshot s = core_->stats();
+  resp->set_running(s.running);
+  resp->set_waiting(s.waiting);
+  resp->set_kv_blocks_total(s.kv_blocks_total);
+  resp->set_kv_blocks_free(s.kv_blocks_free);
+  resp->set_steps(s.steps);
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace sy::attention_worker

@@ -1,0 +1,125 @@
+#include "services/cluster/worker_bootstrap.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "grpcpp/grpcpp.h"
+#include "services/coordinator/coordinator_service.h"
+
+namespace sy::cluster {
+
+namespace pb = ::switchyard::internal::v1;
+using Clock = std::chrono::steady_clock;
+
+int32_t RankOf(const ClusterConfig& cfg, bool attention, int32_t index) {
+  return attention ? index : cfg.topology.attention_workers + index;
+}
+
+absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, int32_t index,
+                                    const std::string& grpc_address,
+                                    transport::Transport& transport,
+                                    std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  auto channel = grpc::CreateChannel(cfg.coordinator.listen.address(),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = pb::Coordinator::NewStub(channel);
+  pb::RegisterRequest req;
+  req.set_role(attention ? pb::ROLE_ATTENTION : pb::ROLE_EXPERT);
+  req.set_index(index);
+  req.set_grpc_address(grpc_address);
+  req.set_transport_address(transport.local_address());
+  req.set_worker_name(absl::StrCat(attention ? "attention-" : "expert-", index));
+  req.mutable_capabilities()->set_transport(std::string(transport.backend()));
+  pb::RegisterResponse resp;
+  for (int attempt = 0;; ++attempt) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    grpc::Status st = stub->Register(&ctx, req, &resp);
+    if (st.ok()) break;
+    if (st.error_code() != grpc::StatusCode::UNAVAILABLE &&
+        st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+      return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
+                          absl::StrCat("registering with the coordinator at ",
+                                       cfg.coordinator.listen.address(), ": ",
+                                       st.error_message()));
+    }
+    if (Clock::now() > deadline) {
+      return absl::UnavailableError(absl::StrCat("coordinator at ",
+                                                 cfg.coordinator.listen.address(),
+                                                 " unreachable: ", st.error_message()));
+    }
+    if (attempt % 10 == 0) {
+      SY_LOG(INFO) << "waiting for the coordinator at " << cfg.coordinator.listen.address();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  JoinedMesh out;
+  out.rank = resp.rank();
+  if (out.rank != transport.rank()) {
+    return absl::InternalError(absl::StrCat("coordinator assigned rank ", out.rank,
+                                            " but the transport was built for rank ",
+                                            transport.rank()));
+  }
+  SY_LOG(INFO) << "registered as rank " << out.rank << "; waiting for the mesh";
+  pb::Mesh mesh;
+  while (true) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    pb::GetMeshRequest mreq;
+    mreq.set_wait_complete(true);
+    grpc::Status st = stub->GetMesh(&ctx, mreq, &mesh);
+    if (st.ok() && mesh.complete()) break;
+    if (Clock::now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the mesh did not complete in time (", mesh.members_size(), " of ",
+          cfg.topology.attention_workers + cfg.topology.expert_workers, " workers registered)"));
+    }
+  }
+  SY_ASSIGN_OR_RETURN(out.placement, coordinator::PlacementFromProto(mesh.placement()));
+  std::vector<transport::PeerAddress> peers;
+  out.attention_grpc_addresses.resize(cfg.topology.attention_workers);
+  for (const pb::Member& m : mesh.members()) {
+    peers.push_back({m.rank(), m.transport_address()});
+    if (m.role() == pb::ROLE_ATTENTION) {
+      out.ranks.attention.push_back(m.rank());
+      out.attention_grpc_addresses[m.rank()] = m.grpc_address();
+    } else {
+      out.ranks.experts.push_back(m.rank());
+    }
+  }
+  SY_RETURN_IF_ERROR(Annotate(transport.Connect(peers), "connecting the mesh"));
+  SY_LOG(INFO) << "mesh joined at epoch " << mesh.epoch() << ": " << out.ranks.attention.size()
+               << " attention and " << out.ranks.experts.size() << " expert workers";
+  return out;
+}
+
+Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank) {
+  const std::string address = cfg.coordinator.listen.address();
+  const auto period = std::chrono::milliseconds(cfg.coordinator.heartbeat_ms);
+  thread_ = std::thread([this, address, period, rank] {
+    auto stub = pb::Coordinator::NewStub(
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    while (!stop_.load()) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + period);
+      pb::HeartbeatRequest req;
+      req.set_rank(rank);
+      pb::HeartbeatResponse resp;
+      grpc::Status st = stub->Heartbeat(&ctx, req, &resp);
+      if (!st.ok()) SY_LOG(DEBUG) << "heartbeat failed: " << st.error_message();
+      for (auto waited = std::chrono::milliseconds(0); waited < period && !stop_.load();
+           waited += std::chrono::milliseconds(20)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+  });
+}
+
+Heartbeat::~Heartbeat() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace sy::cluster

@@ -1,0 +1,38 @@
+// The public switchyard.v1.Generate service of the router, on gRPC's callback
+// API: Generate (unary; collects the stream), GenerateStream (server
+// streaming) and ModelInfo. Each RPC converts the request (services/api),
+// hands it to RouterCore and relays the updates; a client cancel or deadline
+// cancels the request on its attention worker. Logging and timing go through
+// RpcLog.
+//
+// Ownership: borrows the core and the model config, which must outlive the
+// gRPC server. Threads: gRPC's.
+#pragma once
+
+#include "model/config.h"
+#include "services/router/router_core.h"
+#include "switchyard/v1/generate.grpc.pb.h"
+
+namespace sy::router {
+
+class GenerateService final : public switchyard::v1::Generate::CallbackService {
+ public:
+  GenerateService(RouterCore* core, const model::ModelConfig* config)
+      : core_(core), config_(config) {}
+
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
+                                     const switchyard::v1::GenerateRequest* request,
+                                     switchyard::v1::GenerateResponse* response) override;
+  grpc::ServerWriteReactor<switchyard::v1::GenerateStreamResponse>* GenerateStream(
+      grpc::CallbackServerContext* context,
+      const switchyard::v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* ModelInfo(grpc::CallbackServerContext* context,
+                                      const switchyard::v1::ModelInfoRequest* request,
+                                      switchyard::v1::ModelInfoResponse* response) override;
+
+ private:
+  RouterCore* core_;
+  const model::ModelConfig* config_;
+};
+
+}  // namespace sy::router

@@ -1,0 +1,126 @@
+// RouterCore: the router's logic without gRPC or proto types. It validates a
+// request against the model's limits, admits it (a bounded number in flight),
+// assigns a request id when the client gave none, and forwards it to the
+// attention worker with the least outstanding work, streaming the worker's
+// updates back through the caller's callbacks.
+//
+// Outstanding work of a backend = sum over its in-flight requests of
+// (prompt tokens + max_new_tokens - tokens produced so far), updated as tokens
+// stream back; ties go round robin.
+//
+// Ownership: the core owns the backend set (shared with the calls still
+// running on a backend that was removed). Threads: every method is
+// thread-safe; callbacks run on the backends' threads. The destructor cancels
+// what is still in flight and waits for it to finish.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/engine.h"
+#include "services/api/validate.h"
+#include "services/router/attention_backend.h"
+
+namespace sy::router {
+
+struct RouterCoreOptions {
+  api::Limits limits;
+  int64_t max_queue = 256;  // requests in flight at most; beyond: RESOURCE_EXHAUSTED
+};
+
+// The caller's handle on one admitted request.
+class RouterCall {
+ public:
+  const std::string& request_id() const { return request_id_; }
+  const std::string& backend_address() const { return backend_address_; }
+  // Cancels the request on its backend (client cancel or deadline). The
+  // callbacks still end with on_done. Thread-safe, idempotent.
+  void Cancel();
+
+ private:
+  friend class RouterCore;
+  RouterCall(std::string request_id, std::string backend_address)
+      : request_id_(std::move(request_id)), backend_address_(std::move(backend_address)) {}
+  void Attach(std::shared_ptr<BackendCall> call);
+
+  const std::string request_id_;
+  const std::string backend_address_;
+  std::mutex mu_;
+  bool cancelled_ = false;
+  std::shared_ptr<BackendCall> call_;
+};
+
+class RouterCore {
+ public:
+  RouterCore(const RouterCoreOptions& options, BackendFactory factory);
+  ~RouterCore();
+  RouterCore(const RouterCore&) = delete;
+  RouterCore& operator=(const RouterCore&) = delete;
+
+  // Replaces the set of attention workers. Backends of addresses kept keep
+  // their load; requests on a removed backend run to completion. Returns
+  // whether at least one backend is present (the router can serve).
+  bool SetBackends(const std::vector<std::string>& addresses);
+  bool serving() const;
+
+  // Validates (INVALID_ARGUMENT naming the field), checks that a backend
+  // exists (UNAVAILABLE), admits (RESOURCE_EXHAUSTED when max_queue requests
+  // are in flight; ALREADY_EXISTS for a request id in flight) and starts the
+  // request. On error no callback is called; otherwise on_done ends the call.
+  absl::StatusOr<std::shared_ptr<RouterCall>> Submit(engine::GenerationRequest request,
+                                                     Deadline deadline, BackendCallbacks callbacks);
+
+  struct BackendLoad {
+    std::string address;
+    int64_t outstanding = 0;  // tokens, as defined above
+    int64_t in_flight = 0;    // requests
+  };
+  // Current load of every backend, ordered by address.
+  std::vector<BackendLoad> Loads() const;
+  int64_t in_flight() const;
+  const api::Limits& limits() const { return options_.limits; }
+
+ private:
+  struct Backend {
+    std::shared_ptr<AttentionBackend> impl;
+    int64_t outstanding = 0;
+    int64_t in_flight = 0;
+  };
+  struct InFlight {
+    std::shared_ptr<Backend> backend;
+    std::weak_ptr<RouterCall> handle;
+    int64_t prompt_tokens = 0;
+    int64_t max_new_tokens = 0;
+    int64_t produced = 0;
+    int64_t charged = 0;    // what this request adds to backend->outstanding now
+    bool finished = false;  // an update with a finish reason has arrived
+  };
+
+  std::shared_ptr<Backend> PickBackendLocked();
+  void OnUpdate(const std::string& id, const engine::RequestUpdate& update);
+  // Releases the request's share; returns the status to report (INTERNAL
+  // when a backend ends a call with OK but never sent a finish reason).
+  absl::Status OnDone(const std::string& id, absl::Status status);
+  std::string NextRequestIdLocked();
+
+  const RouterCoreOptions options_;
+  const BackendFactory factory_;
+  const std::string id_prefix_;  // random per process: ids stay unique across routers
+
+  std::mutex membership_mu_;  // serialises SetBackends() calls
+  mutable std::mutex mu_;
+  std::condition_variable drained_;
+  std::map<std::string, std::shared_ptr<Backend>> backends_;  // by address
+  std::unordered_map<std::string, InFlight> in_flight_;       // by request id
+  uint64_t next_id_ = 0;
+  uint64_t next_pick_ = 0;  // rotates the tie-break among equally loaded backends
+};
+
+}  // namespace sy::router

@@ -1,0 +1,110 @@
+#include "services/router/router_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "grpc/health/v1/health.pb.h"
+#include "services/router/grpc_attention_backend.h"
+
+namespace sy::router {
+namespace {
+
+std::string HostOf(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+}  // namespace
+
+api::Limits LimitsFor(const model::ModelConfig& config, const RouterOptions& options) {
+  api::Limits limits;
+  limits.vocab_size = config.vocab_size;
+  limits.max_context =
+      options.max_context > 0 ? options.max_context : config.max_position_embeddings;
+  limits.max_new_tokens_limit = options.max_new_tokens_limit;
+  limits.max_logprobs = options.max_logprobs;
+  return limits;
+}
+
+absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Create(const RouterOptions& options,
+                                                                   BackendFactory factory) {
+  if (options.max_queue < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_queue (", options.max_queue, ") must be >= 1"));
+  }
+  if (options.max_new_tokens_limit < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_new_tokens_limit (", options.max_new_tokens_limit, ") must be >= 1"));
+  }
+  if (options.max_logprobs < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_logprobs (", options.max_logprobs, ") must be >= 0"));
+  }
+  absl::StatusOr<model::ModelConfig> config = model::LoadModelConfig(options.model_dir);
+  if (!config.ok()) return config.status();
+
+  std::unique_ptr<RouterServer> s(new RouterServer());
+  s->options_ = options;
+  s->config_ = *std::move(config);
+  RouterCoreOptions core_options;
+  core_options.limits = LimitsFor(s->config_, options);
+  core_options.max_queue = options.max_queue;
+  s->core_ = std::make_unique<RouterCore>(core_options,
+                                          factory ? std::move(factory) : GrpcBackendFactory());
+  s->service_ = std::make_unique<GenerateService>(s->core_.get(), &s->config_);
+
+  // The generated health descriptor must be linked in for reflection to
+  // describe grpc.health.v1.Health; this reference keeps it.
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.RegisterService(s->service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("router: cannot listen on '", options.listen_address, "'"));
+  }
+  s->SetBackends(options.attention_workers);
+  SY_LOG(INFO) << "router: serving " << s->config_.architecture << " on " << s->address()
+               << " (max_queue " << options.max_queue << ", max_context "
+               << core_options.limits.max_context << ")";
+  return s;
+}
+
+RouterServer::~RouterServer() { Shutdown(); }
+
+std::string RouterServer::address() const {
+  return absl::StrCat(HostOf(options_.listen_address), ":", port_);
+}
+
+void RouterServer::SetServing(bool serving) {
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health == nullptr) return;
+  health->SetServingStatus("", serving);
+  health->SetServingStatus(switchyard::v1::Generate::service_full_name(), serving);
+}
+
+void RouterServer::SetBackends(const std::vector<std::string>& addresses) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (shut_down_) return;
+  const bool serving = core_->SetBackends(addresses);
+  SetServing(serving);
+  if (!serving) SY_LOG(WARNING) << "router: no attention worker; NOT_SERVING";
+}
+
+void RouterServer::Shutdown(int64_t grace_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (shut_down_ || server_ == nullptr) return;
+  shut_down_ = true;
+  SetServing(false);
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(grace_ms));
+  server_->Wait();
+}
+
+}  // namespace sy::router
