@@ -26,7 +26,8 @@
 
 ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
 ABSL_FLAG(int32_t, index, 0, "This worker's index among the attention workers");
-ABSL_FLAG(std::string, listen, "", "gRPC address; default 127.0.0.1:(attention_worker.base_port + index)");
+ABSL_FLAG(std::string, listen, "",
+          "gRPC address; default 127.0.0.1:(attention_worker.base_port + index)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 
 namespace {
@@ -91,8 +92,8 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_listen).empty()
           ? absl::StrCat("127.0.0.1:", cfg->attention_worker.base_port + index)
           : absl::GetFlag(FLAGS_listen);
-  auto mesh = sy::cluster::JoinMesh(*cfg, true, index, listen, **transport,
-                                    std::chrono::seconds(120));
+  auto mesh =
+      sy::cluster::JoinMesh(*cfg, true, index, listen, **transport, std::chrono::seconds(120));
   if (!mesh.ok()) return Fail("joining the mesh", mesh.status());
 
   auto exec = std::make_unique<sy::moe::RemoteExpertExecutor>(

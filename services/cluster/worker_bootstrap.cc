@@ -22,8 +22,8 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
                                     transport::Transport& transport,
                                     std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
-  auto channel = grpc::CreateChannel(cfg.coordinator.listen.address(),
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(cfg.coordinator.listen.address(), grpc::InsecureChannelCredentials());
   auto stub = pb::Coordinator::NewStub(channel);
   pb::RegisterRequest req;
   req.set_role(attention ? pb::ROLE_ATTENTION : pb::ROLE_EXPERT);
@@ -42,8 +42,7 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
         st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
       return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
                           absl::StrCat("registering with the coordinator at ",
-                                       cfg.coordinator.listen.address(), ": ",
-                                       st.error_message()));
+                                       cfg.coordinator.listen.address(), ": ", st.error_message()));
     }
     if (Clock::now() > deadline) {
       return absl::UnavailableError(absl::StrCat("coordinator at ",
@@ -99,8 +98,8 @@ Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank) {
   const std::string address = cfg.coordinator.listen.address();
   const auto period = std::chrono::milliseconds(cfg.coordinator.heartbeat_ms);
   thread_ = std::thread([this, address, period, rank] {
-    auto stub = pb::Coordinator::NewStub(
-        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    auto stub =
+        pb::Coordinator::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
     while (!stop_.load()) {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + period);

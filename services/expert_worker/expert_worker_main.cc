@@ -26,7 +26,8 @@
 
 ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
 ABSL_FLAG(int32_t, index, 0, "This worker's index among the expert workers");
-ABSL_FLAG(std::string, listen, "", "gRPC address; default 127.0.0.1:(expert_worker.base_port + index)");
+ABSL_FLAG(std::string, listen, "",
+          "gRPC address; default 127.0.0.1:(expert_worker.base_port + index)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 
 namespace {
@@ -77,15 +78,14 @@ int main(int argc, char** argv) {
   to.rank = sy::cluster::RankOf(*cfg, false, index);
   auto transport = sy::transport::CreateTransport(to);
   if (!transport.ok()) return Fail("transport", transport.status());
-  const std::string listen =
-      absl::GetFlag(FLAGS_listen).empty()
-          ? absl::StrCat("127.0.0.1:", cfg->expert_worker.base_port + index)
-          : absl::GetFlag(FLAGS_listen);
+  const std::string listen = absl::GetFlag(FLAGS_listen).empty()
+                                 ? absl::StrCat("127.0.0.1:", cfg->expert_worker.base_port + index)
+                                 : absl::GetFlag(FLAGS_listen);
   // A gRPC server for health probes.
   auto server = sy::cluster::StartGrpcServer(listen, {});
   if (!server.ok()) return Fail("gRPC server", server.status());
-  auto mesh = sy::cluster::JoinMesh(*cfg, false, index, listen, **transport,
-                                    std::chrono::seconds(120));
+  auto mesh =
+      sy::cluster::JoinMesh(*cfg, false, index, listen, **transport, std::chrono::seconds(120));
   if (!mesh.ok()) return Fail("joining the mesh", mesh.status());
   auto expert_server = sy::moe::ExpertServer::Create(
       *model, mesh->placement, index, mesh->ranks, transport->get(), ckpt.get(),

@@ -9,19 +9,31 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
+#include "grpcpp/grpcpp.h"
+#include "services/cluster/cluster_config.h"
+#include "services/cluster/process.h"
 #include "services/router/router_server.h"
+#include "switchyard/internal/v1/cluster.grpc.pb.h"
 
-ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "host:port to serve the Generate API on");
-ABSL_FLAG(std::string, model, "", "Model directory with config.json (required)");
+ABSL_FLAG(std::string, config, "",
+          "Cluster YAML: takes listen address, model, limits and the coordinator from it, and "
+          "follows the coordinator's attention workers");
+ABSL_FLAG(std::string, listen, "",
+          "host:port to serve the Generate API on (default: router.listen, or 127.0.0.1:50051)");
+ABSL_FLAG(std::string, model, "", "Model directory with config.json (required without --config)");
 ABSL_FLAG(std::string, attention_workers, "", "Comma-separated host:port of the attention workers");
 ABSL_FLAG(int64_t, max_queue, 256, "Requests in flight at most; beyond: RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_model_len, 0, "Context limit in tokens; 0 = max_position_embeddings");
@@ -31,22 +43,41 @@ ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 
 namespace {
 
-// Accepts --flag-name as well as abseil's --flag_name spelling.
-std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::string>* storage) {
-  storage->reserve(argc);
-  for (int i = 0; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (i > 0 && arg.rfind("--", 0) == 0) {
-      const size_t end = std::min(arg.find('='), arg.size());
-      for (size_t j = 2; j < end; ++j) {
-        if (arg[j] == '-') arg[j] = '_';
+namespace pb = ::switchyard::internal::v1;
+
+// Polls the coordinator's mesh and hands the live attention workers to the
+// router whenever the set changes. Stops when `stop` is set.
+void FollowCoordinator(const std::string& coordinator, sy::router::RouterServer* server,
+                       const std::atomic<bool>* stop) {
+  auto stub = pb::Coordinator::NewStub(
+      grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
+  std::vector<std::string> current;
+  bool first = true;
+  while (!stop->load()) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    pb::GetMeshRequest req;
+    pb::Mesh mesh;
+    if (stub->GetMesh(&ctx, req, &mesh).ok()) {
+      std::vector<std::string> live;
+      // Workers serve only once the whole mesh has formed.
+      if (mesh.complete()) {
+        for (const pb::Member& m : mesh.members()) {
+          if (m.role() == pb::ROLE_ATTENTION && m.alive()) live.push_back(m.grpc_address());
+        }
+      }
+      if (first || live != current) {
+        SY_LOG(INFO) << "attention workers from the coordinator (epoch " << mesh.epoch()
+                     << "): " << (live.empty() ? "none" : absl::StrJoin(live, ", "));
+        server->SetBackends(live);
+        current = live;
+        first = false;
       }
     }
-    storage->push_back(std::move(arg));
+    for (int i = 0; i < 10 && !stop->load(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
   }
-  std::vector<char*> out;
-  for (auto& s : *storage) out.push_back(s.data());
-  return out;
 }
 
 }  // namespace
@@ -54,10 +85,11 @@ std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::s
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Serves the Switchyard Generate API and forwards requests to attention workers.\n"
+      "  switchyard-router --config cluster.yaml\n"
       "  switchyard-router --listen 127.0.0.1:50051 --model DIR "
       "--attention-workers HOST:PORT,...");
   std::vector<std::string> arg_storage;
-  std::vector<char*> args = DashesToUnderscores(argc, argv, &arg_storage);
+  std::vector<char*> args = sy::cluster::DashesToUnderscores(argc, argv, &arg_storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   sy::LogLevel level;
   if (!sy::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
@@ -67,12 +99,28 @@ int main(int argc, char** argv) {
   sy::SetMinLogLevel(level);
 
   sy::router::RouterOptions options;
-  options.listen_address = absl::GetFlag(FLAGS_listen);
-  options.model_dir = absl::GetFlag(FLAGS_model);
+  options.listen_address = "127.0.0.1:50051";
   options.max_queue = absl::GetFlag(FLAGS_max_queue);
   options.max_context = absl::GetFlag(FLAGS_max_model_len);
   options.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
   options.max_logprobs = absl::GetFlag(FLAGS_max_logprobs);
+  std::string coordinator;
+  if (!absl::GetFlag(FLAGS_config).empty()) {
+    auto cfg = sy::cluster::LoadClusterConfig(absl::GetFlag(FLAGS_config));
+    if (!cfg.ok()) {
+      std::cerr << "switchyard-router: " << cfg.status().message() << "\n";
+      return 2;
+    }
+    options.listen_address = cfg->router.listen.address();
+    options.model_dir = cfg->model.path;
+    options.max_queue = cfg->limits.max_queue;
+    options.max_context = cfg->limits.max_model_len;
+    options.max_new_tokens_limit = cfg->limits.max_new_tokens;
+    options.max_logprobs = cfg->limits.max_logprobs;
+    coordinator = cfg->coordinator.listen.address();
+  }
+  if (!absl::GetFlag(FLAGS_listen).empty()) options.listen_address = absl::GetFlag(FLAGS_listen);
+  if (!absl::GetFlag(FLAGS_model).empty()) options.model_dir = absl::GetFlag(FLAGS_model);
   options.attention_workers =
       absl::StrSplit(absl::GetFlag(FLAGS_attention_workers), ',', absl::SkipWhitespace());
   if (options.model_dir.empty()) {
@@ -94,9 +142,17 @@ int main(int argc, char** argv) {
     return server.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
   SY_LOG(INFO) << "switchyard-router listening on " << (*server)->address();
+  // Written by main after the signal, read by the follower thread.
+  std::atomic<bool> stop{false};
+  std::thread follower;
+  if (!coordinator.empty()) {
+    follower = std::thread(FollowCoordinator, coordinator, server->get(), &stop);
+  }
   int sig = 0;
   sigwait(&signals, &sig);
   SY_LOG(INFO) << "switchyard-router: signal " << sig << ", shutting down";
+  stop.store(true);
+  if (follower.joinable()) follower.join();
   (*server)->Shutdown();
   return 0;
 }

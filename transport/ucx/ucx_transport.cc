@@ -1,6 +1,7 @@
 #include "transport/ucx/ucx_transport.h"
 
 #include <algorithm>
+#include <chrono>
 #include <thread>
 #include <utility>
 
@@ -20,6 +21,10 @@ constexpr ucp_tag_t kFullTagMask = ~ucp_tag_t{0};
 // Busy-polls this many idle progress rounds before yielding the CPU, so
 // ranks sharing cores (tests, single host) still make progress.
 constexpr int kIdleSpinsBeforeYield = 64;
+// After this many idle rounds (a few milliseconds of spinning) the loop sleeps
+// kIdleSleepUs between progress rounds.
+constexpr int kIdleSpinsBeforeSleep = 4096;
+constexpr int kIdleSleepUs = 100;
 
 ucp_tag_t WireTag(uint64_t user_tag, int32_t src_rank) {
   return (user_tag << kRankBits) | static_cast<ucp_tag_t>(src_rank);
@@ -291,8 +296,11 @@ absl::Status UcxTransport::Exchange(uint64_t tag, const std::vector<SendItem>& s
     }
     if (advanced) {
       idle_spins = 0;
-    } else if (++idle_spins >= kIdleSpinsBeforeYield) {
-      idle_spins = 0;
+    } else if (++idle_spins >= kIdleSpinsBeforeSleep) {
+      // Long waits (an idle mesh between requests) sleep briefly instead of
+      // burning a core per rank; a message waits at most this long extra.
+      std::this_thread::sleep_for(std::chrono::microseconds(kIdleSleepUs));
+    } else if (idle_spins % kIdleSpinsBeforeYield == 0) {
       std::this_thread::yield();
     }
   }

@@ -1,0 +1,252 @@
+// switchyard-local: runs a whole Switchyard cluster on this machine from one
+// cluster YAML: the coordinator, the expert workers, the attention workers and
+// the router, each as its own process, talking over loopback. Prints where
+// the Generate API listens once the router reports SERVING, and on Ctrl-C
+// (SIGINT/SIGTERM) stops them all and reaps them; children also receive
+// SIGTERM if the launcher itself dies, so none is left behind.
+//
+//   switchyard-local --config cluster.yaml [--log-dir DIR] [--bin-dir DIR]
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "services/cluster/cluster_config.h"
+#include "services/cluster/process.h"
+
+ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
+ABSL_FLAG(std::string, log_dir, "",
+          "Directory for each process's log (default: a new switchyard-local-PID under $TMPDIR "
+          "or /tmp)");
+ABSL_FLAG(std::string, bin_dir, "",
+          "Where the switchyard-* binaries are (default: next to this one)");
+ABSL_FLAG(int32_t, ready_timeout_s, 180, "Give up when the cluster is not serving after this long");
+
+namespace {
+
+struct Child {
+  std::string name;
+  pid_t pid = -1;
+  std::string log;
+  bool exited = false;
+  int status = 0;
+};
+
+std::string SelfDir() {
+  std::error_code ec;
+  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : p.parent_path().string();
+}
+
+// Starts `argv` with stdout/stderr appended to `log`.
+absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::string& log) {
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", strerror(errno)));
+  if (pid == 0) {
+    // Die with the launcher, whatever kills it.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(1);
+    signal(SIGINT, SIG_IGN);  // the launcher decides when children stop
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, STDOUT_FILENO);
+      dup2(fd, STDERR_FILENO);
+      close(fd);
+    }
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    std::fprintf(stderr, "exec %s: %s\n", args[0], strerror(errno));
+    _exit(127);
+  }
+  return pid;
+}
+
+std::string Tail(const std::string& path, size_t max_lines) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    lines.push_back(line);
+    if (lines.size() > max_lines) lines.erase(lines.begin());
+  }
+  std::string out;
+  for (const auto& l : lines) out += "    " + l + "\n";
+  return out;
+}
+
+// Reaps children that exited; returns the first one that exited this call.
+Child* Reap(std::vector<Child>& children) {
+  Child* first = nullptr;
+  for (Child& c : children) {
+    if (c.exited) continue;
+    int status = 0;
+    if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
+      c.exited = true;
+      c.status = status;
+      if (first == nullptr) first = &c;
+    }
+  }
+  return first;
+}
+
+void StopAll(std::vector<Child>& children) {
+  // Router first (no new work), then workers, the coordinator last.
+  for (auto it = children.rbegin(); it != children.rend(); ++it) {
+    if (!it->exited) kill(it->pid, SIGTERM);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    Reap(children);
+    bool all = true;
+    for (const Child& c : children) all &= c.exited;
+    if (all) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  for (Child& c : children) {
+    if (!c.exited) {
+      std::cerr << "switchyard-local: " << c.name << " did not stop; killing it\n";
+      kill(c.pid, SIGKILL);
+      waitpid(c.pid, &c.status, 0);
+      c.exited = true;
+    }
+  }
+}
+
+bool RouterServing(const std::string& address) {
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service("switchyard.v1.Generate");
+  grpc::health::v1::HealthCheckResponse resp;
+  return stub->Check(&ctx, req, &resp).ok() &&
+         resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+std::string Describe(const Child& c) {
+  if (WIFEXITED(c.status)) return absl::StrCat("exited with status ", WEXITSTATUS(c.status));
+  if (WIFSIGNALED(c.status)) return absl::StrCat("was killed by signal ", WTERMSIG(c.status));
+  return "stopped";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Runs a local Switchyard cluster.\n  switchyard-local --config cluster.yaml");
+  std::vector<std::string> storage;
+  std::vector<char*> args = sy::cluster::DashesToUnderscores(argc, argv, &storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  const std::string config_path = absl::GetFlag(FLAGS_config);
+  if (config_path.empty()) {
+    std::cerr << "switchyard-local: --config is required\n";
+    return 2;
+  }
+  auto cfg = sy::cluster::LoadClusterConfig(config_path);
+  if (!cfg.ok()) {
+    std::cerr << "switchyard-local: " << cfg.status().message() << "\n";
+    return 2;
+  }
+  if (cfg->transport.backend != "ucx") {
+    std::cerr << "switchyard-local: transport.backend " << cfg->transport.backend
+              << " is not supported by the multi-process launcher (use ucx)\n";
+    return 2;
+  }
+  // A local cluster talks over loopback only.
+  setenv("UCX_NET_DEVICES", "lo", /*overwrite=*/0);
+  const std::string bin =
+      absl::GetFlag(FLAGS_bin_dir).empty() ? SelfDir() : absl::GetFlag(FLAGS_bin_dir);
+  std::string log_dir = absl::GetFlag(FLAGS_log_dir);
+  if (log_dir.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    log_dir = absl::StrCat(tmp != nullptr ? tmp : "/tmp", "/switchyard-local-", getpid());
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(log_dir, ec);
+  if (ec) {
+    std::cerr << "switchyard-local: cannot create " << log_dir << ": " << ec.message() << "\n";
+    return 1;
+  }
+  const std::string config = std::filesystem::absolute(config_path).string();
+  sy::cluster::InstallShutdownHandlers();
+
+  std::vector<Child> children;
+  auto start = [&](const std::string& name, std::vector<std::string> argv) -> bool {
+    Child c;
+    c.name = name;
+    c.log = absl::StrCat(log_dir, "/", name, ".log");
+    auto pid = Spawn(argv, c.log);
+    if (!pid.ok()) {
+      std::cerr << "switchyard-local: starting " << name << ": " << pid.status().message() << "\n";
+      return false;
+    }
+    c.pid = *pid;
+    children.push_back(c);
+    return true;
+  };
+  bool ok = start("coordinator", {bin + "/switchyard-coordinator", "--config", config});
+  for (int i = 0; ok && i < cfg->topology.expert_workers; ++i) {
+    ok = start(absl::StrCat("expert-worker-", i), {bin + "/switchyard-expert-worker", "--config",
+                                                   config, "--index", std::to_string(i)});
+  }
+  for (int i = 0; ok && i < cfg->topology.attention_workers; ++i) {
+    ok = start(
+        absl::StrCat("attention-worker-", i),
+        {bin + "/switchyard-attention-worker", "--config", config, "--index", std::to_string(i)});
+  }
+  ok = ok && start("router", {bin + "/switchyard-router", "--config", config});
+  std::cerr << "switchyard-local: started " << children.size() << " processes; logs in " << log_dir
+            << "\n";
+
+  const std::string api = cfg->router.listen.address();
+  const auto ready_deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_ready_timeout_s));
+  bool ready = false;
+  int exit_code = 0;
+  while (ok && !sy::cluster::ShutdownRequested()) {
+    if (Child* dead = Reap(children)) {
+      std::cerr << "switchyard-local: " << dead->name << " " << Describe(*dead) << "; its log ("
+                << dead->log << ") ends with:\n"
+                << Tail(dead->log, 15);
+      exit_code = 1;
+      break;
+    }
+    if (!ready) {
+      if (RouterServing(api)) {
+        ready = true;
+        std::cout << "switchyard-local: cluster ready; Generate API on " << api << std::endl;
+      } else if (std::chrono::steady_clock::now() > ready_deadline) {
+        std::cerr << "switchyard-local: the router did not report SERVING in time\n";
+        exit_code = 1;
+        break;
+      }
+    }
+    sy::cluster::WaitForShutdown(std::chrono::milliseconds(200));
+  }
+  if (!ok) exit_code = 1;
+  std::cerr << "switchyard-local: stopping the cluster\n";
+  StopAll(children);
+  std::cerr << "switchyard-local: all processes stopped\n";
+  return exit_code;
+}
