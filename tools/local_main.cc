@@ -30,6 +30,7 @@
 #include "grpcpp/grpcpp.h"
 #include "services/cluster/cluster_config.h"
 #include "services/cluster/process.h"
+#include "tools/local_single_process.h"
 
 ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
 ABSL_FLAG(std::string, log_dir, "",
@@ -168,11 +169,8 @@ int main(int argc, char** argv) {
     std::cerr << "switchyard-local: " << cfg.status().message() << "\n";
     return 2;
   }
-  if (cfg->transport.backend != "ucx") {
-    std::cerr << "switchyard-local: transport.backend " << cfg->transport.backend
-              << " is not supported by the multi-process launcher (use ucx)\n";
-    return 2;
-  }
+  sy::cluster::InstallShutdownHandlers();
+  if (cfg->transport.backend == "inproc") return sy::tools::RunSingleProcessCluster(*cfg);
   // A local cluster talks over loopback only.
   setenv("UCX_NET_DEVICES", "lo", /*overwrite=*/0);
   const std::string bin =
@@ -189,7 +187,6 @@ int main(int argc, char** argv) {
     return 1;
   }
   const std::string config = std::filesystem::absolute(config_path).string();
-  sy::cluster::InstallShutdownHandlers();
 
   std::vector<Child> children;
   auto start = [&](const std::string& name, std::vector<std::string> argv) -> bool {

@@ -7,6 +7,7 @@
 //   switchyard-expert-worker --config cluster.yaml --index 0
 #include <unistd.h>
 
+#include <atomic>
 #include <iostream>
 #include <thread>
 
@@ -15,13 +16,10 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
-#include "model/config.h"
-#include "model/safetensors.h"
 #include "services/cluster/cluster_config.h"
-#include "services/cluster/grpc_server.h"
 #include "services/cluster/process.h"
 #include "services/cluster/worker_bootstrap.h"
-#include "services/moe/remote_experts.h"
+#include "services/expert_worker/expert_worker_runner.h"
 #include "transport/registry.h"
 
 ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
@@ -65,14 +63,6 @@ int main(int argc, char** argv) {
                  "ucx\n";
     return 2;
   }
-  auto model = sy::model::LoadModelConfig(cfg->model.path);
-  if (!model.ok()) return Fail("model", model.status());
-  std::unique_ptr<sy::model::Checkpoint> ckpt;
-  if (cfg->model.load_format != "dummy") {
-    auto opened = sy::model::Checkpoint::Open(cfg->model.path);
-    if (!opened.ok()) return Fail("checkpoint", opened.status());
-    ckpt = *std::move(opened);
-  }
   sy::transport::TransportOptions to;
   to.backend = cfg->transport.backend;
   to.rank = sy::cluster::RankOf(*cfg, false, index);
@@ -81,49 +71,28 @@ int main(int argc, char** argv) {
   const std::string listen = absl::GetFlag(FLAGS_listen).empty()
                                  ? absl::StrCat("127.0.0.1:", cfg->expert_worker.base_port + index)
                                  : absl::GetFlag(FLAGS_listen);
-  // A gRPC server for health probes.
-  auto server = sy::cluster::StartGrpcServer(listen, {});
-  if (!server.ok()) return Fail("gRPC server", server.status());
-  auto mesh =
-      sy::cluster::JoinMesh(*cfg, false, index, listen, **transport, std::chrono::seconds(120));
-  if (!mesh.ok()) return Fail("joining the mesh", mesh.status());
-  auto expert_server = sy::moe::ExpertServer::Create(
-      *model, mesh->placement, index, mesh->ranks, transport->get(), ckpt.get(),
-      cfg->model.dummy_seed, absl::Milliseconds(cfg->transport.timeout_ms), sy::kernels::Context{});
-  if (!expert_server.ok()) return Fail("loading experts", expert_server.status());
-  server->SetServing({}, true);
-  sy::cluster::Heartbeat heartbeat(*cfg, mesh->rank);
-  SY_LOG(INFO) << "expert worker " << index << " serving " << mesh->placement.slots_per_worker()
-               << " slots per layer";
-
-  // Both flags are written by the loop thread and read by main after it
-  // set loop_done (release/acquire through the atomic).
-  std::atomic<bool> loop_done{false};
-  bool loop_failed = false;
-  std::thread loop([&] {
-    while (!sy::cluster::ShutdownRequested()) {
-      absl::Status st = (*expert_server)->ServeStep();
-      if (!st.ok()) {
-        // Peers going away during a shutdown is expected; otherwise it is a failure.
-        if (!sy::cluster::ShutdownRequested()) {
-          loop_failed = true;
-          SY_LOG(ERROR) << "expert worker " << index << ": " << st;
-        }
-        break;
-      }
-    }
-    loop_done.store(true, std::memory_order_release);
+  // The serving loop runs on its own thread: it may sit in an exchange whose
+  // peers are gone when a shutdown arrives, and the process must still exit.
+  // Both are written by the thread before it sets `done` (release/acquire).
+  std::atomic<bool> done{false};
+  absl::Status status;
+  std::thread worker([&] {
+    status = sy::expert_worker::RunExpertWorker(*cfg, index, **transport, listen,
+                                                [] { return sy::cluster::ShutdownRequested(); });
+    done.store(true, std::memory_order_release);
     sy::cluster::RequestShutdown();
   });
   while (!sy::cluster::WaitForShutdown(std::chrono::milliseconds(500))) {
   }
-  // The loop may be blocked in an exchange whose peers are gone: give it a
-  // moment, then leave without unwinding under it.
-  for (int i = 0; i < 20 && !loop_done.load(std::memory_order_acquire); ++i) {
+  for (int i = 0; i < 40 && !done.load(std::memory_order_acquire); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  const bool failed = loop_done.load(std::memory_order_acquire) && loop_failed;
-  SY_LOG(INFO) << "expert worker " << index << " stopped";
-  std::fflush(stderr);
-  _exit(failed ? 1 : 0);
+  if (!done.load(std::memory_order_acquire)) {
+    // Still blocked in an exchange: leave without unwinding under it.
+    std::fflush(stderr);
+    _exit(0);
+  }
+  worker.join();
+  if (!status.ok()) return Fail("expert worker", status);
+  return 0;
 }

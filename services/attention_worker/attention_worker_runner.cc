@@ -1,0 +1,80 @@
+#include "services/attention_worker/attention_worker_runner.h"
+
+#include <thread>
+
+#include "common/log.h"
+#include "common/status.h"
+#include "engine/model_runner.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "model/weights.h"
+#include "services/attention_worker/attention_worker_core.h"
+#include "services/attention_worker/attention_worker_service.h"
+#include "services/cluster/grpc_server.h"
+#include "services/cluster/worker_bootstrap.h"
+
+namespace sy::attention_worker {
+
+absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index,
+                                transport::Transport& transport, const std::string& listen,
+                                const std::function<bool()>& should_stop) {
+  SY_ASSIGN_OR_RETURN(model::ModelConfig model, model::LoadModelConfig(cfg.model.path));
+  // Dense weights only: the experts live on the expert workers.
+  model::DenseWeights dense;
+  if (cfg.model.load_format == "dummy") {
+    dense = model::DummyDenseWeights(model, cfg.model.dummy_seed);
+  } else {
+    SY_ASSIGN_OR_RETURN(std::unique_ptr<model::Checkpoint> ckpt,
+                        model::Checkpoint::Open(cfg.model.path));
+    SY_ASSIGN_OR_RETURN(dense, model::LoadDenseWeights(model, *ckpt));
+  }
+  SY_LOG(INFO) << "attention worker " << index << ": dense weights loaded";
+  SY_ASSIGN_OR_RETURN(
+      cluster::JoinedMesh mesh,
+      cluster::JoinMesh(cfg, true, index, listen, transport, std::chrono::seconds(120)));
+  auto exec = std::make_unique<moe::RemoteExpertExecutor>(
+      model, mesh.placement, mesh.ranks, &transport, absl::Milliseconds(cfg.transport.timeout_ms));
+  moe::RemoteExpertExecutor* mesh_exec = exec.get();
+  SY_ASSIGN_OR_RETURN(
+      std::unique_ptr<engine::ModelRunner> runner,
+      engine::ModelRunner::Create(model, std::move(dense), std::move(exec), kernels::Context{}));
+  engine::EngineOptions eo;
+  eo.max_model_len = cfg.limits.max_model_len;
+  eo.max_num_seqs = cfg.attention_worker.max_num_seqs;
+  eo.max_batched_tokens = cfg.attention_worker.max_batched_tokens;
+  eo.max_waiting = cfg.limits.max_queue;
+  eo.max_new_tokens_limit = cfg.limits.max_new_tokens;
+  eo.max_logprobs = cfg.limits.max_logprobs;
+  eo.kv.block_size = cfg.attention_worker.kv_block_size;
+  eo.kv.num_blocks = cfg.attention_worker.kv_blocks;
+  SY_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> engine,
+                      engine::Engine::Create(std::move(runner), eo));
+  AttentionWorkerCoreOptions co;
+  co.idle_sleep_us = cfg.attention_worker.idle_sleep_us;
+  AttentionWorkerCore core(std::move(engine), mesh_exec, co);
+  AttentionWorkerService service(&core);
+  SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {&service}));
+  server.SetServing({"switchyard.internal.v1.AttentionWorker"}, true);
+  cluster::Heartbeat heartbeat(cfg, mesh.rank);
+  SY_LOG(INFO) << "attention worker " << index << " serving on " << listen;
+
+  absl::Status loop_status;
+  // Written by the loop thread before it ends; read here after join().
+  std::atomic<bool> loop_done{false};
+  std::thread loop([&] {
+    loop_status = core.Run();
+    loop_done.store(true);
+  });
+  while (!should_stop() && !loop_done.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  server.SetServing({"switchyard.internal.v1.AttentionWorker"}, false);
+  core.Stop();
+  loop.join();
+  server.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  SY_LOG(INFO) << "attention worker " << index << " stopped";
+  if (!loop_status.ok() && !should_stop()) return Annotate(loop_status, "step loop");
+  return absl::OkStatus();
+}
+
+}  // namespace sy::attention_worker

@@ -1,0 +1,48 @@
+#include "services/expert_worker/expert_worker_runner.h"
+
+#include "common/log.h"
+#include "common/status.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "services/cluster/grpc_server.h"
+#include "services/cluster/worker_bootstrap.h"
+#include "services/moe/remote_experts.h"
+
+namespace sy::expert_worker {
+
+absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
+                             transport::Transport& transport, const std::string& listen,
+                             const std::function<bool()>& should_stop) {
+  SY_ASSIGN_OR_RETURN(model::ModelConfig model, model::LoadModelConfig(cfg.model.path));
+  std::unique_ptr<model::Checkpoint> ckpt;
+  if (cfg.model.load_format != "dummy") {
+    SY_ASSIGN_OR_RETURN(ckpt, model::Checkpoint::Open(cfg.model.path));
+  }
+  // A gRPC server for health probes.
+  SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {}));
+  SY_ASSIGN_OR_RETURN(
+      cluster::JoinedMesh mesh,
+      cluster::JoinMesh(cfg, false, index, listen, transport, std::chrono::seconds(120)));
+  SY_ASSIGN_OR_RETURN(
+      std::unique_ptr<moe::ExpertServer> experts,
+      moe::ExpertServer::Create(model, mesh.placement, index, mesh.ranks, &transport, ckpt.get(),
+                                cfg.model.dummy_seed, absl::Milliseconds(cfg.transport.timeout_ms),
+                                kernels::Context{}));
+  server.SetServing({}, true);
+  cluster::Heartbeat heartbeat(cfg, mesh.rank);
+  SY_LOG(INFO) << "expert worker " << index << " serving " << mesh.placement.slots_per_worker()
+               << " slots per layer";
+  absl::Status st;
+  while (!should_stop()) {
+    st = experts->ServeStep();
+    if (!st.ok()) break;
+  }
+  server.SetServing({}, false);
+  server.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  SY_LOG(INFO) << "expert worker " << index << " stopped after " << experts->step() << " steps";
+  // Peers going away during a shutdown is expected.
+  if (!st.ok() && !should_stop()) return Annotate(st, "serving MoE steps");
+  return absl::OkStatus();
+}
+
+}  // namespace sy::expert_worker

@@ -1,0 +1,21 @@
+// One expert worker, from its cluster config to serving: join the mesh over
+// `transport`, load only its slots' experts, answer health probes on
+// `listen`, and serve MoE steps until `should_stop` returns true (checked
+// between steps) or the mesh fails. Used by the switchyard-expert-worker
+// binary (UCX) and by switchyard-local's single-process mode (inproc).
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "services/cluster/cluster_config.h"
+#include "transport/transport.h"
+
+namespace sy::expert_worker {
+
+absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
+                             transport::Transport& transport, const std::string& listen,
+                             const std::function<bool()>& should_stop);
+
+}  // namespace sy::expert_worker
