@@ -1,5 +1,6 @@
 #include "services/attention_worker/attention_worker_core.h"
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -122,9 +123,16 @@ absl::Status AttentionWorkerCore::Run() {
         return st;
       }
       ++mesh_steps_;
-      if (!engine_->HasWork() && options_.idle_sleep_us > 0) {
+      // Keep pace with busy peers; back off while the whole mesh is idle.
+      if (mesh_->last_step_mesh_rows() > 0) {
+        idle_sleep_us_ = options_.idle_sleep_us;
+      } else {
+        idle_sleep_us_ = std::clamp<int64_t>(2 * idle_sleep_us_, options_.idle_sleep_us,
+                                             options_.max_idle_sleep_us);
+      }
+      if (!engine_->HasWork() && idle_sleep_us_ > 0) {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait_for(lock, std::chrono::microseconds(options_.idle_sleep_us),
+        cv_.wait_for(lock, std::chrono::microseconds(idle_sleep_us_),
                      [this] { return !inbox_.empty() || stop_.load(); });
       }
     } else if (mesh_ == nullptr && !engine_->HasWork()) {

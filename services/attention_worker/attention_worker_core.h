@@ -44,7 +44,10 @@ struct WorkerStatsSnapshot {
 };
 
 struct AttentionWorkerCoreOptions {
-  int64_t idle_sleep_us = 500;  // pause after an empty mesh step
+  // Pause after an empty mesh step while other attention workers are busy;
+  // when the whole mesh was idle the pause doubles up to max_idle_sleep_us.
+  int64_t idle_sleep_us = 500;
+  int64_t max_idle_sleep_us = 20000;
 };
 
 class AttentionWorkerCore {
@@ -94,6 +97,7 @@ class AttentionWorkerCore {
   mutable std::mutex stats_mu_;
   WorkerStatsSnapshot stats_;
   int64_t mesh_steps_ = 0;
+  int64_t idle_sleep_us_ = 0;  // current pause between empty steps
 };
 
 }  // namespace sy::attention_worker

@@ -4,7 +4,11 @@
 // engine, with the routed experts on the expert workers.
 //
 //   switchyard-attention-worker --config cluster.yaml --index 0
+#include <unistd.h>
+
+#include <atomic>
 #include <iostream>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -68,8 +72,28 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_listen).empty()
           ? absl::StrCat("127.0.0.1:", cfg->attention_worker.base_port + index)
           : absl::GetFlag(FLAGS_listen);
-  absl::Status st = sy::attention_worker::RunAttentionWorker(
-      *cfg, index, **transport, listen, [] { return sy::cluster::ShutdownRequested(); });
-  if (!st.ok()) return Fail("attention worker", st);
+  // The worker runs on its own thread: its step loop may sit in an exchange
+  // whose peers are gone when a shutdown arrives, and the process must still
+  // exit promptly. Both are written by the thread before it sets `done`.
+  std::atomic<bool> done{false};
+  absl::Status status;
+  std::thread worker([&] {
+    status = sy::attention_worker::RunAttentionWorker(
+        *cfg, index, **transport, listen, [] { return sy::cluster::ShutdownRequested(); });
+    done.store(true, std::memory_order_release);
+    sy::cluster::RequestShutdown();
+  });
+  while (!sy::cluster::WaitForShutdown(std::chrono::milliseconds(500))) {
+  }
+  for (int i = 0; i < 60 && !done.load(std::memory_order_acquire); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!done.load(std::memory_order_acquire)) {
+    std::cerr << "switchyard-attention-worker: step loop still busy at shutdown; exiting\n";
+    std::fflush(stderr);
+    _exit(0);
+  }
+  worker.join();
+  if (!status.ok()) return Fail("attention worker", status);
   return 0;
 }

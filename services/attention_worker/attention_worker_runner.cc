@@ -51,6 +51,7 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
                       engine::Engine::Create(std::move(runner), eo));
   AttentionWorkerCoreOptions co;
   co.idle_sleep_us = cfg.attention_worker.idle_sleep_us;
+  co.max_idle_sleep_us = cfg.attention_worker.max_idle_sleep_us;
   AttentionWorkerCore core(std::move(engine), mesh_exec, co);
   AttentionWorkerService service(&core);
   SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {&service}));

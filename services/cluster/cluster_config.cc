@@ -198,6 +198,10 @@ absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("kv_block_size", 1, &a.kv_block_size));
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("kv_blocks", 0, &a.kv_blocks));
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("idle_sleep_us", 0, &a.idle_sleep_us));
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_idle_sleep_us", 0, &a.max_idle_sleep_us));
+    if (a.max_idle_sleep_us < a.idle_sleep_us) {
+      return s.Error("max_idle_sleep_us", "must be >= idle_sleep_us");
+    }
     return absl::OkStatus();
   }));
   SY_RETURN_IF_ERROR(ParseSection(top, "expert_worker", [&](Section& s) -> absl::Status {

@@ -5,8 +5,10 @@
 //   u32 magic 'SYD1', u32 num_rows, then num_rows x i32 local slot,
 //   then num_rows x hidden floats (the token rows).
 // Combine (expert worker -> attention worker): u32 magic 'SYC1', u32
-// num_rows, then num_rows x hidden floats: the unweighted expert outputs, in
-// the order of the dispatch rows. Host byte order (all ranks of one cluster
+// num_rows, u32 mesh_rows (rows the expert worker received from all attention
+// workers for this layer: 0 means the whole mesh was idle), then num_rows x
+// hidden floats: the unweighted expert outputs, in the order of the dispatch
+// rows. Host byte order (all ranks of one cluster
 // run the same build on the same architecture).
 #pragma once
 
@@ -74,26 +76,28 @@ inline absl::Status DecodeDispatch(const std::vector<uint8_t>& msg, int64_t hidd
   return absl::OkStatus();
 }
 
-inline void EncodeCombine(const float* rows, uint32_t num_rows, int64_t hidden,
+inline void EncodeCombine(const float* rows, uint32_t num_rows, uint32_t mesh_rows, int64_t hidden,
                           std::vector<uint8_t>* out) {
-  out->resize(8 + static_cast<size_t>(num_rows) * hidden * sizeof(float));
+  out->resize(12 + static_cast<size_t>(num_rows) * hidden * sizeof(float));
   std::memcpy(out->data(), &kCombineMagic, 4);
   std::memcpy(out->data() + 4, &num_rows, 4);
-  if (num_rows > 0) std::memcpy(out->data() + 8, rows, num_rows * hidden * sizeof(float));
+  std::memcpy(out->data() + 8, &mesh_rows, 4);
+  if (num_rows > 0) std::memcpy(out->data() + 12, rows, num_rows * hidden * sizeof(float));
 }
 
 inline absl::Status DecodeCombine(const std::vector<uint8_t>& msg, uint32_t expected_rows,
-                                  int64_t hidden, const float** rows) {
-  if (msg.size() < 8) return absl::DataLossError("combine message shorter than its header");
+                                  int64_t hidden, const float** rows, uint32_t* mesh_rows) {
+  if (msg.size() < 12) return absl::DataLossError("combine message shorter than its header");
   uint32_t magic, n;
   std::memcpy(&magic, msg.data(), 4);
   std::memcpy(&n, msg.data() + 4, 4);
+  std::memcpy(mesh_rows, msg.data() + 8, 4);
   if (magic != kCombineMagic) return absl::DataLossError("combine message has a bad magic");
-  if (n != expected_rows || msg.size() != 8 + static_cast<size_t>(n) * hidden * sizeof(float)) {
+  if (n != expected_rows || msg.size() != 12 + static_cast<size_t>(n) * hidden * sizeof(float)) {
     return absl::DataLossError(
         absl::StrCat("combine message with ", n, " rows, expected ", expected_rows));
   }
-  *rows = reinterpret_cast<const float*>(msg.data() + 8);
+  *rows = reinterpret_cast<const float*>(msg.data() + 12);
   return absl::OkStatus();
 }
 

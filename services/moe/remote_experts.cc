@@ -40,6 +40,8 @@ absl::Status RemoteExpertExecutor::Run(int64_t layer, const float* hidden, int64
   if (moe_index == static_cast<int32_t>(placement_.layers.size()) - 1) {
     ++step_;
     last_moe_index_ = -1;
+    last_step_mesh_rows_ = mesh_rows_;
+    mesh_rows_ = 0;
   }
   return st;
 }
@@ -98,8 +100,10 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
   if (num_tokens > 0) std::memset(out, 0, sizeof(float) * num_tokens * H);
   for (size_t w = 0; w < num_ew; ++w) {
     const float* rows = nullptr;
+    uint32_t mesh_rows = 0;
     SY_RETURN_IF_ERROR(
-        DecodeCombine(recv_[w], static_cast<uint32_t>(row_token_[w].size()), H, &rows));
+        DecodeCombine(recv_[w], static_cast<uint32_t>(row_token_[w].size()), H, &rows, &mesh_rows));
+    mesh_rows_ += mesh_rows;
     for (size_t r = 0; r < row_token_[w].size(); ++r) {
       float* dst = out + static_cast<int64_t>(row_token_[w][r]) * H;
       const float* src = rows + r * H;
@@ -172,10 +176,15 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
     gate_up[i] = slots_[moe_index][i].gate_up.ptr();
     down[i] = slots_[moe_index][i].down.ptr();
   }
+  std::vector<DispatchView> views(num_aw);
+  uint32_t mesh_rows = 0;
   for (size_t a = 0; a < num_aw; ++a) {
-    DispatchView v;
-    SY_RETURN_IF_ERROR(Annotate(DecodeDispatch(recv_[a], H, spw, &v),
+    SY_RETURN_IF_ERROR(Annotate(DecodeDispatch(recv_[a], H, spw, &views[a]),
                                 absl::StrCat("from rank ", ranks_.attention[a])));
+    mesh_rows += views[a].num_rows;
+  }
+  for (size_t a = 0; a < num_aw; ++a) {
+    const DispatchView& v = views[a];
     const uint32_t n = v.num_rows;
     // Group the rows by local slot (counting sort), run, and scatter back.
     std::fill(offsets.begin(), offsets.end(), 0);
@@ -204,7 +213,7 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
       std::memcpy(back.data() + static_cast<int64_t>(order[p]) * H, computed_.data() + p * H,
                   sizeof(float) * H);
     }
-    EncodeCombine(back.data(), n, H, &send_[a]);
+    EncodeCombine(back.data(), n, mesh_rows, H, &send_[a]);
     sends[a] = {ranks_.attention[a], send_[a].data(), send_[a].size()};
   }
   return Annotate(

@@ -47,6 +47,9 @@ class RemoteExpertExecutor : public engine::ExpertExecutor {
   // Takes part in one whole step (every MoE layer) without tokens.
   absl::Status RunEmptyStep();
   uint64_t step() const { return step_; }
+  // Rows the expert workers received from all attention workers during the
+  // last completed step (0: the whole mesh was idle).
+  uint64_t last_step_mesh_rows() const { return last_step_mesh_rows_; }
 
  private:
   absl::Status Exchange(int32_t moe_index, const float* hidden, int64_t num_tokens,
@@ -60,7 +63,9 @@ class RemoteExpertExecutor : public engine::ExpertExecutor {
   absl::Duration timeout_;
   uint64_t step_ = 0;
   int32_t last_moe_index_ = -1;
-  uint64_t spread_ = 0;  // rotates replica choice between steps
+  uint64_t spread_ = 0;     // rotates replica choice between steps
+  uint64_t mesh_rows_ = 0;  // accumulating over the current step
+  uint64_t last_step_mesh_rows_ = 0;
   // Scratch per expert worker.
   std::vector<std::vector<int32_t>> slots_;
   std::vector<std::vector<float>> rows_;
