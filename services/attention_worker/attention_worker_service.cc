@@ -54,8 +54,10 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
   void OnWriteDone(bool ok) override {
     std::lock_guard<std::recursive_mutex> lock(mu_);
     writing_ = false;
-    if (!ok) {
-      // The client went away; the core is told in OnCancel/OnDone.
+    if (!ok || cancelled_) {
+      // The client went away: the call still has to be finished for gRPC to
+      // release it (OnDone); the core is told in OnCancel/OnDone.
+      FinishCancelledLocked();
       return;
     }
     if (!queue_.empty()) queue_.pop_front();
@@ -63,6 +65,11 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
   }
 
   void OnCancel() override {
+    {
+      std::lock_guard<std::recursive_mutex> lock(mu_);
+      cancelled_ = true;
+      if (!writing_) FinishCancelledLocked();
+    }
     if (!id_.empty()) core_->Cancel(id_);
   }
 
@@ -90,14 +97,20 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
   void Fail(const absl::Status& st) {
     std::lock_guard<std::recursive_mutex> lock(mu_);
     finished_ = true;
-    if (!finish_called_) {
+    if (!finish_called_ && !writing_) {
       finish_called_ = true;
       Finish(api::ToGrpcStatus(st));
     }
   }
 
+  void FinishCancelledLocked() {
+    if (finish_called_) return;
+    finish_called_ = true;
+    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled"));
+  }
+
   void WriteNextLocked() {
-    if (writing_ || finish_called_) return;
+    if (writing_ || finish_called_ || cancelled_) return;
     if (!queue_.empty()) {
       writing_ = true;
       StartWrite(&queue_.front());
@@ -119,6 +132,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
   bool writing_ = false;
   bool finished_ = false;
   bool finish_called_ = false;
+  bool cancelled_ = false;
 };
 
 }  // namespace
