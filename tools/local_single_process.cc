@@ -76,9 +76,12 @@ int RunSingleProcessCluster(const cluster::ClusterConfig& cfg) {
           should_stop);
     });
   }
+  // Filled before any thread starts: the workers keep references to their entry.
   std::vector<std::string> aw_addresses;
   for (int32_t i = 0; i < A; ++i) {
     aw_addresses.push_back(absl::StrCat("127.0.0.1:", cfg.attention_worker.base_port + i));
+  }
+  for (int32_t i = 0; i < A; ++i) {
     run(absl::StrCat("attention worker ", i), [&, i] {
       return attention_worker::RunAttentionWorker(cfg, i, *transports[i], aw_addresses[i],
                                                   should_stop);

@@ -22,8 +22,14 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
                                     transport::Transport& transport,
                                     std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
-  auto channel =
-      grpc::CreateChannel(cfg.coordinator.listen.address(), grpc::InsecureChannelCredentials());
+  // Workers often start before the coordinator listens: retry connecting
+  // every 100-500 ms instead of gRPC's default exponential backoff (seconds).
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+  auto channel = grpc::CreateCustomChannel(cfg.coordinator.listen.address(),
+                                           grpc::InsecureChannelCredentials(), args);
   auto stub = pb::Coordinator::NewStub(channel);
   pb::RegisterRequest req;
   req.set_role(attention ? pb::ROLE_ATTENTION : pb::ROLE_EXPERT);
