@@ -29,6 +29,7 @@
 #include "absl/strings/str_split.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "services/api/convert.h"
+#include "services/cluster/process.h"
 #include "switchyard/v1/generate.grpc.pb.h"
 #include "tools/generate_output.h"
 
@@ -72,24 +73,6 @@ bool ParseIds(const std::string& text, const char* flag, std::vector<int32_t>* o
     out->push_back(v);
   }
   return true;
-}
-
-// Accepts --flag-name as well as abseil's --flag_name spelling.
-std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::string>* storage) {
-  storage->reserve(argc);
-  for (int i = 0; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (i > 0 && arg.rfind("--", 0) == 0) {
-      const size_t end = std::min(arg.find('='), arg.size());
-      for (size_t j = 2; j < end; ++j) {
-        if (arg[j] == '-') arg[j] = '_';
-      }
-    }
-    storage->push_back(std::move(arg));
-  }
-  std::vector<char*> out;
-  for (auto& s : *storage) out.push_back(s.data());
-  return out;
 }
 
 void SetDeadline(grpc::ClientContext* context) {
@@ -247,7 +230,7 @@ int main(int argc, char** argv) {
       "  switchyard-client info --addr HOST:PORT\n"
       "  switchyard-client health --addr HOST:PORT [--service NAME]");
   std::vector<std::string> arg_storage;
-  std::vector<char*> args = DashesToUnderscores(argc, argv, &arg_storage);
+  std::vector<char*> args = sy::cluster::DashesToUnderscores(argc, argv, &arg_storage);
   std::vector<char*> positional =
       absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (positional.size() != 2) {

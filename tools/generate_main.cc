@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "engine/engine.h"
 #include "engine/loader.h"
+#include "services/cluster/process.h"
 #include "tools/generate_output.h"
 
 ABSL_FLAG(std::string, model, "", "Model directory: config.json and *.safetensors (required)");
@@ -65,24 +66,6 @@ bool ParseIds(const std::string& text, const char* flag, std::vector<int32_t>* o
   return true;
 }
 
-// Accepts --flag-name as well as abseil's --flag_name spelling.
-std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::string>* storage) {
-  storage->reserve(argc);
-  std::vector<char*> out;
-  for (int i = 0; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (i > 0 && arg.rfind("--", 0) == 0) {
-      const size_t end = std::min(arg.find('='), arg.size());
-      for (size_t j = 2; j < end; ++j) {
-        if (arg[j] == '-') arg[j] = '_';
-      }
-    }
-    storage->push_back(std::move(arg));
-  }
-  for (auto& s : *storage) out.push_back(s.data());
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -95,7 +78,7 @@ int main(int argc, char** argv) {
       "Generates from token ids with the single-process Switchyard engine.\n"
       "  switchyard-generate --model DIR --prompt-ids 1,7,42 --max-new-tokens 24");
   std::vector<std::string> arg_storage;
-  std::vector<char*> args = DashesToUnderscores(argc, argv, &arg_storage);
+  std::vector<char*> args = sy::cluster::DashesToUnderscores(argc, argv, &arg_storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   sy::LogLevel level;
   if (!sy::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
