@@ -51,6 +51,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
+#include "services/api/convert.h"
 #include "services/cluster/process.h"
 #include "switchyard/v1/generate.grpc.pb.h"
 
@@ -107,47 +108,6 @@ struct RequestResult {
   double tpot_ms = 0;  // valid when tokens >= 2
   double latency_ms = 0;
 };
-
-const char* CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN:
-      return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED:
-      return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL:
-      return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS:
-      return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return "UNAUTHENTICATED";
-    default:
-      return "UNKNOWN_CODE";
-  }
-}
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
@@ -329,7 +289,7 @@ void Call::OnDone(const grpc::Status& status) {
   r.requested_tokens = request_.stopping().max_new_tokens();
   r.tokens = tokens_;
   if (!status.ok()) {
-    r.error = CodeName(status.error_code());
+    r.error = sy::api::GrpcCodeName(status.error_code());
     r.error_message = status.error_message();
   } else if (finish_ == v1::FINISH_REASON_ERROR) {
     r.error = "FINISH_REASON_ERROR";
@@ -618,7 +578,7 @@ int main(int argc, char** argv) {
     const grpc::Status status = stubs[0]->ModelInfo(&context, v1::ModelInfoRequest(), &*info);
     if (!status.ok()) {
       std::fprintf(stderr, "%s: ModelInfo: %s (%s)\n", kProgram, status.error_message().c_str(),
-                   CodeName(status.error_code()));
+                   sy::api::GrpcCodeName(status.error_code()));
       return 1;
     }
     if (info->vocab_size() < 1) {

@@ -55,6 +55,8 @@ void ToProto(const model::ModelConfig& config, const Limits& limits, v1::ModelIn
 // Status codes map one to one (absl's codes are gRPC's canonical codes); the
 // message is kept.
 grpc::Status ToGrpcStatus(const absl::Status& status);
+// "OK", "CANCELLED", ... for logs and reports.
+const char* GrpcCodeName(grpc::StatusCode code);
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
 }  // namespace sy::api
