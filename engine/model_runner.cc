@@ -14,6 +14,24 @@ void Grow(std::vector<float>& v, int64_t n) {
 
 }  // namespace
 
+ForwardBatch SingleSequenceBatch(const std::vector<int32_t>& tokens, int64_t start,
+                                 const std::vector<int32_t>& blocks, int64_t block_size) {
+  ForwardBatch b;
+  b.max_blocks_per_seq = static_cast<int64_t>(blocks.size());
+  b.q_start = {0, static_cast<int32_t>(tokens.size())};
+  b.context_lens = {static_cast<int32_t>(start + static_cast<int64_t>(tokens.size()))};
+  b.block_tables = blocks;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const int64_t pos = start + static_cast<int64_t>(i);
+    b.tokens.push_back(tokens[i]);
+    b.positions.push_back(static_cast<int32_t>(pos));
+    b.slots.push_back(
+        static_cast<int32_t>(blocks[pos / block_size] * block_size + pos % block_size));
+    b.logit_rows.push_back(static_cast<int32_t>(i));
+  }
+  return b;
+}
+
 ModelRunner::ModelRunner(const model::ModelConfig& cfg, model::DenseWeights weights,
                          std::unique_ptr<ExpertExecutor> experts, const kernels::Context& ctx,
                          model::RopeTables rope)

@@ -37,6 +37,11 @@ struct ForwardBatch {
   int64_t num_seqs() const { return static_cast<int64_t>(context_lens.size()); }
 };
 
+// The batch of one sequence whose KV blocks are `blocks`: `tokens` at
+// positions [start, start + tokens.size()), logits asked for every row.
+ForwardBatch SingleSequenceBatch(const std::vector<int32_t>& tokens, int64_t start,
+                                 const std::vector<int32_t>& blocks, int64_t block_size);
+
 class ModelRunner {
  public:
   static absl::StatusOr<std::unique_ptr<ModelRunner>> Create(

@@ -87,25 +87,6 @@ absl::StatusOr<std::vector<WriterTensor>> ReadOriginal(const std::string& name) 
   return out;
 }
 
-// The batch for a prefill of `tokens` from position 0 into `blocks`, asking
-// for the logits of every token.
-ForwardBatch PrefillBatch(const std::vector<int32_t>& tokens, const std::vector<int32_t>& blocks) {
-  ForwardBatch b;
-  b.max_blocks_per_seq = static_cast<int64_t>(blocks.size());
-  b.q_start = {0, static_cast<int32_t>(tokens.size())};
-  b.context_lens = {static_cast<int32_t>(tokens.size())};
-  b.block_tables = blocks;
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    const int64_t pos = static_cast<int64_t>(i);
-    b.tokens.push_back(tokens[i]);
-    b.positions.push_back(static_cast<int32_t>(pos));
-    b.slots.push_back(
-        static_cast<int32_t>(blocks[pos / kBlockSize] * kBlockSize + pos % kBlockSize));
-    b.logit_rows.push_back(static_cast<int32_t>(i));
-  }
-  return b;
-}
-
 // Teacher-forced logits [tokens, vocab] of the model in `dir`.
 absl::StatusOr<std::vector<float>> TeacherForcedLogits(const std::string& dir,
                                                        const std::vector<int32_t>& tokens) {
@@ -120,7 +101,8 @@ absl::StatusOr<std::vector<float>> TeacherForcedLogits(const std::string& dir,
   SY_ASSIGN_OR_RETURN(std::vector<int32_t> blocks,
                       cache->allocator().Allocate(cache->num_blocks()));
   std::vector<float> logits;
-  SY_RETURN_IF_ERROR(runner->Forward(PrefillBatch(tokens, blocks), *cache, &logits));
+  SY_RETURN_IF_ERROR(
+      runner->Forward(SingleSequenceBatch(tokens, 0, blocks, kBlockSize), *cache, &logits));
   return logits;
 }
 

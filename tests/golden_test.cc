@@ -71,26 +71,6 @@ std::unique_ptr<ModelRunner> LoadRunner(const std::string& name) {
   return runner.ok() ? *std::move(runner) : nullptr;
 }
 
-// Appends `tokens` at positions [start, start + n) of a single sequence whose
-// KV blocks are `blocks`, asking for the logits of every new token.
-ForwardBatch SingleSeqBatch(const std::vector<int32_t>& tokens, int64_t start,
-                            const std::vector<int32_t>& blocks, int64_t block_size) {
-  ForwardBatch b;
-  b.max_blocks_per_seq = static_cast<int64_t>(blocks.size());
-  b.q_start = {0, static_cast<int32_t>(tokens.size())};
-  b.context_lens = {static_cast<int32_t>(start + tokens.size())};
-  b.block_tables = blocks;
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    const int64_t pos = start + static_cast<int64_t>(i);
-    b.tokens.push_back(tokens[i]);
-    b.positions.push_back(static_cast<int32_t>(pos));
-    b.slots.push_back(
-        static_cast<int32_t>(blocks[pos / block_size] * block_size + pos % block_size));
-    b.logit_rows.push_back(static_cast<int32_t>(i));
-  }
-  return b;
-}
-
 float MaxAbsDiff(const float* a, const std::vector<float>& b) {
   float m = 0;
   for (size_t i = 0; i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
@@ -117,7 +97,7 @@ TEST_P(GoldenTest, TeacherForcedPrefillMatchesTransformers) {
     auto blocks = (*cache)->allocator().Allocate((*cache)->num_blocks());
     ASSERT_TRUE(blocks.ok());
     std::vector<float> logits;
-    ASSERT_TRUE(runner->Forward(SingleSeqBatch(seq, 0, *blocks, 16), **cache, &logits).ok());
+    ASSERT_TRUE(runner->Forward(SingleSequenceBatch(seq, 0, *blocks, 16), **cache, &logits).ok());
     for (size_t s = 0; s < g.logits.size(); ++s) {
       const float* row = logits.data() + (g.prompt.size() - 1 + s) * V;
       const float diff = MaxAbsDiff(row, g.logits[s]);
@@ -146,14 +126,16 @@ TEST_P(GoldenTest, TeacherForcedDecodeMatchesTransformers) {
     ASSERT_TRUE(blocks.ok());
     std::vector<int32_t> table(blocks->rbegin(), blocks->rend());
     std::vector<float> logits;
-    ASSERT_TRUE(runner->Forward(SingleSeqBatch(g.prompt, 0, table, kBlock), **cache, &logits).ok());
+    ASSERT_TRUE(
+        runner->Forward(SingleSequenceBatch(g.prompt, 0, table, kBlock), **cache, &logits).ok());
     EXPECT_LT(MaxAbsDiff(logits.data() + (g.prompt.size() - 1) * V, g.logits[0]), kLogitTolerance)
         << GetParam() << " prompt " << p << " step 0";
     for (size_t s = 1; s < g.logits.size(); ++s) {
       const int64_t pos = static_cast<int64_t>(g.prompt.size() + s - 1);
-      ASSERT_TRUE(
-          runner->Forward(SingleSeqBatch({g.greedy[s - 1]}, pos, table, kBlock), **cache, &logits)
-              .ok());
+      ASSERT_TRUE(runner
+                      ->Forward(SingleSequenceBatch({g.greedy[s - 1]}, pos, table, kBlock), **cache,
+                                &logits)
+                      .ok());
       EXPECT_LT(MaxAbsDiff(logits.data(), g.logits[s]), kLogitTolerance)
           << GetParam() << " prompt " << p << " step " << s;
     }

@@ -26,24 +26,6 @@ std::vector<std::vector<int32_t>> Prompts(const std::string& name) {
   return out;
 }
 
-engine::ForwardBatch Batch(const std::vector<int32_t>& tokens, int64_t start,
-                           const std::vector<int32_t>& blocks, int64_t block_size) {
-  engine::ForwardBatch b;
-  b.max_blocks_per_seq = static_cast<int64_t>(blocks.size());
-  b.q_start = {0, static_cast<int32_t>(tokens.size())};
-  b.context_lens = {static_cast<int32_t>(start + tokens.size())};
-  b.block_tables = blocks;
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    const int64_t pos = start + static_cast<int64_t>(i);
-    b.tokens.push_back(tokens[i]);
-    b.positions.push_back(static_cast<int32_t>(pos));
-    b.slots.push_back(
-        static_cast<int32_t>(blocks[pos / block_size] * block_size + pos % block_size));
-    b.logit_rows.push_back(static_cast<int32_t>(i));
-  }
-  return b;
-}
-
 // Logits of prompt p (all rows) then of one decode token, from a runner.
 struct Trace {
   std::vector<float> prefill;
@@ -59,9 +41,12 @@ Trace RunTrace(engine::ModelRunner& runner, const std::vector<int32_t>& prompt) 
   auto blocks = (*cache)->allocator().Allocate(8 + prompt.size() / 8);
   EXPECT_TRUE(blocks.ok());
   Trace t;
-  EXPECT_TRUE(runner.Forward(Batch(prompt, 0, *blocks, 8), **cache, &t.prefill).ok());
   EXPECT_TRUE(
-      runner.Forward(Batch({prompt[0]}, prompt.size(), *blocks, 8), **cache, &t.decode).ok());
+      runner.Forward(engine::SingleSequenceBatch(prompt, 0, *blocks, 8), **cache, &t.prefill).ok());
+  EXPECT_TRUE(runner
+                  .Forward(engine::SingleSequenceBatch({prompt[0]}, prompt.size(), *blocks, 8),
+                           **cache, &t.decode)
+                  .ok());
   return t;
 }
 
@@ -167,7 +152,10 @@ TEST_P(MoeMeshTest, MatchesSingleProcessEngine) {
     ASSERT_TRUE(cache.ok());
     auto blocks = (*cache)->allocator().Allocate(8);
     ASSERT_TRUE(blocks.ok());
-    ASSERT_TRUE((*runner)->Forward(Batch(prompts[1], 0, *blocks, 8), **cache, &got1.prefill).ok());
+    ASSERT_TRUE((*runner)
+                    ->Forward(engine::SingleSequenceBatch(prompts[1], 0, *blocks, 8), **cache,
+                              &got1.prefill)
+                    .ok());
     ASSERT_TRUE(raw->RunEmptyStep().ok());
   });
   aw0.join();

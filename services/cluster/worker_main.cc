@@ -1,0 +1,97 @@
+#include "services/cluster/worker_main.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <iostream>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "services/cluster/process.h"
+#include "services/cluster/worker_bootstrap.h"
+#include "transport/registry.h"
+
+ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
+ABSL_FLAG(int32_t, index, 0, "This worker's index among the workers of its role");
+ABSL_FLAG(std::string, listen, "",
+          "gRPC address; default 127.0.0.1:(base_port + index) of the role's config section");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
+
+namespace sy::cluster {
+
+int WorkerMain(int argc, char** argv, bool attention, const WorkerRunFn& run) {
+  const std::string binary = attention ? "switchyard-attention-worker" : "switchyard-expert-worker";
+  absl::SetProgramUsageMessage(absl::StrCat("Switchyard ", attention ? "attention" : "expert",
+                                            " worker.\n  ", binary, " --config FILE --index I"));
+  std::vector<std::string> storage;
+  std::vector<char*> args = DashesToUnderscores(argc, argv, &storage);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  LogLevel level;
+  if (!ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    std::cerr << binary << ": --log-level must be debug, info, warning or error\n";
+    return 2;
+  }
+  SetMinLogLevel(level);
+  InstallShutdownHandlers();
+  auto cfg = LoadClusterConfig(absl::GetFlag(FLAGS_config));
+  if (!cfg.ok()) {
+    std::cerr << binary << ": " << cfg.status().message() << "\n";
+    return 2;
+  }
+  const int32_t index = absl::GetFlag(FLAGS_index);
+  const int32_t count = attention ? cfg->topology.attention_workers : cfg->topology.expert_workers;
+  if (index < 0 || index >= count) {
+    std::cerr << binary << ": --index " << index << " outside [0, " << count << ")\n";
+    return 2;
+  }
+  if (cfg->transport.backend != "ucx") {
+    std::cerr << binary << ": transport.backend " << cfg->transport.backend
+              << " links threads of one process; separate worker processes need ucx "
+                 "(switchyard-local runs inproc clusters in one process)\n";
+    return 2;
+  }
+  transport::TransportOptions to;
+  to.backend = cfg->transport.backend;
+  to.rank = RankOf(*cfg, attention, index);
+  auto transport = transport::CreateTransport(to);
+  if (!transport.ok()) {
+    std::cerr << binary << ": transport: " << transport.status().message() << "\n";
+    return 1;
+  }
+  const int32_t base_port =
+      attention ? cfg->attention_worker.base_port : cfg->expert_worker.base_port;
+  const std::string listen = absl::GetFlag(FLAGS_listen).empty()
+                                 ? absl::StrCat("127.0.0.1:", base_port + index)
+                                 : absl::GetFlag(FLAGS_listen);
+  // Both written by the role's thread before it sets `done` (release/acquire).
+  std::atomic<bool> done{false};
+  absl::Status status;
+  std::thread worker([&] {
+    status = run(*cfg, index, **transport, listen, [] { return ShutdownRequested(); });
+    done.store(true, std::memory_order_release);
+    RequestShutdown();
+  });
+  while (!WaitForShutdown(std::chrono::milliseconds(500))) {
+  }
+  for (int i = 0; i < 60 && !done.load(std::memory_order_acquire); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!done.load(std::memory_order_acquire)) {
+    // Still blocked in an exchange: leave without unwinding under it.
+    std::cerr << binary << ": still busy at shutdown; exiting\n";
+    std::fflush(stderr);
+    _exit(0);
+  }
+  worker.join();
+  if (!status.ok()) {
+    std::cerr << binary << ": " << status.message() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace sy::cluster
