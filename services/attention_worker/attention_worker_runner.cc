@@ -56,7 +56,6 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   AttentionWorkerService service(&core);
   SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {&service}));
   server.SetServing({"switchyard.internal.v1.AttentionWorker"}, true);
-  cluster::Heartbeat heartbeat(cfg, mesh.rank);
   SY_LOG(INFO) << "attention worker " << index << " serving on " << listen;
 
   absl::Status loop_status;

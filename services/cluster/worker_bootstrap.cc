@@ -24,9 +24,11 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
   const auto deadline = Clock::now() + timeout;
   // Workers often start before the coordinator listens: retry connecting
   // every 100-500 ms instead of gRPC's default exponential backoff (seconds).
+  // gRPC takes the minimum reconnect backoff as the connect timeout: keep it
+  // at seconds, or a busy machine fails every attempt's handshake.
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
   auto channel = grpc::CreateCustomChannel(cfg.coordinator.listen.address(),
                                            grpc::InsecureChannelCredentials(), args);
@@ -56,7 +58,8 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
                                                  " unreachable: ", st.error_message()));
     }
     if (attempt % 10 == 0) {
-      SY_LOG(INFO) << "waiting for the coordinator at " << cfg.coordinator.listen.address();
+      SY_LOG(INFO) << "waiting for the coordinator at " << cfg.coordinator.listen.address() << " ("
+                   << st.error_message() << ")";
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
@@ -67,15 +70,22 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
                                             " but the transport was built for rank ",
                                             transport.rank()));
   }
+  out.heartbeat = std::make_unique<Heartbeat>(cfg, out.rank);
   SY_LOG(INFO) << "registered as rank " << out.rank << "; waiting for the mesh";
   pb::Mesh mesh;
   while (true) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     pb::GetMeshRequest mreq;
     mreq.set_wait_complete(true);
     grpc::Status st = stub->GetMesh(&ctx, mreq, &mesh);
     if (st.ok() && mesh.complete()) break;
+    // The coordinator holds the call until the mesh completes (up to a
+    // second); an error comes back at once, so pause before asking again.
+    if (!st.ok()) {
+      SY_LOG(DEBUG) << "GetMesh: " << st.error_message();
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
     if (Clock::now() > deadline) {
       return absl::DeadlineExceededError(absl::StrCat(
           "the mesh did not complete in time (", mesh.members_size(), " of ",

@@ -19,8 +19,13 @@
 
 namespace sy::cluster {
 
+class Heartbeat;
+
 struct JoinedMesh {
   int32_t rank = -1;
+  // Started right after registering, so a worker waiting for slow peers is
+  // not taken for dead; runs until the JoinedMesh is destroyed.
+  std::unique_ptr<Heartbeat> heartbeat;
   eplb::Placement placement;
   moe::MeshRanks ranks;
   std::vector<std::string> attention_grpc_addresses;  // by attention index
@@ -30,7 +35,8 @@ struct JoinedMesh {
 int32_t RankOf(const ClusterConfig& cfg, bool attention, int32_t index);
 
 // Registers (retrying while the coordinator is not up yet, until `timeout`),
-// waits for the complete mesh, connects `transport`. Progress goes to the log.
+// starts heartbeats, waits for the complete mesh, connects `transport`.
+// Progress goes to the log.
 absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, int32_t index,
                                     const std::string& grpc_address,
                                     transport::Transport& transport,

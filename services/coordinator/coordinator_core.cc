@@ -38,7 +38,7 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
   if (transport_address.empty()) {
     return absl::InvalidArgumentError("transport_address must not be empty");
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   std::vector<MemberInfo>& list = role == Role::kAttention ? attention_ : experts_;
   const char* role_name = role == Role::kAttention ? "attention" : "expert";
   if (index < 0 || index >= static_cast<int32_t>(list.size())) {
@@ -61,30 +61,50 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
   SY_LOG(INFO) << "registered " << role_name << " worker " << index << " ('" << name << "') at "
                << grpc_address << " as rank " << m.rank << " (epoch " << epoch_ << ")";
   if (CompleteLocked()) SY_LOG(INFO) << "mesh complete at epoch " << epoch_;
-  cv_.notify_all();
-  return m.rank;
+  const int32_t rank = m.rank;
+  lock.unlock();
+  NotifyChange();
+  return rank;
 }
 
 absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank) {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto* list : {&attention_, &experts_}) {
-    for (MemberInfo& m : *list) {
-      if (m.rank == rank && rank >= 0) {
-        m.last_heartbeat = std::chrono::steady_clock::now();
-        if (!m.alive) {
-          m.alive = true;
-          ++epoch_;
+  bool revived = false;
+  int64_t epoch = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto* list : {&attention_, &experts_}) {
+      for (MemberInfo& m : *list) {
+        if (m.rank == rank && rank >= 0) {
+          m.last_heartbeat = std::chrono::steady_clock::now();
+          if (!m.alive) {
+            m.alive = true;
+            ++epoch_;
+            revived = true;
+            SY_LOG(INFO) << "rank " << rank << " (" << m.grpc_address
+                         << ") is sending heartbeats again; marked alive";
+          }
+          epoch = epoch_;
         }
-        return epoch_;
       }
     }
   }
-  return absl::NotFoundError(absl::StrCat("rank ", rank, " is not registered"));
+  if (epoch == 0) return absl::NotFoundError(absl::StrCat("rank ", rank, " is not registered"));
+  if (revived) NotifyChange();
+  return epoch;
 }
 
-MeshView CoordinatorCore::GetMesh(bool wait, std::chrono::steady_clock::time_point deadline) {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (wait) cv_.wait_until(lock, deadline, [this] { return CompleteLocked(); });
+void CoordinatorCore::SetChangeListener(std::function<void()> listener) {
+  std::lock_guard<std::mutex> lock(listener_mu_);
+  listener_ = std::move(listener);
+}
+
+void CoordinatorCore::NotifyChange() {
+  std::lock_guard<std::mutex> lock(listener_mu_);
+  if (listener_) listener_();
+}
+
+MeshView CoordinatorCore::GetMesh() const {
+  std::lock_guard<std::mutex> lock(mu_);
   MeshView v;
   v.epoch = epoch_;
   v.complete = CompleteLocked();
@@ -94,7 +114,7 @@ MeshView CoordinatorCore::GetMesh(bool wait, std::chrono::steady_clock::time_poi
 }
 
 std::vector<int32_t> CoordinatorCore::ExpireSilent(std::chrono::steady_clock::time_point now) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   std::vector<int32_t> expired;
   for (auto* list : {&attention_, &experts_}) {
     for (MemberInfo& m : *list) {
@@ -108,7 +128,8 @@ std::vector<int32_t> CoordinatorCore::ExpireSilent(std::chrono::steady_clock::ti
   }
   if (!expired.empty()) {
     ++epoch_;
-    cv_.notify_all();
+    lock.unlock();
+    NotifyChange();
   }
   return expired;
 }

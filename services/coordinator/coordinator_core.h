@@ -4,14 +4,15 @@
 // Ranks follow from each worker's index within its role, so a worker knows
 // its rank (and can build its transport) before registering: attention
 // worker i is rank i, expert worker j is rank A + j. The mesh is complete once A attention and M
-// expert workers have registered; until then GetMesh(wait) blocks. The coordinator is the single
-// source of truth: each change of membership or placement bumps the epoch.
+// expert workers have registered. The coordinator is the single source of truth: each change of
+// membership or placement bumps the epoch and calls the change listener (which is how the gRPC
+// front answers the GetMesh calls waiting for a complete mesh without blocking a handler thread).
 // Thread-safe: gRPC handler threads call every method concurrently.
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -58,8 +59,11 @@ class CoordinatorCore {
                                    const std::string& transport_address, const std::string& name);
   // Records a heartbeat; NotFound for an unknown rank. Returns the epoch.
   absl::StatusOr<int64_t> Heartbeat(int32_t rank);
-  // The current mesh; with wait, blocks until it is complete or `deadline`.
-  MeshView GetMesh(bool wait, std::chrono::steady_clock::time_point deadline);
+  // The current mesh (never blocks).
+  MeshView GetMesh() const;
+  // `listener` runs after every epoch change, outside the core's lock, on the
+  // thread that made the change. One listener; an empty function removes it.
+  void SetChangeListener(std::function<void()> listener);
   // Marks members whose last heartbeat is older than the timeout as dead
   // (bumping the epoch); returns their ranks. Called periodically.
   std::vector<int32_t> ExpireSilent(std::chrono::steady_clock::time_point now);
@@ -68,11 +72,13 @@ class CoordinatorCore {
 
  private:
   bool CompleteLocked() const;
+  void NotifyChange();
   std::vector<MemberInfo> RegisteredLocked() const;
 
   const CoordinatorOptions options_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  std::mutex listener_mu_;  // guards listener_ only; never held with mu_
+  std::function<void()> listener_;
   int64_t epoch_ = 1;
   std::vector<MemberInfo> attention_;  // [index]; rank -1 until registered
   std::vector<MemberInfo> experts_;

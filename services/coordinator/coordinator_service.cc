@@ -1,5 +1,6 @@
 #include "services/coordinator/coordinator_service.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -100,14 +101,90 @@ grpc::ServerUnaryReactor* CoordinatorService::Register(grpc::CallbackServerConte
   return Done(ctx, "Register", start, rank.status());
 }
 
+CoordinatorService::CoordinatorService(CoordinatorCore* core) : core_(core) {
+  core_->SetChangeListener([this] {
+    std::lock_guard<std::mutex> lock(mu_);
+    changed_ = true;
+    cv_.notify_all();
+  });
+  waiter_ = std::thread([this] { WaiterLoop(); });
+}
+
+CoordinatorService::~CoordinatorService() {
+  core_->SetChangeListener(nullptr);
+  Drain();
+  waiter_.join();
+}
+
+void CoordinatorService::Drain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+  cv_.notify_all();
+}
+
+void CoordinatorService::WaiterLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    if (parked_.empty()) {
+      if (draining_) return;
+      cv_.wait(lock, [this] { return draining_ || !parked_.empty(); });
+      continue;
+    }
+    auto earliest = parked_.front().answer_by;
+    for (const ParkedCall& c : parked_) earliest = std::min(earliest, c.answer_by);
+    if (!changed_ && !draining_ && std::chrono::steady_clock::now() < earliest) {
+      cv_.wait_until(lock, earliest, [this] { return changed_ || draining_; });
+      continue;
+    }
+    // Look at the mesh without holding mu_ (the core's listener takes it).
+    std::vector<ParkedCall> calls;
+    calls.swap(parked_);
+    changed_ = false;
+    const bool drain = draining_;
+    lock.unlock();
+    const MeshView mesh = core_->GetMesh();
+    const auto now = std::chrono::steady_clock::now();
+    std::vector<ParkedCall> keep;
+    for (ParkedCall& c : calls) {
+      if (!mesh.complete && !drain && now < c.answer_by) {
+        keep.push_back(c);
+        continue;
+      }
+      MeshToProto(mesh, c.response);
+      SY_LOG(DEBUG) << "rpc GetMesh (waited) ok in "
+                    << std::chrono::duration<double, std::milli>(now - c.start).count() << " ms";
+      c.reactor->Finish(grpc::Status::OK);
+    }
+    lock.lock();
+    parked_.insert(parked_.end(), keep.begin(), keep.end());
+  }
+}
+
 grpc::ServerUnaryReactor* CoordinatorService::GetMesh(grpc::CallbackServerContext* ctx,
                                                       const pb::GetMeshRequest* req,
                                                       pb::Mesh* resp) {
   const auto start = std::chrono::steady_clock::now();
-  // Callback handlers must not block for long: wait at most 200 ms; callers
-  // poll until the mesh is complete.
-  MeshView mesh = core_->GetMesh(req->wait_complete(), start + std::chrono::milliseconds(200));
-  MeshToProto(mesh, resp);
+  if (req->wait_complete()) {
+    MeshView mesh = core_->GetMesh();
+    if (!mesh.complete) {
+      // Answer by kMaxMeshWait, or 50 ms before the caller gives up.
+      auto answer_by = start + kMaxMeshWait;
+      const auto caller_left = ctx->deadline() - std::chrono::system_clock::now();
+      if (caller_left < kMaxMeshWait) {
+        answer_by = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                caller_left - std::chrono::milliseconds(50));
+      }
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!draining_) {
+        grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+        parked_.push_back({reactor, resp, start, answer_by});
+        changed_ = true;  // look again: the mesh may have completed since the check above
+        cv_.notify_all();
+        return reactor;
+      }
+    }
+  }
+  MeshToProto(core_->GetMesh(), resp);
   return Done(ctx, "GetMesh", start, absl::OkStatus());
 }
 

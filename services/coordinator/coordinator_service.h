@@ -2,7 +2,12 @@
 // API) plus the proto <-> domain conversion of meshes and placements.
 #pragma once
 
+#include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include "eplb/placement.h"
 #include "services/coordinator/coordinator_core.h"
@@ -17,10 +22,24 @@ void PlacementToProto(const eplb::Placement& p, pb::Placement* out);
 absl::StatusOr<eplb::Placement> PlacementFromProto(const pb::Placement& p);
 void MeshToProto(const MeshView& mesh, pb::Mesh* out);
 
-// Owns nothing but a pointer to the core, which must outlive it.
+// Borrows the core, which must outlive it.
+//
+// GetMesh with wait_complete is a long poll: the call is parked (no handler
+// thread blocks; gRPC's callback threads are few and a blocked one stops the
+// server from accepting connections) and answered by a waiter thread as soon
+// as the mesh is complete, or with the incomplete mesh after at most
+// kMaxMeshWait or shortly before the caller's deadline.
 class CoordinatorService final : public pb::Coordinator::CallbackService {
  public:
-  explicit CoordinatorService(CoordinatorCore* core) : core_(core) {}
+  static constexpr std::chrono::milliseconds kMaxMeshWait{1000};
+
+  explicit CoordinatorService(CoordinatorCore* core);
+  // Drains (see Drain) and stops the waiter thread.
+  ~CoordinatorService() override;
+
+  // Answers every parked GetMesh now and parks no more. Call before shutting
+  // the gRPC server down, whose Shutdown waits for unfinished calls.
+  void Drain();
 
   grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* ctx,
                                      const pb::RegisterRequest* req,
@@ -32,7 +51,21 @@ class CoordinatorService final : public pb::Coordinator::CallbackService {
                                       pb::HeartbeatResponse* resp) override;
 
  private:
+  struct ParkedCall {
+    grpc::ServerUnaryReactor* reactor;
+    pb::Mesh* response;
+    std::chrono::steady_clock::time_point start;
+    std::chrono::steady_clock::time_point answer_by;
+  };
+  void WaiterLoop();
+
   CoordinatorCore* core_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<ParkedCall> parked_;  // guarded by mu_
+  bool changed_ = false;            // guarded by mu_: the mesh changed since the last look
+  bool draining_ = false;           // guarded by mu_
+  std::thread waiter_;
 };
 
 }  // namespace sy::coordinator

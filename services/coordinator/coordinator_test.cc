@@ -1,6 +1,9 @@
 // The coordinator over real gRPC on 127.0.0.1: registration, ranks, mesh
 // completion, placement round trip, heartbeats and expiry.
+#include <atomic>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -38,7 +41,10 @@ class CoordinatorTest : public ::testing::Test {
                                    grpc::InsecureChannelCredentials());
     stub_ = pb::Coordinator::NewStub(channel_);
   }
-  void TearDown() override { server_.server->Shutdown(); }
+  void TearDown() override {
+    service_->Drain();
+    server_.server->Shutdown();
+  }
 
   grpc::Status Register(pb::Role role, int32_t index, const std::string& addr,
                         pb::RegisterResponse* resp) {
@@ -103,6 +109,90 @@ TEST_F(CoordinatorTest, RanksMeshAndPlacement) {
   EXPECT_EQ(placement->phy2log, TestPlacement().phy2log);
   EXPECT_EQ(placement->num_workers, 2);
   EXPECT_EQ(placement->layers, std::vector<int32_t>({1, 2, 3}));
+}
+
+// Workers long-poll GetMesh(wait_complete) while the others start up. The
+// parked calls must not occupy gRPC's callback threads: registrations over
+// fresh connections still go through while many of them wait, and every
+// waiter learns of the complete mesh.
+TEST_F(CoordinatorTest, WaitingForTheMeshDoesNotStallTheServer) {
+  constexpr int kWaiters = 24;
+  const std::string address = "127.0.0.1:" + std::to_string(server_.port);
+  // A channel of its own (its own TCP connection): a distinct channel
+  // argument stops gRPC from sharing one subchannel between them.
+  auto own_stub = [&](int i) {
+    grpc::ChannelArguments args;
+    args.SetInt("switchyard.test.connection", i);
+    return pb::Coordinator::NewStub(
+        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  };
+  std::atomic<int> complete{0};
+  std::atomic<int> polls{0};
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < kWaiters; ++i) {
+    waiters.emplace_back([&, i] {
+      auto stub = own_stub(i);
+      for (int attempt = 0; attempt < 100; ++attempt) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        pb::GetMeshRequest req;
+        req.set_wait_complete(true);
+        pb::Mesh mesh;
+        const grpc::Status st = stub->GetMesh(&ctx, req, &mesh);
+        ASSERT_TRUE(st.ok()) << st.error_message();
+        polls.fetch_add(1);
+        if (mesh.complete()) {
+          EXPECT_EQ(mesh.members_size(), 4);
+          complete.fetch_add(1);
+          return;
+        }
+      }
+    });
+  }
+  // Let the waiters connect and park, then register over new connections
+  // with a short deadline.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  int n = 0;
+  for (auto [role, index] : {std::pair{pb::ROLE_ATTENTION, 0},
+                             {pb::ROLE_ATTENTION, 1},
+                             {pb::ROLE_EXPERT, 0},
+                             {pb::ROLE_EXPERT, 1}}) {
+    auto stub = own_stub(1000 + n++);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    pb::RegisterRequest req;
+    req.set_role(role);
+    req.set_index(index);
+    req.set_grpc_address("w" + std::to_string(n) + ":1");
+    req.set_transport_address("blob");
+    pb::RegisterResponse resp;
+    const grpc::Status st = stub->Register(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << "registration " << n << " while " << kWaiters
+                         << " GetMesh calls wait: " << st.error_message();
+  }
+  for (auto& t : waiters) t.join();
+  EXPECT_EQ(complete.load(), kWaiters);
+}
+
+// A parked GetMesh is answered (with the incomplete mesh) when its wait runs
+// out and when the service drains for shutdown.
+TEST_F(CoordinatorTest, ParkedGetMeshIsAnsweredIncompleteOnTimeoutAndDrain) {
+  pb::Mesh mesh = GetMesh(true);  // nobody registers: answered after the wait
+  EXPECT_FALSE(mesh.complete());
+  std::thread drain([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    service_->Drain();
+  });
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  pb::GetMeshRequest req;
+  req.set_wait_complete(true);
+  const grpc::Status st = stub_->GetMesh(&ctx, req, &mesh);
+  drain.join();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_FALSE(mesh.complete());
+  // After draining nothing is parked: a waiting call is answered at once.
+  EXPECT_FALSE(GetMesh(true).complete());
 }
 
 TEST_F(CoordinatorTest, BadRegistrationsAreRefused) {

@@ -29,7 +29,6 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
                                 cfg.model.dummy_seed, absl::Milliseconds(cfg.transport.timeout_ms),
                                 kernels::Context{}));
   server.SetServing({}, true);
-  cluster::Heartbeat heartbeat(cfg, mesh.rank);
   SY_LOG(INFO) << "expert worker " << index << " serving " << mesh.placement.slots_per_worker()
                << " slots per layer";
   absl::Status st;
