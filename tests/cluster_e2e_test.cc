@@ -59,7 +59,9 @@
 #include "engine/engine.h"
 #include "engine/loader.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/descriptor.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "kernels/kernels.h"
 #include "nlohmann/json.hpp"
@@ -1026,6 +1028,91 @@ TEST_F(Qwen3ClusterTest, HealthServingOnEveryProcess) {
     const grpc::Status st = stub->Check(&context, grpc::health::v1::HealthCheckRequest(), &resp);
     ASSERT_TRUE(st.ok()) << role << " " << addr << ": " << st.error_message();
     EXPECT_EQ(resp.status(), HealthResponse::SERVING) << role << " " << addr;
+  }
+}
+
+// What a server-reflection client (grpcurl, Postman) sees of one process:
+// the services it lists and the descriptor of the file defining `symbol`.
+struct Reflected {
+  std::vector<std::string> services;
+  google::protobuf::FileDescriptorProto file;  // the file defining the symbol
+  std::string error;                           // a failed step; empty when all went well
+};
+
+Reflected Reflect(const std::string& address, const std::string& symbol) {
+  namespace refl = ::grpc::reflection::v1alpha;
+  Reflected out;
+  auto stub = refl::ServerReflection::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto stream = stub->ServerReflectionInfo(&context);
+  refl::ServerReflectionRequest req;
+  refl::ServerReflectionResponse resp;
+  req.set_list_services("*");
+  if (!stream->Write(req) || !stream->Read(&resp)) {
+    out.error = "list_services: the stream broke";
+  } else if (!resp.has_list_services_response()) {
+    out.error = "list_services: " + resp.error_response().error_message();
+  } else {
+    for (const auto& s : resp.list_services_response().service()) out.services.push_back(s.name());
+    req.set_file_containing_symbol(symbol);
+    if (!stream->Write(req) || !stream->Read(&resp)) {
+      out.error = "file_containing_symbol: the stream broke";
+    } else if (!resp.has_file_descriptor_response() ||
+               resp.file_descriptor_response().file_descriptor_proto().empty()) {
+      out.error = "file_containing_symbol " + symbol + ": " + resp.error_response().error_message();
+    } else if (!out.file.ParseFromString(
+                   resp.file_descriptor_response().file_descriptor_proto(0))) {
+      out.error = "file_containing_symbol: the descriptor does not parse";
+    }
+  }
+  stream->WritesDone();
+  const grpc::Status st = stream->Finish();
+  if (out.error.empty() && !st.ok()) out.error = "stream: " + st.error_message();
+  return out;
+}
+
+std::vector<std::string> MethodsOf(const google::protobuf::FileDescriptorProto& file,
+                                   const std::string& service) {
+  std::vector<std::string> out;
+  for (const auto& s : file.service()) {
+    if (s.name() != service) continue;
+    for (const auto& m : s.method()) out.push_back(m.name());
+  }
+  return out;
+}
+
+// Server reflection answers on every process, so grpcurl and similar tools
+// can call the API without the .proto files.
+TEST_F(Qwen3ClusterTest, ServerReflectionDescribesEveryProcess) {
+  using ::testing::Contains;
+  using ::testing::UnorderedElementsAre;
+  const Reflected router = Reflect(cluster_->api_address(), "switchyard.v1.Generate");
+  ASSERT_EQ(router.error, "") << "router";
+  EXPECT_THAT(router.services, Contains("switchyard.v1.Generate"));
+  EXPECT_EQ(router.file.package(), "switchyard.v1");
+  EXPECT_THAT(MethodsOf(router.file, "Generate"),
+              UnorderedElementsAre("Generate", "GenerateStream", "ModelInfo"));
+
+  const Reflected coordinator =
+      Reflect(cluster_->coordinator_address(), "switchyard.internal.v1.Coordinator");
+  ASSERT_EQ(coordinator.error, "") << "coordinator";
+  EXPECT_THAT(coordinator.services, Contains("switchyard.internal.v1.Coordinator"));
+  EXPECT_THAT(MethodsOf(coordinator.file, "Coordinator"), Contains("Register"));
+
+  for (const std::string& a : cluster_->attention_addresses()) {
+    const Reflected worker = Reflect(a, "switchyard.internal.v1.AttentionWorker");
+    ASSERT_EQ(worker.error, "") << "attention worker " << a;
+    EXPECT_THAT(worker.services, Contains("switchyard.internal.v1.AttentionWorker")) << a;
+    EXPECT_THAT(MethodsOf(worker.file, "AttentionWorker"), Contains("Stats")) << a;
+  }
+  // Expert workers serve health only (their work goes over the transport),
+  // and reflection lists the reflection service itself.
+  for (const std::string& a : cluster_->expert_addresses()) {
+    const Reflected worker = Reflect(a, "grpc.reflection.v1alpha.ServerReflection");
+    ASSERT_EQ(worker.error, "") << "expert worker " << a;
+    EXPECT_THAT(worker.services, Contains("grpc.reflection.v1alpha.ServerReflection")) << a;
   }
 }
 
