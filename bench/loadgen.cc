@@ -538,6 +538,7 @@ int main(int argc, char** argv) {
       "Mmax]\n"
       "      [--vocab V] [--seed S] [--temperature X] [--channels C] [--json]");
   std::vector<std::string> arg_storage;
+  sy::cluster::ListAllFlagsInHelp();
   std::vector<char*> args = sy::cluster::DashesToUnderscores(argc, argv, &arg_storage);
   std::vector<char*> positional =
       absl::ParseCommandLine(static_cast<int>(args.size()), args.data());

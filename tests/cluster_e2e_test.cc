@@ -55,6 +55,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_split.h"
 #include "common/log.h"
 #include "engine/engine.h"
 #include "engine/loader.h"
@@ -1114,6 +1115,128 @@ TEST_F(Qwen3ClusterTest, ServerReflectionDescribesEveryProcess) {
     ASSERT_EQ(worker.error, "") << "expert worker " << a;
     EXPECT_THAT(worker.services, Contains("grpc.reflection.v1alpha.ServerReflection")) << a;
   }
+}
+
+struct ToolRun {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+// Runs build/bin/<tool> with `args` (a shell word list), capturing stdout and stderr.
+ToolRun RunTool(const std::string& tool, const std::string& args) {
+  static int counter = 0;
+  const std::string err_file = RunRoot() + "/tool-" + std::to_string(++counter) + ".stderr";
+  const std::string cmd =
+      std::string(SY_BINARY_DIR) + "/bin/" + tool + " " + args + " 2>" + err_file;
+  ToolRun r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
+  const int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.err = ReadFile(err_file);
+  return r;
+}
+
+// Compares the JSON logprob entries of two tools: same chosen and top tokens,
+// logprobs within the tolerance.
+void ExpectSameLogprobJson(const nlohmann::json& a, const nlohmann::json& b,
+                           const std::string& what) {
+  ASSERT_EQ(a.is_null(), b.is_null()) << what;
+  if (a.is_null()) return;
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const std::string at = what + "[" + std::to_string(i) + "]";
+    ASSERT_EQ(a[i].is_null(), b[i].is_null()) << at;
+    if (a[i].is_null()) continue;
+    EXPECT_EQ(a[i]["token"], b[i]["token"]) << at;
+    EXPECT_NEAR(a[i]["logprob"].get<double>(), b[i]["logprob"].get<double>(), kLogprobTolerance)
+        << at;
+    ASSERT_EQ(a[i]["top"].size(), b[i]["top"].size()) << at;
+    for (size_t k = 0; k < a[i]["top"].size(); ++k) {
+      EXPECT_EQ(a[i]["top"][k]["token"], b[i]["top"][k]["token"]) << at << ".top[" << k << "]";
+      EXPECT_NEAR(a[i]["top"][k]["logprob"].get<double>(), b[i]["top"][k]["logprob"].get<double>(),
+                  kLogprobTolerance)
+          << at << ".top[" << k << "]";
+    }
+  }
+}
+
+// switchyard-client takes switchyard-generate's flags and prints the same
+// JSON document (unary), one JSON line per message with --stream; `info` and
+// `health` describe the server; bad flags and INVALID_ARGUMENT exit 2.
+TEST_F(Qwen3ClusterTest, ClientCliPrintsWhatGenerateCliPrints) {
+  const std::string addr = "--addr " + cluster_->api_address();
+  const std::string model = "--model " + CaseDir("qwen3_moe");
+  for (const std::string flags :
+       {"--prompt-ids 1,7,42,100 --max-new-tokens 10 --logprobs 3 --prompt-logprobs 2",
+        // Sampling flags imply temperature 1 in both tools; a seed reproduces.
+        "--prompt-ids 5,9 --max-new-tokens 12 --seed 11 --top-k 8 --logprobs 0",
+        "--prompt-ids 3 --max-new-tokens 6 --min-new-tokens 6 --stop-token-ids 1,2 "
+        "--repetition-penalty 1.3"}) {
+    const ToolRun local = RunTool("switchyard-generate", model + " " + flags);
+    const ToolRun remote = RunTool("switchyard-client", "generate " + addr + " " + flags);
+    ASSERT_EQ(local.exit_code, 0) << flags << "\n" << local.err;
+    ASSERT_EQ(remote.exit_code, 0) << flags << "\n" << remote.err;
+    const auto l = nlohmann::json::parse(local.out, nullptr, false);
+    const auto r = nlohmann::json::parse(remote.out, nullptr, false);
+    ASSERT_FALSE(l.is_discarded()) << local.out;
+    ASSERT_FALSE(r.is_discarded()) << remote.out;
+    std::vector<std::string> lkeys, rkeys;
+    for (const auto& [k, v] : l.items()) lkeys.push_back(k);
+    for (const auto& [k, v] : r.items()) rkeys.push_back(k);
+    EXPECT_EQ(lkeys, rkeys) << flags;
+    EXPECT_EQ(l["tokens"], r["tokens"]) << flags;
+    EXPECT_EQ(l["finish_reason"], r["finish_reason"]) << flags;
+    ExpectSameLogprobJson(l["logprobs"], r["logprobs"], flags + ": logprobs");
+    ExpectSameLogprobJson(l["prompt_logprobs"], r["prompt_logprobs"], flags + ": prompt_logprobs");
+    EXPECT_EQ(r["timings"]["output_tokens"], r["tokens"].size()) << flags;
+
+    // --stream: one JSON line per message; together the same tokens and
+    // logprobs, the finish reason and timings on the last line.
+    const ToolRun streamed =
+        RunTool("switchyard-client", "generate --stream " + addr + " " + flags);
+    ASSERT_EQ(streamed.exit_code, 0) << flags << "\n" << streamed.err;
+    nlohmann::json tokens = nlohmann::json::array();
+    nlohmann::json logprobs = nlohmann::json::array();
+    nlohmann::json last;
+    for (absl::string_view line : absl::StrSplit(streamed.out, '\n', absl::SkipEmpty())) {
+      last = nlohmann::json::parse(line, nullptr, false);
+      ASSERT_FALSE(last.is_discarded()) << line;
+      for (const auto& t : last["tokens"]) tokens.push_back(t);
+      if (!last["logprobs"].is_null()) {
+        for (const auto& lp : last["logprobs"]) logprobs.push_back(lp);
+      }
+    }
+    EXPECT_EQ(tokens, l["tokens"]) << flags << " --stream";
+    EXPECT_EQ(last["finish_reason"], l["finish_reason"]) << flags << " --stream";
+    EXPECT_TRUE(last.contains("timings")) << flags << " --stream";
+    if (!l["logprobs"].is_null()) {
+      ExpectSameLogprobJson(l["logprobs"], logprobs, flags + " --stream: logprobs");
+    }
+  }
+
+  const ToolRun info = RunTool("switchyard-client", "info " + addr);
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  const auto j = nlohmann::json::parse(info.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << info.out;
+  EXPECT_EQ(j.dump().find("Qwen3MoeForCausalLM") != std::string::npos, true) << info.out;
+
+  const ToolRun health = RunTool("switchyard-client", "health " + addr);
+  EXPECT_EQ(health.exit_code, 0) << health.err;
+  EXPECT_THAT(health.out, HasSubstr("SERVING"));
+
+  // A bad flag value never reaches the server; INVALID_ARGUMENT from the
+  // server names the field; both exit 2.
+  ToolRun bad = RunTool("switchyard-client", "generate " + addr + " --prompt-ids 1,x");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.err, HasSubstr("'x' is not a token id"));
+  bad = RunTool("switchyard-client", "generate " + addr + " --prompt-ids 1 --max-new-tokens 0");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.err, HasSubstr("max_new_tokens"));
 }
 
 TEST_F(Qwen3ClusterTest, ModelInfoDescribesModelAndLimits) {

@@ -32,26 +32,12 @@
 #include "services/cluster/process.h"
 #include "switchyard/v1/generate.grpc.pb.h"
 #include "tools/generate_output.h"
+#include "tools/request_flags.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "Router address, host:port");
 ABSL_FLAG(int64_t, deadline_ms, 0, "Deadline of the call in milliseconds; 0 = none");
 ABSL_FLAG(bool, stream, false, "generate: print one JSON line per stream message");
 ABSL_FLAG(std::string, request_id, "", "generate: request id; empty = assigned by the router");
-ABSL_FLAG(std::string, prompt_ids, "", "generate: comma-separated prompt token ids (required)");
-ABSL_FLAG(int32_t, max_new_tokens, 16, "Stop after this many generated tokens");
-ABSL_FLAG(int32_t, min_new_tokens, 0, "Do not stop on EOS/stop tokens before this many tokens");
-ABSL_FLAG(std::string, stop_token_ids, "", "Comma-separated extra stop token ids");
-ABSL_FLAG(bool, ignore_eos, false, "Do not stop on the model's EOS token");
-ABSL_FLAG(double, temperature, 0.0, "Sampling temperature; 0 = greedy");
-ABSL_FLAG(int32_t, top_k, 0, "Keep the k most likely tokens; 0 = off");
-ABSL_FLAG(double, top_p, 1.0, "Nucleus sampling mass; 1 = off");
-ABSL_FLAG(double, min_p, 0.0, "Drop tokens below min_p x the top probability; 0 = off");
-ABSL_FLAG(double, repetition_penalty, 1.0, "Penalty for tokens already in prompt/output; 1 = off");
-ABSL_FLAG(double, presence_penalty, 0.0, "Subtracted from logits of tokens already generated");
-ABSL_FLAG(double, frequency_penalty, 0.0, "Subtracted per occurrence in the output");
-ABSL_FLAG(int64_t, seed, -1, "Sampling seed (reproducible per request); -1 = random");
-ABSL_FLAG(int32_t, logprobs, -1, "Report logprob of each chosen token plus top-N; -1 = off");
-ABSL_FLAG(int32_t, prompt_logprobs, -1, "Report logprobs of prompt tokens plus top-N; -1 = off");
 ABSL_FLAG(std::string, service, "", "health: service name; empty = the whole server");
 
 namespace {
@@ -60,20 +46,6 @@ namespace v1 = ::switchyard::v1;
 using json = nlohmann::ordered_json;
 
 constexpr const char* kProgram = "switchyard-client";
-
-bool ParseIds(const std::string& text, const char* flag, std::vector<int32_t>* out) {
-  out->clear();
-  if (text.empty()) return true;
-  for (absl::string_view part : absl::StrSplit(text, ',')) {
-    int32_t v;
-    if (!absl::SimpleAtoi(part, &v)) {
-      std::cerr << kProgram << ": --" << flag << ": '" << part << "' is not a token id\n";
-      return false;
-    }
-    out->push_back(v);
-  }
-  return true;
-}
 
 void SetDeadline(grpc::ClientContext* context) {
   const int64_t ms = absl::GetFlag(FLAGS_deadline_ms);
@@ -125,36 +97,7 @@ json StreamLineJson(const sy::engine::RequestUpdate& u, bool want_logprobs) {
 int Generate(v1::Generate::Stub* stub) {
   sy::engine::GenerationRequest req;
   req.id = absl::GetFlag(FLAGS_request_id);
-  if (!ParseIds(absl::GetFlag(FLAGS_prompt_ids), "prompt_ids", &req.prompt) ||
-      !ParseIds(absl::GetFlag(FLAGS_stop_token_ids), "stop_token_ids",
-                &req.stopping.stop_token_ids)) {
-    return 2;
-  }
-  if (req.prompt.empty()) {
-    std::cerr << kProgram << ": --prompt-ids is required\n";
-    return 2;
-  }
-  req.stopping.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
-  req.stopping.min_new_tokens = absl::GetFlag(FLAGS_min_new_tokens);
-  req.stopping.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
-  auto& sp = req.sampling;
-  sp.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
-  sp.top_k = absl::GetFlag(FLAGS_top_k);
-  sp.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
-  sp.min_p = static_cast<float>(absl::GetFlag(FLAGS_min_p));
-  sp.repetition_penalty = static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty));
-  sp.presence_penalty = static_cast<float>(absl::GetFlag(FLAGS_presence_penalty));
-  sp.frequency_penalty = static_cast<float>(absl::GetFlag(FLAGS_frequency_penalty));
-  if (absl::GetFlag(FLAGS_seed) >= 0) {
-    sp.has_seed = true;
-    sp.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
-  }
-  req.logprobs = absl::GetFlag(FLAGS_logprobs);
-  req.prompt_logprobs = absl::GetFlag(FLAGS_prompt_logprobs);
-  if (req.logprobs < -1 || req.prompt_logprobs < -1) {
-    std::cerr << kProgram << ": --logprobs and --prompt-logprobs must be >= -1\n";
-    return 2;
-  }
+  if (!sy::tools::RequestFromFlags(kProgram, &req)) return 2;
   v1::GenerateRequest request;
   sy::api::ToProto(req, &request);
   const bool want_logprobs = req.logprobs >= 0;
@@ -230,6 +173,7 @@ int main(int argc, char** argv) {
       "  switchyard-client info --addr HOST:PORT\n"
       "  switchyard-client health --addr HOST:PORT [--service NAME]");
   std::vector<std::string> arg_storage;
+  sy::cluster::ListAllFlagsInHelp();
   std::vector<char*> args = sy::cluster::DashesToUnderscores(argc, argv, &arg_storage);
   std::vector<char*> positional =
       absl::ParseCommandLine(static_cast<int>(args.size()), args.data());

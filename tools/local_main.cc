@@ -160,6 +160,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Runs a local Switchyard cluster.\n  switchyard-local --config cluster.yaml");
   std::vector<std::string> storage;
+  sy::cluster::ListAllFlagsInHelp();
   std::vector<char*> args = sy::cluster::DashesToUnderscores(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   const std::string config_path = absl::GetFlag(FLAGS_config);

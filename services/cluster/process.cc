@@ -8,6 +8,9 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+
 namespace sy::cluster {
 namespace {
 
@@ -68,6 +71,14 @@ std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::s
   std::vector<char*> out;
   for (auto& s : *storage) out.push_back(s.data());
   return out;
+}
+
+void ListAllFlagsInHelp() {
+  absl::FlagsUsageConfig usage;
+  const auto ours = [](absl::string_view file) { return !absl::StrContains(file, "absl/flags/"); };
+  usage.contains_help_flags = ours;
+  usage.contains_helpshort_flags = ours;
+  absl::SetFlagsUsageConfig(usage);
 }
 
 }  // namespace sy::cluster

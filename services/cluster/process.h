@@ -21,4 +21,9 @@ bool WaitForShutdown(std::chrono::milliseconds timeout);
 // spelled with dashes. `storage` owns the strings the result points into.
 std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::string>* storage);
 
+// Makes --help list every flag of the program (abseil's default shows only
+// flags defined in a file named after the binary, which none of ours is),
+// leaving out abseil's own built-in flags. Call before ParseCommandLine.
+void ListAllFlagsInHelp();
+
 }  // namespace sy::cluster

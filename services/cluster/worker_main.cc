@@ -28,6 +28,7 @@ int WorkerMain(int argc, char** argv, bool attention, const WorkerRunFn& run) {
   absl::SetProgramUsageMessage(absl::StrCat("Switchyard ", attention ? "attention" : "expert",
                                             " worker.\n  ", binary, " --config FILE --index I"));
   std::vector<std::string> storage;
+  ListAllFlagsInHelp();
   std::vector<char*> args = DashesToUnderscores(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   LogLevel level;

@@ -19,6 +19,7 @@ ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Switchyard coordinator.\n  switchyard-coordinator --config FILE");
   std::vector<std::string> storage;
+  sy::cluster::ListAllFlagsInHelp();
   std::vector<char*> args = sy::cluster::DashesToUnderscores(argc, argv, &storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   sy::LogLevel level;

@@ -89,6 +89,7 @@ int main(int argc, char** argv) {
       "  switchyard-router --listen 127.0.0.1:50051 --model DIR "
       "--attention-workers HOST:PORT,...");
   std::vector<std::string> arg_storage;
+  sy::cluster::ListAllFlagsInHelp();
   std::vector<char*> args = sy::cluster::DashesToUnderscores(argc, argv, &arg_storage);
   absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   sy::LogLevel level;
