@@ -2,13 +2,19 @@
 // expert workers (threads) with redundant slots give the same logits as the
 // single-process engine, whatever the placement, including steps where one
 // attention worker has no tokens.
+#include <filesystem>
 #include <fstream>
+#include <regex>
+#include <set>
 #include <thread>
 
 #include "engine/kv_cache.h"
 #include "engine/loader.h"
 #include "engine/model_runner.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "model/safetensors_writer.h"
+#include "model/weights.h"
 #include "nlohmann/json.hpp"
 #include "services/moe/remote_experts.h"
 #include "transport/registry.h"
@@ -178,6 +184,84 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(info.param.redundant) +
              (info.param.order == eplb::PlacementOrder::kStrided ? "_strided" : "_contiguous");
     });
+
+// Expert workers read only the experts of their own slots and attention
+// workers no expert at all: a copy of the checkpoint holding just the dense
+// tensors and worker 0's experts still loads for them, while worker 1, which
+// needs an expert that was left out, fails naming the missing tensor.
+TEST(ExpertLoadingTest, WorkersReadOnlyTheirOwnWeights) {
+  const std::string src = kDir + "qwen3_moe";
+  auto cfg = model::LoadModelConfig(src);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  auto full = model::Checkpoint::Open(src);
+  ASSERT_TRUE(full.ok()) << full.status();
+  std::vector<int32_t> moe_layers;
+  for (int32_t l = 0; l < cfg->num_layers; ++l) {
+    if (cfg->layer_is_moe[l]) moe_layers.push_back(l);
+  }
+  eplb::PlacementOptions po;
+  po.num_workers = 2;
+  auto placement = eplb::InitialPlacement(moe_layers, static_cast<int32_t>(cfg->num_experts), po);
+  ASSERT_TRUE(placement.ok()) << placement.status();
+  const int32_t spw = placement->slots_per_worker();
+  std::map<int64_t, std::set<int64_t>> worker0;  // layer -> experts
+  for (size_t l = 0; l < placement->layers.size(); ++l) {
+    for (int32_t i = 0; i < spw; ++i) {
+      worker0[placement->layers[l]].insert(placement->phy2log[l][i]);
+    }
+  }
+
+  const std::regex expert_name(R"(layers\.(\d+)\.mlp\.experts\.(\d+)\.)");
+  std::vector<model::WriterTensor> dense_only, dense_and_worker0;
+  int dropped = 0;
+  for (const std::string& name : (*full)->TensorNames()) {
+    auto shape = (*full)->Shape(name);
+    ASSERT_TRUE(shape.ok()) << shape.status();
+    model::WriterTensor t{name, model::StDType::kF32, *shape, {}};
+    int64_t numel = 1;
+    for (int64_t d : *shape) numel *= d;
+    t.values.resize(static_cast<size_t>(numel));
+    ASSERT_TRUE((*full)->ReadF32(name, *shape, t.values.data()).ok()) << name;
+    std::smatch m;
+    if (!std::regex_search(name, m, expert_name)) {
+      dense_only.push_back(t);
+      dense_and_worker0.push_back(std::move(t));
+    } else if (worker0[std::stoll(m[1])].count(std::stoll(m[2])) > 0) {
+      dense_and_worker0.push_back(std::move(t));
+    } else {
+      ++dropped;
+    }
+  }
+  ASSERT_GT(dropped, 0) << "worker 0 holds every expert; the test proves nothing";
+
+  const std::string root = ::testing::TempDir() + "/sy_expert_loading";
+  const auto write = [&](const std::string& dir, const std::vector<model::WriterTensor>& ts) {
+    std::filesystem::create_directories(dir);
+    std::filesystem::copy_file(src + "/config.json", dir + "/config.json",
+                               std::filesystem::copy_options::overwrite_existing);
+    ASSERT_TRUE(model::WriteSafetensors(dir + "/model.safetensors", ts).ok()) << dir;
+  };
+  write(root + "/dense", dense_only);
+  write(root + "/worker0", dense_and_worker0);
+
+  // The attention worker's part: the dense weights, from a checkpoint without experts.
+  auto dense_ckpt = model::Checkpoint::Open(root + "/dense");
+  ASSERT_TRUE(dense_ckpt.ok()) << dense_ckpt.status();
+  EXPECT_TRUE(model::LoadDenseWeights(*cfg, **dense_ckpt).ok());
+
+  auto ckpt = model::Checkpoint::Open(root + "/worker0");
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  const absl::Duration timeout = absl::Seconds(5);
+  auto w0 = ExpertServer::Create(*cfg, *placement, 0, MeshRanks{}, nullptr, ckpt->get(), 0, timeout,
+                                 kernels::Context{});
+  EXPECT_TRUE(w0.ok()) << w0.status();
+  auto w1 = ExpertServer::Create(*cfg, *placement, 1, MeshRanks{}, nullptr, ckpt->get(), 0, timeout,
+                                 kernels::Context{});
+  ASSERT_FALSE(w1.ok());
+  EXPECT_EQ(w1.status().code(), absl::StatusCode::kNotFound) << w1.status();
+  EXPECT_THAT(std::string(w1.status().message()), ::testing::HasSubstr(".mlp.experts."));
+  std::filesystem::remove_all(root);
+}
 
 }  // namespace
 }  // namespace sy::moe
