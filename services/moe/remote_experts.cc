@@ -1,5 +1,7 @@
 #include "services/moe/remote_experts.h"
 
+#include <algorithm>
+
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -183,38 +185,48 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
                                 absl::StrCat("from rank ", ranks_.attention[a])));
     mesh_rows += views[a].num_rows;
   }
+  // The rows of every attention worker together, grouped by local slot
+  // (counting sort), so each expert runs one GEMM over all of the mesh's
+  // rows for it; then each worker's rows go back in its dispatch order.
+  std::vector<int64_t> base(num_aw + 1, 0);
+  for (size_t a = 0; a < num_aw; ++a) base[a + 1] = base[a] + views[a].num_rows;
+  const int64_t total = base[num_aw];
+  std::fill(offsets.begin(), offsets.end(), 0);
   for (size_t a = 0; a < num_aw; ++a) {
-    const DispatchView& v = views[a];
-    const uint32_t n = v.num_rows;
-    // Group the rows by local slot (counting sort), run, and scatter back.
-    std::fill(offsets.begin(), offsets.end(), 0);
-    for (uint32_t r = 0; r < n; ++r) ++offsets[v.slots[r] + 1];
-    for (int32_t i = 0; i < spw; ++i) {
-      load_[moe_index][i] += offsets[i + 1];
-      offsets[i + 1] += offsets[i];
+    for (uint32_t r = 0; r < views[a].num_rows; ++r) ++offsets[views[a].slots[r] + 1];
+  }
+  for (int32_t i = 0; i < spw; ++i) {
+    load_[moe_index][i] += offsets[i + 1];
+    offsets[i + 1] += offsets[i];
+  }
+  order.resize(static_cast<size_t>(total));
+  std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1);
+  for (size_t a = 0; a < num_aw; ++a) {
+    for (uint32_t r = 0; r < views[a].num_rows; ++r) {
+      order[cursor[views[a].slots[r]]++] = static_cast<int32_t>(base[a] + r);
     }
-    order.resize(n);
-    std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1);
-    for (uint32_t r = 0; r < n; ++r) order[cursor[v.slots[r]]++] = static_cast<int32_t>(r);
-    gathered_.resize(static_cast<size_t>(n) * H);
-    computed_.resize(static_cast<size_t>(n) * H);
-    for (uint32_t p = 0; p < n; ++p) {
-      std::memcpy(gathered_.data() + p * H, v.rows + static_cast<int64_t>(order[p]) * H,
-                  sizeof(float) * H);
-    }
-    if (n > 0) {
-      SY_RETURN_IF_ERROR(kernels::GroupedExpertFfn(ctx_, kernels::DType::kF32, gathered_.data(),
-                                                   offsets.data(), spw, gate_up.data(), down.data(),
-                                                   H, I, computed_.data()));
-    }
-    // Back to dispatch order: the combine rows match the dispatch rows.
-    std::vector<float> back(static_cast<size_t>(n) * H);
-    for (uint32_t p = 0; p < n; ++p) {
-      std::memcpy(back.data() + static_cast<int64_t>(order[p]) * H, computed_.data() + p * H,
-                  sizeof(float) * H);
-    }
-    EncodeCombine(back.data(), n, mesh_rows, H, &send_[a]);
-    sends[a] = {ranks_.attention[a], send_[a].data(), send_[a].size()};
+  }
+  gathered_.resize(static_cast<size_t>(total) * H);
+  computed_.resize(static_cast<size_t>(total) * H);
+  scattered_.resize(static_cast<size_t>(total) * H);
+  size_t a = 0;
+  for (int64_t p = 0; p < total; ++p) {
+    const int64_t g = order[p];
+    a = static_cast<size_t>(std::upper_bound(base.begin(), base.end(), g) - base.begin() - 1);
+    std::memcpy(gathered_.data() + p * H, views[a].rows + (g - base[a]) * H, sizeof(float) * H);
+  }
+  if (total > 0) {
+    SY_RETURN_IF_ERROR(kernels::GroupedExpertFfn(ctx_, kernels::DType::kF32, gathered_.data(),
+                                                 offsets.data(), spw, gate_up.data(), down.data(),
+                                                 H, I, computed_.data()));
+  }
+  for (int64_t p = 0; p < total; ++p) {
+    std::memcpy(scattered_.data() + static_cast<int64_t>(order[p]) * H, computed_.data() + p * H,
+                sizeof(float) * H);
+  }
+  for (size_t w = 0; w < num_aw; ++w) {
+    EncodeCombine(scattered_.data() + base[w] * H, views[w].num_rows, mesh_rows, H, &send_[w]);
+    sends[w] = {ranks_.attention[w], send_[w].data(), send_[w].size()};
   }
   return Annotate(
       transport_->Exchange(StepTag(step_, moe_index, Phase::kCombine), sends, {}, &recv_, timeout_),

@@ -107,7 +107,7 @@ class ExpertServer {
   std::vector<std::vector<int64_t>> load_;
   std::vector<std::vector<uint8_t>> recv_;
   std::vector<std::vector<uint8_t>> send_;
-  std::vector<float> gathered_, computed_;
+  std::vector<float> gathered_, computed_, scattered_;  // ServeLayer's scratch
 };
 
 }  // namespace sy::moe
