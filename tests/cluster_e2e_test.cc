@@ -1239,6 +1239,30 @@ TEST_F(Qwen3ClusterTest, ClientCliPrintsWhatGenerateCliPrints) {
   EXPECT_THAT(bad.err, HasSubstr("max_new_tokens"));
 }
 
+// The lockstep step needs every attention worker, so a request arriving
+// while the whole mesh idles would wait out the other workers' idle pauses;
+// the worker that gets it wakes them (AttentionWorker.Wake) instead.
+TEST_F(Qwen3ClusterTest, RequestAtAnIdleMeshWakesTheOtherAttentionWorkers) {
+  // Let the mesh go idle (the pauses back off to max_idle_sleep_us).
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const auto wakes = [&] {
+    int64_t n = 0;
+    for (const auto& st : AllStats(*cluster_)) n += st.wakes_received();
+    return n;
+  };
+  const int64_t before = wakes();
+  const StreamOutcome o = RunStream(cluster_->stub(), GreedyRequest({1, 7, 42}, 4, std::nullopt));
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  EXPECT_EQ(o.tokens.size(), 4u);
+  // One worker got the request and woke the other one (the call is
+  // asynchronous: it may land after the request has finished).
+  const auto t0 = Clock::now();
+  while (wakes() == before && Clock::now() - t0 < std::chrono::seconds(10)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(wakes() - before, 1);
+}
+
 TEST_F(Qwen3ClusterTest, ModelInfoDescribesModelAndLimits) {
   const nlohmann::json c = LoadConfigJson("qwen3_moe");
   grpc::ClientContext context;

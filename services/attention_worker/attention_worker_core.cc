@@ -39,8 +39,14 @@ void AttentionWorkerCore::Cancel(const std::string& id) {
 }
 
 WorkerStatsSnapshot AttentionWorkerCore::stats() const {
-  std::lock_guard<std::mutex> lock(stats_mu_);
-  return stats_;
+  WorkerStatsSnapshot s;
+  {
+    std::lock_guard<std::mutex> lock(stats_mu_);
+    s = stats_;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  s.wakes_received = wakes_received_;
+  return s;
 }
 
 void AttentionWorkerCore::Stop() {
@@ -49,7 +55,15 @@ void AttentionWorkerCore::Stop() {
   cv_.notify_all();
 }
 
-void AttentionWorkerCore::Drain() {
+void AttentionWorkerCore::Wake() {
+  std::lock_guard<std::mutex> lock(mu_);
+  woken_ = true;
+  ++wakes_received_;
+  cv_.notify_all();
+}
+
+int AttentionWorkerCore::Drain() {
+  int admitted = 0;
   std::deque<Command> commands;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -68,7 +82,9 @@ void AttentionWorkerCore::Drain() {
       continue;
     }
     sinks_[id] = std::move(c.sink);
+    ++admitted;
   }
+  return admitted;
 }
 
 void AttentionWorkerCore::Publish() {
@@ -95,7 +111,13 @@ void AttentionWorkerCore::FailAll(const std::string& why) {
 
 absl::Status AttentionWorkerCore::Run() {
   while (!stop_.load()) {
-    Drain();
+    const int admitted = Drain();
+    // The other attention workers may be deep in an idle pause: ask them to
+    // join the next mesh step now rather than when their pauses end.
+    if (admitted > 0 && mesh_ != nullptr && mesh_->last_step_mesh_rows() == 0 &&
+        options_.wake_peers) {
+      options_.wake_peers();
+    }
     bool ran_forward = false;
     if (engine_->HasWork()) {
       const int64_t before = engine_->stats().steps;
@@ -127,13 +149,18 @@ absl::Status AttentionWorkerCore::Run() {
       if (mesh_->last_step_mesh_rows() > 0) {
         idle_sleep_us_ = options_.idle_sleep_us;
       } else {
-        idle_sleep_us_ = std::clamp<int64_t>(2 * idle_sleep_us_, options_.idle_sleep_us,
-                                             options_.max_idle_sleep_us);
+        const int64_t next =
+            std::max({2 * idle_sleep_us_, kIdleBackoffStartUs, options_.idle_sleep_us});
+        idle_sleep_us_ = std::min(next, options_.max_idle_sleep_us);
       }
       if (!engine_->HasWork() && idle_sleep_us_ > 0) {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait_for(lock, std::chrono::microseconds(idle_sleep_us_),
-                     [this] { return !inbox_.empty() || stop_.load(); });
+                     [this] { return !inbox_.empty() || stop_.load() || woken_; });
+        if (woken_) {
+          woken_ = false;
+          idle_sleep_us_ = options_.idle_sleep_us;  // a peer is busy now
+        }
       }
     } else if (mesh_ == nullptr && !engine_->HasWork()) {
       std::unique_lock<std::mutex> lock(mu_);

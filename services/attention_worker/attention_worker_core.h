@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -41,14 +42,23 @@ struct WorkerStatsSnapshot {
   int64_t kv_blocks_free = 0;
   int64_t steps = 0;
   int64_t mesh_steps = 0;
+  int64_t wakes_received = 0;
 };
 
 struct AttentionWorkerCoreOptions {
-  // Pause after an empty mesh step while other attention workers are busy;
-  // when the whole mesh was idle the pause doubles up to max_idle_sleep_us.
-  int64_t idle_sleep_us = 500;
+  // Pause after an empty mesh step while other attention workers are busy
+  // (0: none; the transport's own wait paces the step). While the whole mesh
+  // was idle the pause doubles, from at least kIdleBackoffStartUs, up to
+  // max_idle_sleep_us.
+  int64_t idle_sleep_us = 0;
   int64_t max_idle_sleep_us = 20000;
+  // Called (from the step thread; must not block) when requests arrive while
+  // the whole mesh is idle, to end the other attention workers' idle pauses
+  // (their Wake()); empty with one attention worker or without a mesh.
+  std::function<void()> wake_peers;
 };
+
+inline constexpr int64_t kIdleBackoffStartUs = 100;
 
 class AttentionWorkerCore {
  public:
@@ -67,6 +77,8 @@ class AttentionWorkerCore {
   // error). Live requests are finished with an error either way.
   absl::Status Run();
   void Stop();
+  // A peer has work: end the current idle pause (any thread).
+  void Wake();
 
  private:
   struct Command {
@@ -76,7 +88,8 @@ class AttentionWorkerCore {
     std::shared_ptr<UpdateSink> sink;
   };
 
-  void Drain();
+  // Admits queued requests and cancels; returns how many requests it admitted.
+  int Drain();
   void Publish();
   void FailAll(const std::string& why);
 
@@ -86,12 +99,14 @@ class AttentionWorkerCore {
   const model::ModelConfig model_config_;
   const int64_t max_model_len_;
 
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Command> inbox_;
   // Set by Stop() from any thread, read by the loop; relaxed is not enough
   // for the cv wait predicate, so the loop reads it under mu_ there.
   std::atomic<bool> stop_{false};
+  bool woken_ = false;          // guarded by mu_: Wake() since the last pause
+  int64_t wakes_received_ = 0;  // guarded by mu_
 
   std::map<std::string, std::shared_ptr<UpdateSink>> sinks_;  // step thread only
   mutable std::mutex stats_mu_;

@@ -10,6 +10,7 @@
 #include "model/weights.h"
 #include "services/attention_worker/attention_worker_core.h"
 #include "services/attention_worker/attention_worker_service.h"
+#include "services/attention_worker/peer_waker.h"
 #include "services/cluster/grpc_server.h"
 #include "services/cluster/worker_bootstrap.h"
 
@@ -49,9 +50,11 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   eo.kv.num_blocks = cfg.attention_worker.kv_blocks;
   SY_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> engine,
                       engine::Engine::Create(std::move(runner), eo));
+  PeerWaker waker(mesh.attention_grpc_addresses, index);
   AttentionWorkerCoreOptions co;
   co.idle_sleep_us = cfg.attention_worker.idle_sleep_us;
   co.max_idle_sleep_us = cfg.attention_worker.max_idle_sleep_us;
+  if (!waker.empty()) co.wake_peers = [&waker] { waker.WakeAll(); };
   AttentionWorkerCore core(std::move(engine), mesh_exec, co);
   AttentionWorkerService service(&core);
   SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {&service}));

@@ -152,6 +152,15 @@ grpc::ServerUnaryReactor* AttentionWorkerService::Stats(grpc::CallbackServerCont
   resp->set_kv_blocks_total(s.kv_blocks_total);
   resp->set_kv_blocks_free(s.kv_blocks_free);
   resp->set_steps(s.steps);
+  resp->set_wakes_received(s.wakes_received);
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AttentionWorkerService::Wake(grpc::CallbackServerContext* ctx,
+                                                       const pb::WakeRequest*, pb::WakeResponse*) {
+  core_->Wake();
   auto* reactor = ctx->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

@@ -21,6 +21,8 @@ class AttentionWorkerService final : public pb::AttentionWorker::CallbackService
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx,
                                   const pb::WorkerStatsRequest* req,
                                   pb::WorkerStats* resp) override;
+  grpc::ServerUnaryReactor* Wake(grpc::CallbackServerContext* ctx, const pb::WakeRequest* req,
+                                 pb::WakeResponse* resp) override;
 
  private:
   AttentionWorkerCore* core_;

@@ -202,6 +202,13 @@ absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,
     if (a.max_idle_sleep_us < a.idle_sleep_us) {
       return s.Error("max_idle_sleep_us", "must be >= idle_sleep_us");
     }
+    // Expert workers wait for every attention worker's dispatch for at most
+    // transport.timeout_ms: a longer idle pause would fail the mesh.
+    if (a.max_idle_sleep_us >= c.transport.timeout_ms * 1000 / 2) {
+      return s.Error("max_idle_sleep_us",
+                     absl::StrCat("must be under half of transport.timeout_ms (",
+                                  c.transport.timeout_ms, " ms), or an idle mesh times out"));
+    }
     return absl::OkStatus();
   }));
   SY_RETURN_IF_ERROR(ParseSection(top, "expert_worker", [&](Section& s) -> absl::Status {

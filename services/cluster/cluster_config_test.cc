@@ -80,6 +80,11 @@ TEST(ClusterConfigTest, ErrorsNameKeyAndFile) {
       {"model: {path: /m}\nrouter: {listen: localhost}\n", "router.listen must be HOST:PORT"},
       {"model: {path: /m}\nrouter: {listen: 'h:99999'}\n", "router.listen"},
       {"model: {path: /m}\nlimits: [1, 2]\n", "limits must be a mapping"},
+      {"model: {path: /m}\nattention_worker: {idle_sleep_us: 5, max_idle_sleep_us: 4}\n",
+       "attention_worker.max_idle_sleep_us must be >= idle_sleep_us"},
+      {"model: {path: /m}\ntransport: {timeout_ms: 100}\n"
+       "attention_worker: {max_idle_sleep_us: 50000}\n",
+       "attention_worker.max_idle_sleep_us must be under half of transport.timeout_ms (100 ms)"},
       {"model: {path: /m\n", "not valid YAML"},
       {"- a\n- b\n", "top level must be a mapping"},
   };
