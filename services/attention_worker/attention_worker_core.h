@@ -51,7 +51,7 @@ struct AttentionWorkerCoreOptions {
   // was idle the pause doubles, from at least kIdleBackoffStartUs, up to
   // max_idle_sleep_us.
   int64_t idle_sleep_us = 0;
-  int64_t max_idle_sleep_us = 20000;
+  int64_t max_idle_sleep_us = 100000;
   // Called (from the step thread; must not block) when requests arrive while
   // the whole mesh is idle, to end the other attention workers' idle pauses
   // (their Wake()); empty with one attention worker or without a mesh.

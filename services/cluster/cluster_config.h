@@ -57,9 +57,9 @@ struct AttentionWorkerOptions {
   int64_t max_num_seqs = 64;
   int64_t max_batched_tokens = 8192;
   int64_t kv_block_size = 16;
-  int64_t kv_blocks = 0;              // 0: derived from max_num_seqs and max_model_len
-  int64_t idle_sleep_us = 0;          // pause between empty mesh steps while peers are busy
-  int64_t max_idle_sleep_us = 20000;  // longest pause while the whole mesh is idle
+  int64_t kv_blocks = 0;               // 0: derived from max_num_seqs and max_model_len
+  int64_t idle_sleep_us = 0;           // pause between empty mesh steps while peers are busy
+  int64_t max_idle_sleep_us = 100000;  // longest pause while the whole mesh is idle
 };
 
 struct ExpertWorkerOptions {

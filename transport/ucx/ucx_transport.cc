@@ -24,7 +24,13 @@ constexpr int kIdleSpinsBeforeYield = 64;
 // After this many idle rounds (a few milliseconds of spinning) the loop sleeps
 // kIdleSleepUs between progress rounds.
 constexpr int kIdleSpinsBeforeSleep = 4096;
-constexpr int kIdleSleepUs = 100;
+// The sleep grows with the time already waited (a tenth of it, so a message
+// arriving meanwhile costs at most ~10% extra), from kIdleSleepUs to
+// kMaxIdleSleepUs: an idle mesh's waits last until the next empty step, and
+// waking every 100 us through them cost each expert worker of the local
+// cluster about 9% of a core.
+constexpr int64_t kIdleSleepUs = 100;
+constexpr int64_t kMaxIdleSleepUs = 1000;
 
 ucp_tag_t WireTag(uint64_t user_tag, int32_t src_rank) {
   return (user_tag << kRankBits) | static_cast<ucp_tag_t>(src_rank);
@@ -187,7 +193,8 @@ absl::Status UcxTransport::Exchange(uint64_t tag, const std::vector<SendItem>& s
                                     const std::vector<int32_t>& recv_from,
                                     std::vector<std::vector<uint8_t>>* received,
                                     absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
+  const absl::Time started = absl::Now();
+  const absl::Time deadline = started + timeout;
   if (worker_ == nullptr) return ClosedError();
   SY_RETURN_IF_ERROR(CheckExchangeArgs(rank_, tag, sends, recv_from, received, [this](int32_t p) {
     return p == rank_ || peers_.contains(p);
@@ -297,9 +304,11 @@ absl::Status UcxTransport::Exchange(uint64_t tag, const std::vector<SendItem>& s
     if (advanced) {
       idle_spins = 0;
     } else if (++idle_spins >= kIdleSpinsBeforeSleep) {
-      // Long waits (an idle mesh between requests) sleep briefly instead of
-      // burning a core per rank; a message waits at most this long extra.
-      std::this_thread::sleep_for(std::chrono::microseconds(kIdleSleepUs));
+      // Long waits (an idle mesh between requests) sleep instead of burning
+      // a core per rank.
+      const int64_t waited_us = absl::ToInt64Microseconds(absl::Now() - started);
+      std::this_thread::sleep_for(
+          std::chrono::microseconds(std::clamp(waited_us / 10, kIdleSleepUs, kMaxIdleSleepUs)));
     } else if (idle_spins % kIdleSpinsBeforeYield == 0) {
       std::this_thread::yield();
     }
