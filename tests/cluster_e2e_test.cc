@@ -783,15 +783,23 @@ int64_t BlocksInUse(const std::vector<internal::WorkerStats>& stats) {
 // ---------------------------------------------------------------------------
 // The environment: loopback only; at the end, nothing left running.
 
-// Keeps the start of every failure message, so the end of the output (all
-// that a CI log may keep) says what failed, not only which test.
+// Keeps the start of every failure message and prints them at the
+// environment's tear-down, just before gtest's summary, so the end of the
+// output (all that a CI log may keep) says what failed, not only which test.
+//
+// gtest calls OnTestPartResult holding its own lock, so the listener must not
+// call back into gtest there (current_test_info() would deadlock): it keeps
+// the current test's name from OnTestStart instead. gtest serializes these
+// calls, failures from other threads included.
 class FailureDigest : public ::testing::EmptyTestEventListener {
  public:
+  void OnTestStart(const ::testing::TestInfo& info) override {
+    current_ = std::string(info.test_suite_name()) + "." + info.name();
+  }
+  void OnTestEnd(const ::testing::TestInfo&) override { current_ = "(outside a test)"; }
   void OnTestPartResult(const ::testing::TestPartResult& result) override {
     if (!result.failed()) return;
-    const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string where = info == nullptr ? std::string("(outside a test)")
-                                        : std::string(info->test_suite_name()) + "." + info->name();
+    const std::string& where = current_;
     std::string what = result.summary();
     if (what.size() > 600) what = what.substr(0, 600) + " [...]";
     lines_.push_back(where + " (" + (result.file_name() ? result.file_name() : "?") + ":" +
@@ -800,6 +808,7 @@ class FailureDigest : public ::testing::EmptyTestEventListener {
   const std::vector<std::string>& lines() const { return lines_; }
 
  private:
+  std::string current_ = "(outside a test)";
   std::vector<std::string> lines_;
 };
 
@@ -1245,22 +1254,29 @@ TEST_F(Qwen3ClusterTest, ClientCliPrintsWhatGenerateCliPrints) {
 TEST_F(Qwen3ClusterTest, RequestAtAnIdleMeshWakesTheOtherAttentionWorkers) {
   // Let the mesh go idle (the pauses back off to max_idle_sleep_us).
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  const auto wakes = [&] {
-    int64_t n = 0;
-    for (const auto& st : AllStats(*cluster_)) n += st.wakes_received();
+  const auto counts = [&] {
+    std::pair<int64_t, int64_t> n{0, 0};  // wakes received, pauses they cut short
+    for (const auto& st : AllStats(*cluster_)) {
+      n.first += st.wakes_received();
+      n.second += st.pauses_cut_by_wake();
+    }
     return n;
   };
-  const int64_t before = wakes();
+  const auto before = counts();
   const StreamOutcome o = RunStream(cluster_->stub(), GreedyRequest({1, 7, 42}, 4, std::nullopt));
   ASSERT_TRUE(o.status.ok()) << o.status.error_message();
   EXPECT_EQ(o.tokens.size(), 4u);
-  // One worker got the request and woke the other one (the call is
-  // asynchronous: it may land after the request has finished).
+  // One worker got the request and woke the other one, whose idle pause
+  // ended early (the call is asynchronous: it may land after the request
+  // has finished; then it ends the next pause).
   const auto t0 = Clock::now();
-  while (wakes() == before && Clock::now() - t0 < std::chrono::seconds(10)) {
+  while (counts().second == before.second && Clock::now() - t0 < std::chrono::seconds(10)) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  EXPECT_EQ(wakes() - before, 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // a late second wake would show
+  const auto after = counts();
+  EXPECT_EQ(after.first - before.first, 1);
+  EXPECT_EQ(after.second - before.second, 1);
 }
 
 TEST_F(Qwen3ClusterTest, ModelInfoDescribesModelAndLimits) {
@@ -1531,14 +1547,24 @@ TEST_F(Qwen3ClusterTest, DeadlineStopsTheRequestAndFreesItsKvBlocks) {
   const std::vector<Reference> ref = RunReference("qwen3_moe", {request});
 
   bool mid_way = false;
-  for (double fraction : {0.3, 0.5, 0.15}) {
+  for (double fraction : {0.3, 0.5, 0.15, 0.05}) {
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(
         1000 * (calib.first_token_s + fraction * (full_s - calib.first_token_s))));
     const auto t0 = Clock::now();
     const StreamOutcome o = RunStream(cluster_->stub(), request, {timeout, -1, nullptr});
+    // On a machine whose speed varies the whole generation may beat the
+    // calibrated deadline: then it succeeded (or the deadline hit just
+    // after the last token).
+    if (static_cast<int>(o.tokens.size()) >= n) {
+      EXPECT_TRUE(o.status.ok() || o.status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
+          << o.status.error_message();
+      Progress("all %zu tokens came within the %lld ms deadline; trying a shorter one",
+               o.tokens.size(), static_cast<long long>(timeout.count()));
+      continue;
+    }
     EXPECT_EQ(o.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
         << o.status.error_message();
-    if (o.tokens.empty() || static_cast<int>(o.tokens.size()) >= n) {
+    if (o.tokens.empty()) {
       Progress("deadline of %lld ms expired with %zu tokens; trying another",
                static_cast<long long>(timeout.count()), o.tokens.size());
       ExpectIdleWithin(*cluster_, std::chrono::seconds(30), "after a deadline");

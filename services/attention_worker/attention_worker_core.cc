@@ -46,6 +46,7 @@ WorkerStatsSnapshot AttentionWorkerCore::stats() const {
   }
   std::lock_guard<std::mutex> lock(mu_);
   s.wakes_received = wakes_received_;
+  s.pauses_cut_by_wake = pauses_cut_by_wake_;
   return s;
 }
 
@@ -158,7 +159,10 @@ absl::Status AttentionWorkerCore::Run() {
         cv_.wait_for(lock, std::chrono::microseconds(idle_sleep_us_),
                      [this] { return !inbox_.empty() || stop_.load() || woken_; });
         if (woken_) {
+          // A Wake that came mid-step ends the next pause at once: this
+          // worker's peers are busy either way.
           woken_ = false;
+          ++pauses_cut_by_wake_;
           idle_sleep_us_ = options_.idle_sleep_us;  // a peer is busy now
         }
       }

@@ -43,6 +43,7 @@ struct WorkerStatsSnapshot {
   int64_t steps = 0;
   int64_t mesh_steps = 0;
   int64_t wakes_received = 0;
+  int64_t pauses_cut_by_wake = 0;
 };
 
 struct AttentionWorkerCoreOptions {
@@ -105,8 +106,9 @@ class AttentionWorkerCore {
   // Set by Stop() from any thread, read by the loop; relaxed is not enough
   // for the cv wait predicate, so the loop reads it under mu_ there.
   std::atomic<bool> stop_{false};
-  bool woken_ = false;          // guarded by mu_: Wake() since the last pause
-  int64_t wakes_received_ = 0;  // guarded by mu_
+  bool woken_ = false;              // guarded by mu_: Wake() since the last pause
+  int64_t wakes_received_ = 0;      // guarded by mu_
+  int64_t pauses_cut_by_wake_ = 0;  // guarded by mu_
 
   std::map<std::string, std::shared_ptr<UpdateSink>> sinks_;  // step thread only
   mutable std::mutex stats_mu_;

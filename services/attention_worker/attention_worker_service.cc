@@ -153,6 +153,7 @@ grpc::ServerUnaryReactor* AttentionWorkerService::Stats(grpc::CallbackServerCont
   resp->set_kv_blocks_free(s.kv_blocks_free);
   resp->set_steps(s.steps);
   resp->set_wakes_received(s.wakes_received);
+  resp->set_pauses_cut_by_wake(s.pauses_cut_by_wake);
   auto* reactor = ctx->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

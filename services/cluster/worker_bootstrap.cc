@@ -78,12 +78,14 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     pb::GetMeshRequest mreq;
     mreq.set_wait_complete(true);
+    const auto asked = Clock::now();
     grpc::Status st = stub->GetMesh(&ctx, mreq, &mesh);
     if (st.ok() && mesh.complete()) break;
-    // The coordinator holds the call until the mesh completes (up to a
-    // second); an error comes back at once, so pause before asking again.
-    if (!st.ok()) {
-      SY_LOG(DEBUG) << "GetMesh: " << st.error_message();
+    if (!st.ok()) SY_LOG(DEBUG) << "GetMesh: " << st.error_message();
+    // The coordinator normally holds the call until the mesh completes (up
+    // to a second); an error, or an answer from a coordinator shutting down,
+    // comes back at once: pause before asking again.
+    if (Clock::now() - asked < std::chrono::milliseconds(100)) {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
     if (Clock::now() > deadline) {

@@ -101,7 +101,9 @@ grpc::ServerUnaryReactor* CoordinatorService::Register(grpc::CallbackServerConte
   return Done(ctx, "Register", start, rank.status());
 }
 
-CoordinatorService::CoordinatorService(CoordinatorCore* core) : core_(core) {
+CoordinatorService::CoordinatorService(CoordinatorCore* core,
+                                       std::chrono::milliseconds max_mesh_wait)
+    : core_(core), max_mesh_wait_(max_mesh_wait) {
   core_->SetChangeListener([this] {
     std::lock_guard<std::mutex> lock(mu_);
     changed_ = true;
@@ -164,13 +166,13 @@ grpc::ServerUnaryReactor* CoordinatorService::GetMesh(grpc::CallbackServerContex
                                                       const pb::GetMeshRequest* req,
                                                       pb::Mesh* resp) {
   const auto start = std::chrono::steady_clock::now();
+  MeshView mesh = core_->GetMesh();
   if (req->wait_complete()) {
-    MeshView mesh = core_->GetMesh();
     if (!mesh.complete) {
-      // Answer by kMaxMeshWait, or 50 ms before the caller gives up.
-      auto answer_by = start + kMaxMeshWait;
+      // Answer by max_mesh_wait_, or 50 ms before the caller gives up.
+      auto answer_by = start + max_mesh_wait_;
       const auto caller_left = ctx->deadline() - std::chrono::system_clock::now();
-      if (caller_left < kMaxMeshWait) {
+      if (caller_left < max_mesh_wait_) {
         answer_by = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                 caller_left - std::chrono::milliseconds(50));
       }
@@ -184,7 +186,7 @@ grpc::ServerUnaryReactor* CoordinatorService::GetMesh(grpc::CallbackServerContex
       }
     }
   }
-  MeshToProto(core_->GetMesh(), resp);
+  MeshToProto(mesh, resp);
   return Done(ctx, "GetMesh", start, absl::OkStatus());
 }
 

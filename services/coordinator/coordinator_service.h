@@ -28,18 +28,24 @@ void MeshToProto(const MeshView& mesh, pb::Mesh* out);
 // thread blocks; gRPC's callback threads are few and a blocked one stops the
 // server from accepting connections) and answered by a waiter thread as soon
 // as the mesh is complete, or with the incomplete mesh after at most
-// kMaxMeshWait or shortly before the caller's deadline.
+// `max_mesh_wait` or shortly before the caller's deadline.
 class CoordinatorService final : public pb::Coordinator::CallbackService {
  public:
   static constexpr std::chrono::milliseconds kMaxMeshWait{1000};
 
-  explicit CoordinatorService(CoordinatorCore* core);
+  explicit CoordinatorService(CoordinatorCore* core,
+                              std::chrono::milliseconds max_mesh_wait = kMaxMeshWait);
   // Drains (see Drain) and stops the waiter thread.
   ~CoordinatorService() override;
 
   // Answers every parked GetMesh now and parks no more. Call before shutting
   // the gRPC server down, whose Shutdown waits for unfinished calls.
   void Drain();
+  // GetMesh calls parked right now (tests).
+  size_t parked() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return parked_.size();
+  }
 
   grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* ctx,
                                      const pb::RegisterRequest* req,
@@ -60,6 +66,7 @@ class CoordinatorService final : public pb::Coordinator::CallbackService {
   void WaiterLoop();
 
   CoordinatorCore* core_;
+  const std::chrono::milliseconds max_mesh_wait_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<ParkedCall> parked_;  // guarded by mu_

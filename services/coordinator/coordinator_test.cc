@@ -175,24 +175,53 @@ TEST_F(CoordinatorTest, WaitingForTheMeshDoesNotStallTheServer) {
 }
 
 // A parked GetMesh is answered (with the incomplete mesh) when its wait runs
-// out and when the service drains for shutdown.
+// out, and when the service drains for shutdown: a service that would hold
+// calls for ten minutes answers the parked one at Drain(), and parks no more.
 TEST_F(CoordinatorTest, ParkedGetMeshIsAnsweredIncompleteOnTimeoutAndDrain) {
-  pb::Mesh mesh = GetMesh(true);  // nobody registers: answered after the wait
-  EXPECT_FALSE(mesh.complete());
-  std::thread drain([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    service_->Drain();
-  });
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  pb::GetMeshRequest req;
-  req.set_wait_complete(true);
-  const grpc::Status st = stub_->GetMesh(&ctx, req, &mesh);
-  drain.join();
+  EXPECT_FALSE(GetMesh(true).complete());  // nobody registers: answered after the wait
+
+  CoordinatorOptions o;
+  o.attention_workers = 1;
+  o.expert_workers = 2;
+  CoordinatorCore core(o, TestPlacement());
+  CoordinatorService service(&core, std::chrono::minutes(10));
+  auto server = cluster::StartGrpcServer("127.0.0.1:0", {&service});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = pb::Coordinator::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(server->port), grpc::InsecureChannelCredentials()));
+  const auto call = [&](pb::Mesh* mesh) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    pb::GetMeshRequest req;
+    req.set_wait_complete(true);
+    return stub->GetMesh(&ctx, req, mesh);
+  };
+  pb::Mesh mesh;
+  grpc::Status st;
+  std::thread waiter([&] { st = call(&mesh); });
+  for (int i = 0; i < 1000 && service.parked() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(service.parked(), 1u);
+  service.Drain();
+  waiter.join();
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_FALSE(mesh.complete());
-  // After draining nothing is parked: a waiting call is answered at once.
-  EXPECT_FALSE(GetMesh(true).complete());
+  EXPECT_EQ(service.parked(), 0u);
+
+  // After draining, a waiting call is answered without being parked.
+  std::atomic<bool> done{false};
+  std::thread late([&] {
+    pb::Mesh m;
+    EXPECT_TRUE(call(&m).ok());
+    done.store(true);
+  });
+  while (!done.load()) {
+    EXPECT_EQ(service.parked(), 0u);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  late.join();
+  server->server->Shutdown();
 }
 
 TEST_F(CoordinatorTest, BadRegistrationsAreRefused) {

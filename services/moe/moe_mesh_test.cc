@@ -2,6 +2,8 @@
 // expert workers (threads) with redundant slots give the same logits as the
 // single-process engine, whatever the placement, including steps where one
 // attention worker has no tokens.
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -234,7 +236,8 @@ TEST(ExpertLoadingTest, WorkersReadOnlyTheirOwnWeights) {
   }
   ASSERT_GT(dropped, 0) << "worker 0 holds every expert; the test proves nothing";
 
-  const std::string root = ::testing::TempDir() + "/sy_expert_loading";
+  const std::string root =
+      ::testing::TempDir() + "/sy_expert_loading_" + std::to_string(::getpid());
   const auto write = [&](const std::string& dir, const std::vector<model::WriterTensor>& ts) {
     std::filesystem::create_directories(dir);
     std::filesystem::copy_file(src + "/config.json", dir + "/config.json",

@@ -1,7 +1,6 @@
 #include "services/moe/remote_experts.h"
 
 #include <algorithm>
-
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
