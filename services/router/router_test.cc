@@ -1,7 +1,11 @@
 // The router over real gRPC on 127.0.0.1, in front of fake attention workers
 // (switchyard.internal.v1.AttentionWorker servers in this file that stream
 // canned tokens).
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -445,12 +449,18 @@ TEST_F(RouterTest, NoBackendIsNotServingAndUnavailable) {
 
 TEST_F(RouterTest, UnreachableWorkerIsUnavailableAndTheServerKeepsServing) {
   Start(0);
-  // Bind and close a port so that nothing listens on it.
-  std::string dead;
-  {
-    FakeWorker gone;
-    dead = gone.address();
-  }
+  // A port held by a socket that is bound but not listening: connections to
+  // it are refused, and no other process can start listening there meanwhile
+  // (as it could on a port bound and released).
+  const int holder = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(holder, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(holder, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(holder, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string dead = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
   router_->SetBackends({dead});
   v1::GenerateResponse response;
   grpc::Status st = Unary(Request({1}, 2), &response);
@@ -460,6 +470,7 @@ TEST_F(RouterTest, UnreachableWorkerIsUnavailableAndTheServerKeepsServing) {
   st = Unary(Request({1}, 2), &response);
   EXPECT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(router_->core().in_flight(), 0);
+  close(holder);
 }
 
 TEST_F(RouterTest, ClientCancelReachesTheWorker) {
