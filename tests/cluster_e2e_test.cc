@@ -57,6 +57,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
+#include "common/text.h"
 #include "engine/engine.h"
 #include "engine/loader.h"
 #include "gmock/gmock.h"
@@ -110,19 +111,6 @@ std::string ReadFile(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-std::string Tail(const std::string& text, size_t max_lines) {
-  std::vector<std::string> lines;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    lines.push_back(line);
-    if (lines.size() > max_lines) lines.erase(lines.begin());
-  }
-  std::string out;
-  for (const auto& l : lines) out += "    " + l + "\n";
-  return out;
 }
 
 // The directory holding every cluster of this run.
@@ -380,7 +368,8 @@ class Cluster {
     }
     std::sort(files.begin() + 2, files.end());
     for (const auto& f : files) {
-      out += "== " + f + "\n" + Tail(ReadFile(f), 40);
+      std::ifstream in(f);
+      out += "== " + f + "\n" + IndentedTail(in, 40);
       if (!out.empty() && out.back() != '\n') out += "\n";
     }
     return out;

@@ -29,6 +29,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "common/text.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "services/cluster/cluster_config.h"
@@ -85,19 +86,6 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::str
   return pid;
 }
 
-std::string Tail(const std::string& path, size_t max_lines) {
-  std::ifstream in(path);
-  std::vector<std::string> lines;
-  std::string line;
-  while (std::getline(in, line)) {
-    lines.push_back(line);
-    if (lines.size() > max_lines) lines.erase(lines.begin());
-  }
-  std::string out;
-  for (const auto& l : lines) out += "    " + l + "\n";
-  return out;
-}
-
 // Reaps children that exited; returns the first one that exited this call.
 Child* Reap(std::vector<Child>& children) {
   Child* first = nullptr;
@@ -134,6 +122,12 @@ void StopAll(std::vector<Child>& children) {
       c.exited = true;
     }
   }
+}
+
+// The last lines of a child's log file, indented.
+std::string LogTail(const std::string& path) {
+  std::ifstream in(path);
+  return sy::IndentedTail(in, 15);
 }
 
 bool RouterServing(const std::string& address) {
@@ -243,7 +237,7 @@ int main(int argc, char** argv) {
     if (Child* dead = Reap(children)) {
       std::cerr << "switchyard-local: " << dead->name << " " << Describe(*dead) << "; its log ("
                 << dead->log << ") ends with:\n"
-                << Tail(dead->log, 15);
+                << LogTail(dead->log);
       exit_code = 1;
       break;
     }
