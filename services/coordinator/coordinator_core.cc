@@ -68,6 +68,7 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
 }
 
 absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank) {
+  bool found = false;
   bool revived = false;
   int64_t epoch = 0;
   {
@@ -84,11 +85,12 @@ absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank) {
                          << ") is sending heartbeats again; marked alive";
           }
           epoch = epoch_;
+          found = true;
         }
       }
     }
   }
-  if (epoch == 0) return absl::NotFoundError(absl::StrCat("rank ", rank, " is not registered"));
+  if (!found) return absl::NotFoundError(absl::StrCat("rank ", rank, " is not registered"));
   if (revived) NotifyChange();
   return epoch;
 }
