@@ -26,7 +26,8 @@ elseif(NOT SWITCHYARD_SANITIZER STREQUAL "")
 endif()
 
 function(_sy_common_target_setup target)
-  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${_sy_warnings}> ${_sy_san_flags})
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${_sy_warnings}>
+                                           $<$<COMPILE_LANGUAGE:CXX>:${_sy_san_flags}>)
   target_link_options(${target} PRIVATE ${_sy_san_flags})
   target_include_directories(${target} PUBLIC ${PROJECT_SOURCE_DIR})
 endfunction()

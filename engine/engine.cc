@@ -62,9 +62,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<ModelRunn
     kv.max_tokens = options.max_num_seqs > 65536 / max_len ? 65536 : options.max_num_seqs * max_len;
     kv.max_tokens = std::max<int64_t>(kv.max_tokens, max_len);
   }
+  kv.ctx = runner->ctx();
+  kv.dtype = runner->dtype();
+  if (kv.memory_fraction > 0 && kv.ctx.device == kernels::Device::kCuda &&
+      options.kv.num_blocks <= 0 && options.kv.max_tokens <= 0) {
+    kv.max_tokens = 0;  // the fraction of device memory decides
+  }
   SY_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, KvCache::Create(cfg, kv));
   SY_LOG(INFO) << "KV cache: " << cache->num_blocks() << " blocks of " << cache->block_size()
                << " tokens, " << cache->bytes() / (1 << 20) << " MiB";
+  if (runner->options_max_context() <= 0) runner->SetMaxContext(max_len);
   return std::unique_ptr<Engine>(new Engine(std::move(runner), std::move(cache), options, max_len));
 }
 
@@ -149,6 +156,9 @@ absl::Status Engine::Add(GenerationRequest request) {
   s->req = std::move(request);
   s->arrival = Clock::now();
   s->rng.seed(s->req.sampling.has_seed ? s->req.sampling.seed : std::random_device{}());
+  // The device sampler's counter-based draws: the request's seed, or one
+  // from its RNG.
+  s->device_seed = s->req.sampling.has_seed ? s->req.sampling.seed : s->rng();
   s->stop_ids = s->req.stopping.stop_token_ids;
   if (!s->req.stopping.ignore_eos) {
     for (int32_t eos : config().eos_token_ids) s->stop_ids.push_back(eos);
@@ -273,7 +283,38 @@ absl::StatusOr<std::vector<RequestUpdate>> Engine::Step() {
     rows.push_back(r);
   }
 
-  const absl::Status st = runner_->Forward(b, *cache_, &logits_);
+  // On a GPU, steps whose every sequence needs only the chosen token (no
+  // penalties, no stop-token masking, no top-N or prompt logprobs) sample on
+  // the device and copy back token ids instead of [rows, vocab] logits.
+  bool device_sampling = runner_->ctx().device == kernels::Device::kCuda;
+  for (size_t i = 0; i < order.size() && device_sampling; ++i) {
+    const Sequence& s = *order[i];
+    const SamplingParams& sp = s.req.sampling;
+    const bool below_min = static_cast<int64_t>(s.output.size()) < s.req.stopping.min_new_tokens &&
+                           !s.stop_ids.empty();
+    device_sampling = rows[i].count == 1 && sp.repetition_penalty == 1.0f &&
+                      sp.presence_penalty == 0.0f && sp.frequency_penalty == 0.0f && !below_min &&
+                      s.req.logprobs <= 0 && s.req.prompt_logprobs < 0;
+  }
+  std::vector<int32_t> device_tokens;
+  std::vector<float> device_logprobs;
+  absl::Status st;
+  if (device_sampling) {
+    std::vector<kernels::SampleParams> params(order.size());
+    for (size_t i = 0; i < order.size(); ++i) {
+      Sequence& s = *order[i];
+      kernels::SampleParams& p = params[i];
+      p.temperature = s.req.sampling.temperature;
+      p.top_k = s.req.sampling.top_k;
+      p.top_p = s.req.sampling.top_p;
+      p.min_p = s.req.sampling.min_p;
+      p.seed = s.device_seed;
+      p.step = static_cast<uint64_t>(s.output.size());
+    }
+    st = runner_->ForwardSample(b, *cache_, params, &device_tokens, &device_logprobs);
+  } else {
+    st = runner_->Forward(b, *cache_, &logits_);
+  }
   ++steps_;
   if (!st.ok()) {
     // A failed forward pass fails the sequences in it, not the engine.
@@ -295,8 +336,10 @@ absl::StatusOr<std::vector<RequestUpdate>> Engine::Step() {
     Sequence& s = *order[i];
     RequestUpdate u;
     u.id = s.req.id;
-    const float* last = logits_.data() + (rows[i].first + rows[i].count - 1) * V;
-    if (rows[i].count > 1 || (s.req.prompt_logprobs >= 0 && s.output.empty())) {
+    const float* last =
+        device_sampling ? nullptr : logits_.data() + (rows[i].first + rows[i].count - 1) * V;
+    if (!device_sampling &&
+        (rows[i].count > 1 || (s.req.prompt_logprobs >= 0 && s.output.empty()))) {
       std::vector<std::optional<TokenLogprob>> pl(s.req.prompt.size());
       for (int64_t j = 1; j < static_cast<int64_t>(s.req.prompt.size()); ++j) {
         pl[j] = ComputeLogprob(logits_.data() + (rows[i].first + j - 1) * V, V, s.req.prompt[j],
@@ -306,13 +349,17 @@ absl::StatusOr<std::vector<RequestUpdate>> Engine::Step() {
     }
     const bool below_min = static_cast<int64_t>(s.output.size()) < s.req.stopping.min_new_tokens;
     static const std::vector<int32_t> kNone;
-    const int32_t token = Sampler::Sample(last, V, s.req.sampling, s.req.prompt, s.output,
-                                          below_min ? s.stop_ids : kNone, s.rng, &scratch_);
+    const int32_t token = device_sampling
+                              ? device_tokens[i]
+                              : Sampler::Sample(last, V, s.req.sampling, s.req.prompt, s.output,
+                                                below_min ? s.stop_ids : kNone, s.rng, &scratch_);
     if (s.output.empty()) s.first_token = now;
     s.output.push_back(token);
     u.new_tokens.push_back(token);
-    if (s.req.logprobs >= 0)
-      u.new_logprobs.push_back(ComputeLogprob(last, V, token, s.req.logprobs));
+    if (s.req.logprobs >= 0) {
+      u.new_logprobs.push_back(device_sampling ? TokenLogprob{token, device_logprobs[i], {}}
+                                               : ComputeLogprob(last, V, token, s.req.logprobs));
+    }
     const bool is_stop = std::find(s.stop_ids.begin(), s.stop_ids.end(), token) != s.stop_ids.end();
     if (is_stop && !below_min) {
       Finish(s, FinishReason::kStop, &u);

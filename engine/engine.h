@@ -112,6 +112,7 @@ class Engine {
     std::vector<int32_t> blocks;
     int64_t num_cached = 0;  // tokens whose k/v are in the cache
     std::mt19937_64 rng;
+    uint64_t device_seed = 0;
     std::vector<int32_t> stop_ids;
     std::chrono::steady_clock::time_point arrival, scheduled, first_token;
     bool started = false;

@@ -9,19 +9,62 @@
 
 namespace sy::engine {
 
-LocalExpertExecutor::LocalExpertExecutor(const model::ModelConfig& cfg, const kernels::Context& ctx)
-    : cfg_(cfg), ctx_(ctx), experts_(cfg.num_layers) {}
+LocalExpertExecutor::LocalExpertExecutor(const model::ModelConfig& cfg, const kernels::Context& ctx,
+                                         kernels::DType dtype)
+    : cfg_(cfg),
+      ctx_(ctx),
+      dtype_(dtype),
+      on_device_(ctx.device != kernels::Device::kCpu),
+      experts_(cfg.num_layers) {
+  if (on_device_) device_layers_.resize(cfg.num_layers);
+}
+
+absl::Status LocalExpertExecutor::AddExpert(int64_t layer, int64_t expert, model::MlpWeights w) {
+  if (!on_device_) {
+    weight_bytes_ += (w.gate_up.numel() + w.down.numel()) * 4;
+    experts_[layer][expert] = std::move(w);
+    return absl::OkStatus();
+  }
+  const int64_t E = cfg_.num_experts, H = cfg_.hidden_size, I = cfg_.moe_intermediate_size;
+  const int64_t es = kernels::DTypeSize(dtype_);
+  DeviceLayer& d = device_layers_[layer];
+  if (d.gate_up.empty()) {
+    SY_ASSIGN_OR_RETURN(d.gate_up, kernels::DeviceBuffer::Allocate(ctx_, E * 2 * I * H * es));
+    SY_ASSIGN_OR_RETURN(d.down, kernels::DeviceBuffer::Allocate(ctx_, E * H * I * es));
+    std::vector<const void*> ptrs(static_cast<size_t>(2 * E));
+    for (int64_t e = 0; e < E; ++e) {
+      ptrs[e] = d.gate_up.as<char>() + e * 2 * I * H * es;
+      ptrs[E + e] = d.down.as<char>() + e * H * I * es;
+    }
+    SY_ASSIGN_OR_RETURN(
+        d.ptrs, kernels::DeviceBuffer::Allocate(ctx_, 2 * E * static_cast<int64_t>(sizeof(void*))));
+    SY_RETURN_IF_ERROR(kernels::CopyToDevice(ctx_, d.ptrs.data(), ptrs.data(),
+                                             2 * E * static_cast<int64_t>(sizeof(void*))));
+    weight_bytes_ += d.gate_up.bytes() + d.down.bytes();
+  }
+  if (w.gate_up.numel() != 2 * I * H || w.down.numel() != H * I) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expert ", expert, " of layer ", layer, " has unexpected shapes"));
+  }
+  SY_RETURN_IF_ERROR(kernels::UploadAs(ctx_, dtype_, w.gate_up.ptr(),
+                                       d.gate_up.as<char>() + expert * 2 * I * H * es, 2 * I * H));
+  SY_RETURN_IF_ERROR(kernels::UploadAs(ctx_, dtype_, w.down.ptr(),
+                                       d.down.as<char>() + expert * H * I * es, H * I));
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<LocalExpertExecutor>> LocalExpertExecutor::Load(
-    const model::ModelConfig& cfg, const model::Checkpoint& ckpt, const kernels::Context& ctx) {
-  std::unique_ptr<LocalExpertExecutor> ex(new LocalExpertExecutor(cfg, ctx));
+    const model::ModelConfig& cfg, const model::Checkpoint& ckpt, const kernels::Context& ctx,
+    kernels::DType dtype) {
+  std::unique_ptr<LocalExpertExecutor> ex(new LocalExpertExecutor(cfg, ctx, dtype));
   const int64_t num_moe = cfg.num_moe_layers();
   int64_t done = 0;
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     if (!cfg.layer_is_moe[l]) continue;
-    ex->experts_[l].resize(cfg.num_experts);
+    ex->experts_[l].resize(ex->on_device_ ? 0 : cfg.num_experts);
     for (int64_t e = 0; e < cfg.num_experts; ++e) {
-      SY_ASSIGN_OR_RETURN(ex->experts_[l][e], model::LoadExpert(cfg, ckpt, l, e));
+      SY_ASSIGN_OR_RETURN(model::MlpWeights w, model::LoadExpert(cfg, ckpt, l, e));
+      SY_RETURN_IF_ERROR(ex->AddExpert(l, e, std::move(w)));
     }
     ++done;
     SY_LOG(INFO) << "experts: loaded layer " << l << " (" << done << "/" << num_moe << ")";
@@ -29,27 +72,67 @@ absl::StatusOr<std::unique_ptr<LocalExpertExecutor>> LocalExpertExecutor::Load(
   return ex;
 }
 
-std::unique_ptr<LocalExpertExecutor> LocalExpertExecutor::Dummy(const model::ModelConfig& cfg,
-                                                                uint64_t seed,
-                                                                const kernels::Context& ctx) {
-  std::unique_ptr<LocalExpertExecutor> ex(new LocalExpertExecutor(cfg, ctx));
+absl::StatusOr<std::unique_ptr<LocalExpertExecutor>> LocalExpertExecutor::Dummy(
+    const model::ModelConfig& cfg, uint64_t seed, const kernels::Context& ctx,
+    kernels::DType dtype) {
+  std::unique_ptr<LocalExpertExecutor> ex(new LocalExpertExecutor(cfg, ctx, dtype));
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     if (!cfg.layer_is_moe[l]) continue;
-    ex->experts_[l].resize(cfg.num_experts);
+    ex->experts_[l].resize(ex->on_device_ ? 0 : cfg.num_experts);
     for (int64_t e = 0; e < cfg.num_experts; ++e) {
-      ex->experts_[l][e] = model::DummyExpert(cfg, l, e, seed);
+      SY_RETURN_IF_ERROR(ex->AddExpert(l, e, model::DummyExpert(cfg, l, e, seed)));
     }
     SY_LOG(INFO) << "experts: filled layer " << l << " with dummy weights";
   }
   return ex;
 }
 
-absl::Status LocalExpertExecutor::Run(int64_t layer, const float* hidden, int64_t num_tokens,
-                                      const int32_t* topk_ids, const float* topk_weights,
-                                      int64_t top_k, float* out) {
-  if (layer < 0 || layer >= cfg_.num_layers || experts_[layer].empty()) {
+absl::Status LocalExpertExecutor::GrowScratch(kernels::DeviceBuffer& b, int64_t bytes) {
+  if (bytes <= b.bytes()) return absl::OkStatus();
+  SY_RETURN_IF_ERROR(b.Reserve(ctx_, bytes + bytes / 4));
+  ++scratch_generation_;
+  return absl::OkStatus();
+}
+
+absl::Status LocalExpertExecutor::RunOnDevice(int64_t layer, const void* hidden, int64_t num_tokens,
+                                              const int32_t* topk_ids, const float* topk_weights,
+                                              int64_t top_k, void* out) {
+  const int64_t E = cfg_.num_experts, H = cfg_.hidden_size, I = cfg_.moe_intermediate_size;
+  const int64_t rows = num_tokens * top_k, es = kernels::DTypeSize(dtype_);
+  if (device_layers_[layer].gate_up.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " has no routed experts"));
   }
+  if (num_tokens == 0) return absl::OkStatus();
+  SY_RETURN_IF_ERROR(GrowScratch(d_gathered_, std::max<int64_t>(rows, 1) * H * es));
+  SY_RETURN_IF_ERROR(GrowScratch(d_expert_out_, std::max<int64_t>(rows, 1) * H * es));
+  SY_RETURN_IF_ERROR(GrowScratch(d_row_pos_, std::max<int64_t>(rows, 1) * 4));
+  SY_RETURN_IF_ERROR(GrowScratch(d_offsets_, (E + 1) * 8));
+  const DeviceLayer& d = device_layers_[layer];
+  const auto* ptrs = d.ptrs.as<const void*>();
+  SY_RETURN_IF_ERROR(kernels::MoePermute(ctx_, dtype_, hidden, num_tokens, H, topk_ids, top_k, E,
+                                         d_offsets_.as<int64_t>(), d_row_pos_.as<int32_t>(),
+                                         d_gathered_.data()));
+  SY_RETURN_IF_ERROR(kernels::GroupedExpertFfn(ctx_, dtype_, d_gathered_.data(),
+                                               d_offsets_.as<int64_t>(), E, rows, ptrs, ptrs + E, H,
+                                               I, d_expert_out_.data()));
+  return kernels::MoeCombine(ctx_, dtype_, d_expert_out_.data(), d_row_pos_.as<int32_t>(),
+                             topk_weights, num_tokens, top_k, H, out);
+}
+
+absl::Status LocalExpertExecutor::Run(int64_t layer, const void* hidden_v, int64_t num_tokens,
+                                      const int32_t* topk_ids, const float* topk_weights,
+                                      int64_t top_k, void* out_v) {
+  if (layer < 0 || layer >= cfg_.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " has no routed experts"));
+  }
+  if (on_device_) {
+    return RunOnDevice(layer, hidden_v, num_tokens, topk_ids, topk_weights, top_k, out_v);
+  }
+  if (experts_[layer].empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " has no routed experts"));
+  }
+  const auto* hidden = static_cast<const float*>(hidden_v);
+  auto* out = static_cast<float*>(out_v);
   const int64_t E = cfg_.num_experts, H = cfg_.hidden_size;
   const int64_t rows = num_tokens * top_k;
   // Counting sort of (token, k) pairs by expert.
@@ -81,7 +164,7 @@ absl::Status LocalExpertExecutor::Run(int64_t layer, const float* hidden, int64_
   }
   expert_out_.resize(rows * H);
   SY_RETURN_IF_ERROR(kernels::GroupedExpertFfn(
-      ctx_, kernels::DType::kF32, gathered_.data(), offsets_.data(), E, gate_up_ptrs_.data(),
+      ctx_, kernels::DType::kF32, gathered_.data(), offsets_.data(), E, rows, gate_up_ptrs_.data(),
       down_ptrs_.data(), H, cfg_.moe_intermediate_size, expert_out_.data()));
   // Combine: weighted sum per token, in expert order (as the reference does).
   std::memset(out, 0, sizeof(float) * num_tokens * H);

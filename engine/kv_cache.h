@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/device.h"
 #include "model/config.h"
 
 namespace sy::engine {
@@ -39,8 +40,14 @@ class BlockAllocator {
 
 struct KvCacheOptions {
   int64_t block_size = 16;  // tokens per block
-  int64_t num_blocks = 0;   // 0: derive from max_tokens
-  int64_t max_tokens = 0;   // used when num_blocks == 0
+  int64_t num_blocks = 0;   // 0: derive from memory_fraction, else from max_tokens
+  int64_t max_tokens = 0;   // used when num_blocks == 0 and memory_fraction == 0
+  // Where the cache lives and its element type (the model runner's).
+  kernels::Context ctx;
+  kernels::DType dtype = kernels::DType::kF32;
+  // CUDA: when num_blocks == 0 and this is > 0, the cache takes this fraction
+  // of the device memory that is free when it is created (after the weights).
+  double memory_fraction = 0.0;
 };
 
 class KvCache {
@@ -53,9 +60,11 @@ class KvCache {
   // Elements per token slot in the key / value arrays.
   int64_t k_row() const { return k_row_; }
   int64_t v_row() const { return v_row_; }
-  // MLA keeps a single latent array: v() aliases k().
-  float* k(int64_t layer) { return k_[layer].data(); }
-  float* v(int64_t layer) { return shared_kv_ ? k_[layer].data() : v_[layer].data(); }
+  // Layer storage in the options' context memory, of dtype(). MLA keeps a
+  // single latent array: v() aliases k().
+  void* k(int64_t layer) { return k_[layer].data(); }
+  void* v(int64_t layer) { return shared_kv_ ? k_[layer].data() : v_[layer].data(); }
+  kernels::DType dtype() const { return dtype_; }
   BlockAllocator& allocator() { return allocator_; }
   const BlockAllocator& allocator() const { return allocator_; }
   // Bytes of cache storage.
@@ -63,15 +72,16 @@ class KvCache {
 
  private:
   KvCache(int64_t block_size, int64_t num_blocks, int64_t k_row, int64_t v_row, bool shared_kv,
-          int64_t num_layers);
+          kernels::DType dtype);
 
   int64_t block_size_;
   int64_t num_blocks_;
   int64_t k_row_;
   int64_t v_row_;
   bool shared_kv_;
-  std::vector<std::vector<float>> k_;
-  std::vector<std::vector<float>> v_;
+  kernels::DType dtype_;
+  std::vector<kernels::DeviceBuffer> k_;
+  std::vector<kernels::DeviceBuffer> v_;
   BlockAllocator allocator_;
 };
 

@@ -20,5 +20,10 @@ struct ModelSource {
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> LoadModelRunner(const ModelSource& source,
                                                              const kernels::Context& ctx);
+// With the device, dtype and graph settings of `options`: for CUDA the
+// weights go to device memory as they are read (one tensor or expert at a
+// time on the host).
+absl::StatusOr<std::unique_ptr<ModelRunner>> LoadModelRunner(const ModelSource& source,
+                                                             const RunnerOptions& options);
 
 }  // namespace sy::engine

@@ -1,6 +1,10 @@
 #include "engine/model_runner.h"
 
+#include <algorithm>
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 #include "common/status.h"
 
 namespace sy::engine {
@@ -8,9 +12,9 @@ namespace {
 
 constexpr kernels::DType kF32 = kernels::DType::kF32;
 
-void Grow(std::vector<float>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
-}
+// Decode batch sizes that get a CUDA graph each; a batch is padded up to the
+// next one.
+constexpr int64_t kGraphBuckets[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512};
 
 }  // namespace
 
@@ -32,206 +36,502 @@ ForwardBatch SingleSequenceBatch(const std::vector<int32_t>& tokens, int64_t sta
   return b;
 }
 
-ModelRunner::ModelRunner(const model::ModelConfig& cfg, model::DenseWeights weights,
-                         std::unique_ptr<ExpertExecutor> experts, const kernels::Context& ctx,
-                         model::RopeTables rope)
+ModelRunner::ModelRunner(const model::ModelConfig& cfg, std::unique_ptr<ExpertExecutor> experts,
+                         const RunnerOptions& options, model::RopeTables rope)
     : cfg_(cfg),
-      w_(std::move(weights)),
       experts_(std::move(experts)),
-      ctx_(ctx),
-      rope_(std::move(rope)) {
-  if (cfg_.attention == model::AttentionKind::kMla) {
-    const int64_t H = cfg_.num_heads, nope = cfg_.qk_nope_head_dim, r = cfg_.kv_lora_rank;
-    w_uk_t_.resize(cfg_.num_layers);
-    for (int64_t l = 0; l < cfg_.num_layers; ++l) {
-      const std::vector<float>& src = w_.layers[l].attn.w_uk.data;  // [H, nope, r]
-      std::vector<float>& dst = w_uk_t_[l];                         // [H, r, nope]
-      dst.resize(H * r * nope);
-      for (int64_t h = 0; h < H; ++h) {
-        for (int64_t i = 0; i < nope; ++i) {
-          for (int64_t j = 0; j < r; ++j) {
-            dst[(h * r + j) * nope + i] = src[(h * nope + i) * r + j];
-          }
-        }
-      }
-    }
-  }
-}
+      ctx_(options.ctx),
+      dtype_(options.dtype),
+      options_(options),
+      rope_(std::move(rope)) {}
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
     const model::ModelConfig& cfg, model::DenseWeights weights,
     std::unique_ptr<ExpertExecutor> experts, const kernels::Context& ctx) {
+  RunnerOptions options;
+  options.ctx = ctx;
+  return Create(cfg, std::move(weights), std::move(experts), options);
+}
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
+    const model::ModelConfig& cfg, model::DenseWeights weights,
+    std::unique_ptr<ExpertExecutor> experts, const RunnerOptions& options) {
   if (static_cast<int64_t>(weights.layers.size()) != cfg.num_layers) {
     return absl::InvalidArgumentError("weights do not match the config's layer count");
   }
   if (experts == nullptr && cfg.num_moe_layers() > 0) {
     return absl::InvalidArgumentError("an MoE model needs an expert executor");
   }
+  if (options.ctx.device == kernels::Device::kCpu && options.dtype != kF32) {
+    return absl::InvalidArgumentError(absl::StrCat("dtype ", kernels::DTypeName(options.dtype),
+                                                   " is not supported on the CPU (f32 only)"));
+  }
+  if (options.dtype == kernels::DType::kF16) {
+    return absl::InvalidArgumentError("dtype f16 is not supported (bf16 or f32)");
+  }
   SY_ASSIGN_OR_RETURN(model::RopeTables rope,
                       model::ComputeRopeTables(cfg.rope, cfg.max_position_embeddings));
-  return std::unique_ptr<ModelRunner>(
-      new ModelRunner(cfg, std::move(weights), std::move(experts), ctx, std::move(rope)));
+  std::unique_ptr<ModelRunner> r(
+      new ModelRunner(cfg, std::move(experts), options, std::move(rope)));
+  SY_RETURN_IF_ERROR(r->Upload(weights));
+  return r;
 }
 
-absl::Status ModelRunner::Forward(const ForwardBatch& batch, KvCache& cache,
-                                  std::vector<float>* logits) {
-  const int64_t T = batch.num_tokens(), H = cfg_.hidden_size, V = cfg_.vocab_size;
-  if (T == 0) {
-    logits->clear();
-    return absl::OkStatus();
+absl::StatusOr<const void*> ModelRunner::Put(model::Tensor& t, bool keep_f32) {
+  if (t.empty()) return static_cast<const void*>(nullptr);
+  if (ctx_.device == kernels::Device::kCpu) {
+    weight_bytes_ += t.numel() * 4;
+    return static_cast<const void*>(t.ptr());  // host_ keeps the data
   }
+  const kernels::DType dt = keep_f32 ? kF32 : dtype_;
+  SY_ASSIGN_OR_RETURN(kernels::DeviceBuffer b,
+                      kernels::DeviceBuffer::Allocate(ctx_, t.numel() * kernels::DTypeSize(dt)));
+  SY_RETURN_IF_ERROR(kernels::UploadAs(ctx_, dt, t.ptr(), b.data(), t.numel()));
+  weight_bytes_ += b.bytes();
+  const void* p = b.data();
+  owned_.push_back(std::move(b));
+  std::vector<float>().swap(t.data);  // the device copy is the weight now
+  return p;
+}
+
+absl::Status ModelRunner::Upload(model::DenseWeights& weights) {
+  host_ = std::move(weights);
+  model::DenseWeights& w = host_;
+  SY_ASSIGN_OR_RETURN(embed_, Put(w.embed));
+  SY_ASSIGN_OR_RETURN(final_norm_, Put(w.final_norm));
+  SY_ASSIGN_OR_RETURN(lm_head_, Put(w.lm_head));
+  layers_.resize(cfg_.num_layers);
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    model::LayerWeights& lw = w.layers[l];
+    model::AttentionWeights& a = lw.attn;
+    LayerPtrs& p = layers_[l];
+    if (cfg_.attention == model::AttentionKind::kMla) {
+      // w_uk transposed per head to [H, kv_lora_rank, qk_nope_head_dim].
+      const int64_t H = cfg_.num_heads, nope = cfg_.qk_nope_head_dim, r = cfg_.kv_lora_rank;
+      model::Tensor t;
+      t.shape = {H, r, nope};
+      t.data.resize(H * r * nope);
+      for (int64_t h = 0; h < H; ++h) {
+        for (int64_t i = 0; i < nope; ++i) {
+          for (int64_t j = 0; j < r; ++j) {
+            t.data[(h * r + j) * nope + i] = a.w_uk.data[(h * nope + i) * r + j];
+          }
+        }
+      }
+      a.w_uk = std::move(t);
+      SY_ASSIGN_OR_RETURN(p.w_uk_t, Put(a.w_uk));
+    }
+    SY_ASSIGN_OR_RETURN(p.input_norm, Put(lw.input_norm));
+    SY_ASSIGN_OR_RETURN(p.post_attn_norm, Put(lw.post_attn_norm));
+    SY_ASSIGN_OR_RETURN(p.qkv, Put(a.qkv));
+    SY_ASSIGN_OR_RETURN(p.qkv_bias, Put(a.qkv_bias));
+    SY_ASSIGN_OR_RETURN(p.q_norm, Put(a.q_norm));
+    SY_ASSIGN_OR_RETURN(p.k_norm, Put(a.k_norm));
+    SY_ASSIGN_OR_RETURN(p.q_proj, Put(a.q_proj));
+    SY_ASSIGN_OR_RETURN(p.q_a_proj, Put(a.q_a_proj));
+    SY_ASSIGN_OR_RETURN(p.q_a_norm, Put(a.q_a_norm));
+    SY_ASSIGN_OR_RETURN(p.q_b_proj, Put(a.q_b_proj));
+    SY_ASSIGN_OR_RETURN(p.kv_a_proj, Put(a.kv_a_proj));
+    SY_ASSIGN_OR_RETURN(p.kv_a_norm, Put(a.kv_a_norm));
+    SY_ASSIGN_OR_RETURN(p.w_uv, Put(a.w_uv));
+    SY_ASSIGN_OR_RETURN(p.o_proj, Put(a.o_proj));
+    SY_ASSIGN_OR_RETURN(p.o_bias, Put(a.o_bias));
+    p.is_moe = lw.is_moe;
+    SY_ASSIGN_OR_RETURN(p.dense.gate_up, Put(lw.dense.gate_up));
+    SY_ASSIGN_OR_RETURN(p.dense.down, Put(lw.dense.down));
+    SY_ASSIGN_OR_RETURN(p.router, Put(lw.router));
+    SY_ASSIGN_OR_RETURN(const void* bias, Put(lw.correction_bias, /*keep_f32=*/true));
+    p.correction_bias = static_cast<const float*>(bias);
+    SY_ASSIGN_OR_RETURN(p.shared.gate_up, Put(lw.shared.gate_up));
+    SY_ASSIGN_OR_RETURN(p.shared.down, Put(lw.shared.down));
+    SY_ASSIGN_OR_RETURN(p.shared_gate, Put(lw.shared_gate));
+  }
+  if (ctx_.device == kernels::Device::kCpu) {
+    inv_freq_ = rope_.inv_freq.data();
+  } else {
+    const auto n = static_cast<int64_t>(rope_.inv_freq.size());
+    SY_ASSIGN_OR_RETURN(kernels::DeviceBuffer b,
+                        kernels::DeviceBuffer::Allocate(ctx_, std::max<int64_t>(n, 1) * 4));
+    SY_RETURN_IF_ERROR(kernels::CopyToDevice(ctx_, b.data(), rope_.inv_freq.data(), n * 4));
+    inv_freq_ = b.as<float>();
+    owned_.push_back(std::move(b));
+    SY_RETURN_IF_ERROR(kernels::GetDeviceInfo(ctx_).status());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ModelRunner::Grow(kernels::DeviceBuffer& b, int64_t elems, int64_t elem_bytes) {
+  const int64_t bytes = std::max<int64_t>(elems, 1) * elem_bytes;
+  if (bytes <= b.bytes()) return absl::OkStatus();
+  // Some headroom, so that slowly growing batches do not reallocate often.
+  SY_RETURN_IF_ERROR(b.Reserve(ctx_, bytes + bytes / 4));
+  ++scratch_generation_;
+  return absl::OkStatus();
+}
+
+int64_t ModelRunner::Generation() const {
+  return scratch_generation_ + kernels::WorkspaceGeneration(ctx_) +
+         (experts_ ? experts_->scratch_generation() : 0);
+}
+
+absl::StatusOr<DeviceBatch> ModelRunner::StageBatch(const ForwardBatch& batch, int64_t pad_to_seqs,
+                                                    int64_t table_width,
+                                                    kernels::DeviceBuffer& dst) {
+  const int64_t V = cfg_.vocab_size;
   for (int32_t id : batch.tokens) {
     if (id < 0 || id >= V) {
       return absl::InvalidArgumentError(absl::StrCat("token id ", id, " outside vocabulary"));
     }
   }
-  Grow(hidden_, T * H);
-  Grow(normed_, T * H);
-  Grow(attn_out_, T * H);
-  Grow(ffn_out_, T * H);
+  const int64_t S = batch.num_seqs(), T = batch.num_tokens();
+  const auto R = static_cast<int64_t>(batch.logit_rows.size());
+  const int64_t Sp = std::max(S, pad_to_seqs), pad = Sp - S;
+  const int64_t Tp = T + pad, Rp = R + pad;
+  const int64_t width = table_width > 0 ? table_width : batch.max_blocks_per_seq;
+  if (batch.max_blocks_per_seq > width) {
+    return absl::InvalidArgumentError("block table wider than the captured width");
+  }
+  staging_.assign(static_cast<size_t>(3 * Tp + (Sp + 1) + Sp + Sp * width + Rp), 0);
+  int32_t* p = staging_.data();
+  DeviceBatch d;
+  d.num_tokens = Tp;
+  d.num_seqs = Sp;
+  d.num_logit_rows = Rp;
+  d.max_blocks_per_seq = width;
+  auto put = [&](const std::vector<int32_t>& v, int64_t n, int32_t fill) {
+    int32_t* start = p;
+    std::copy(v.begin(), v.end(), p);
+    std::fill(p + v.size(), p + n, fill);
+    p += n;
+    return start;
+  };
+  int32_t* tokens = put(batch.tokens, Tp, 0);
+  int32_t* positions = put(batch.positions, Tp, 0);
+  int32_t* slots = put(batch.slots, Tp, -1);  // padding writes no KV
+  int32_t* q_start = put(batch.q_start, Sp + 1, 0);
+  for (int64_t s = S; s < Sp; ++s) q_start[s + 1] = q_start[s] + 1;
+  // Padding sequences attend one (finite, zero-initialised or stale) slot.
+  int32_t* context_lens = put(batch.context_lens, Sp, 1);
+  int32_t* tables = p;
+  for (int64_t s = 0; s < S; ++s) {
+    std::copy(batch.block_tables.begin() + s * batch.max_blocks_per_seq,
+              batch.block_tables.begin() + (s + 1) * batch.max_blocks_per_seq, p + s * width);
+  }
+  p += Sp * width;
+  int32_t* logit_rows = put(batch.logit_rows, Rp, 0);
+  for (int64_t i = 0; i < pad; ++i) logit_rows[R + i] = static_cast<int32_t>(T + i);
+  for (int64_t s = 0; s < S; ++s) {
+    d.max_q_len = std::max<int64_t>(d.max_q_len, q_start[s + 1] - q_start[s]);
+    d.max_context_len = std::max<int64_t>(d.max_context_len, context_lens[s]);
+  }
+  if (pad > 0) d.max_q_len = std::max<int64_t>(d.max_q_len, 1);
+  const int64_t bytes = static_cast<int64_t>(staging_.size() * sizeof(int32_t));
+  if (dst.bytes() < bytes) {
+    SY_RETURN_IF_ERROR(dst.Reserve(ctx_, bytes + bytes / 4));
+    ++scratch_generation_;
+  }
+  SY_RETURN_IF_ERROR(kernels::CopyToDevice(ctx_, dst.data(), staging_.data(), bytes));
+  auto* base = dst.as<int32_t>();
+  auto at = [&](const int32_t* host) { return base + (host - staging_.data()); };
+  d.tokens = at(tokens);
+  d.positions = at(positions);
+  d.slots = at(slots);
+  d.q_start = at(q_start);
+  d.context_lens = at(context_lens);
+  d.block_tables = at(tables);
+  d.logit_rows = at(logit_rows);
+  return d;
+}
+
+absl::Status ModelRunner::Forward(const ForwardBatch& batch, KvCache& cache,
+                                  std::vector<float>* logits) {
+  if (batch.num_tokens() == 0) {
+    logits->clear();
+    return absl::OkStatus();
+  }
+  SY_ASSIGN_OR_RETURN(DeviceBatch d, StageBatch(batch, 0, 0, meta_));
+  SY_RETURN_IF_ERROR(Run(d, cache));
+  const int64_t n = d.num_logit_rows * cfg_.vocab_size;
+  logits->resize(static_cast<size_t>(n));
+  return kernels::CopyToHost(ctx_, logits->data(), logits_.data(), n * 4);
+}
+
+absl::Status ModelRunner::ForwardSample(const ForwardBatch& batch, KvCache& cache,
+                                        const std::vector<kernels::SampleParams>& params,
+                                        std::vector<int32_t>* tokens,
+                                        std::vector<float>* logprobs) {
+  const auto R = static_cast<int64_t>(batch.logit_rows.size());
+  if (static_cast<int64_t>(params.size()) != R) {
+    return absl::InvalidArgumentError("ForwardSample: one SampleParams per logit row");
+  }
+  tokens->clear();
+  if (logprobs != nullptr) logprobs->clear();
+  if (batch.num_tokens() == 0) return absl::OkStatus();
+  const bool decode_only = batch.num_tokens() == batch.num_seqs() && R == batch.num_seqs();
+  // Graphs only where the expert FFN takes its graph-capturable kernel anyway:
+  // above that, cuBLAS grouped GEMMs outrun the launch overhead graphs save.
+  const bool graph_friendly =
+      cfg_.num_moe_layers() == 0 ||
+      batch.num_seqs() * cfg_.top_k <= kernels::kGroupedFfnSmallMRowsPerExpert * cfg_.num_experts;
+  if (ctx_.device == kernels::Device::kCuda && decode_only && options_.max_context > 0 &&
+      graph_friendly && batch.num_seqs() <= options_.max_graph_batch &&
+      batch.num_seqs() <= kGraphBuckets[std::size(kGraphBuckets) - 1]) {
+    return GraphStep(batch, cache, params, tokens, logprobs);
+  }
+  SY_ASSIGN_OR_RETURN(DeviceBatch d, StageBatch(batch, 0, 0, meta_));
+  SY_RETURN_IF_ERROR(Run(d, cache));
+  SY_RETURN_IF_ERROR(Grow(sample_params_, R, sizeof(kernels::SampleParams)));
+  SY_RETURN_IF_ERROR(Grow(sample_out_, 2 * R, 4));
   SY_RETURN_IF_ERROR(
-      kernels::Embedding(ctx_, kF32, batch.tokens.data(), T, w_.embed.ptr(), V, H, hidden_.data()));
+      kernels::CopyToDevice(ctx_, sample_params_.data(), params.data(),
+                            R * static_cast<int64_t>(sizeof(kernels::SampleParams))));
+  auto* out_tokens = sample_out_.as<int32_t>();
+  auto* out_logprobs = reinterpret_cast<float*>(out_tokens + R);
+  SY_RETURN_IF_ERROR(kernels::SampleTokens(ctx_, logits_.as<float>(), R, cfg_.vocab_size,
+                                           sample_params_.as<kernels::SampleParams>(), out_tokens,
+                                           out_logprobs));
+  std::vector<int32_t> host(static_cast<size_t>(2 * R));
+  SY_RETURN_IF_ERROR(kernels::CopyToHost(ctx_, host.data(), sample_out_.data(), 2 * R * 4));
+  tokens->assign(host.begin(), host.begin() + R);
+  if (logprobs != nullptr) {
+    logprobs->resize(static_cast<size_t>(R));
+    std::memcpy(logprobs->data(), host.data() + R, static_cast<size_t>(R) * 4);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ModelRunner::GraphStep(const ForwardBatch& batch, KvCache& cache,
+                                    const std::vector<kernels::SampleParams>& params,
+                                    std::vector<int32_t>* tokens, std::vector<float>* logprobs) {
+  const int64_t S = batch.num_seqs(), V = cfg_.vocab_size;
+  int64_t bucket = 0;
+  for (int64_t b : kGraphBuckets) {
+    if (b >= S) {
+      bucket = b;
+      break;
+    }
+  }
+  const int64_t width = (options_.max_context + cache.block_size() - 1) / cache.block_size();
+  auto it = std::find_if(graphs_.begin(), graphs_.end(),
+                         [&](const Graph& g) { return g.bucket == bucket; });
+  if (it == graphs_.end()) {
+    graphs_.emplace_back();
+    it = graphs_.end() - 1;
+    it->bucket = bucket;
+    SY_RETURN_IF_ERROR(
+        it->params.Reserve(ctx_, bucket * static_cast<int64_t>(sizeof(kernels::SampleParams))));
+    SY_RETURN_IF_ERROR(it->out.Reserve(ctx_, 2 * bucket * 4));
+  }
+  Graph& g = *it;
+  // Same buffer, same layout every step: the captured pointers stay valid.
+  SY_ASSIGN_OR_RETURN(g.batch, StageBatch(batch, bucket, width, g.meta));
+  g.batch.max_q_len = 1;
+  g.batch.max_context_len = width * cache.block_size();
+  std::vector<kernels::SampleParams> padded = params;
+  padded.resize(static_cast<size_t>(bucket));  // padding rows: greedy
+  SY_RETURN_IF_ERROR(
+      kernels::CopyToDevice(ctx_, g.params.data(), padded.data(),
+                            bucket * static_cast<int64_t>(sizeof(kernels::SampleParams))));
+  auto* out_tokens = g.out.as<int32_t>();
+  auto* out_logprobs = reinterpret_cast<float*>(out_tokens + bucket);
+  auto body = [&]() -> absl::Status {
+    SY_RETURN_IF_ERROR(Run(g.batch, cache));
+    return kernels::SampleTokens(ctx_, logits_.as<float>(), bucket, V,
+                                 g.params.as<kernels::SampleParams>(), out_tokens, out_logprobs);
+  };
+  if (g.graph == nullptr || g.generation != Generation()) {
+    g.graph.reset();
+    // One uncaptured run grows every buffer to this bucket's size (it also
+    // computes this step: the replay below writes the same KV again).
+    SY_RETURN_IF_ERROR(body());
+    const int64_t gen = Generation();
+    auto captured = kernels::DeviceGraph::Capture(ctx_, body);
+    if (captured.ok() && gen == Generation()) {
+      g.graph = *std::move(captured);
+      g.generation = gen;
+      ++graphs_captured_;
+      SY_LOG(INFO) << "captured the decode step for batch " << bucket << " as a CUDA graph";
+    } else {
+      SY_LOG(WARNING) << "decode graph for batch " << bucket << " not captured ("
+                      << (captured.ok() ? "buffers grew" : captured.status().ToString())
+                      << "); running it uncaptured";
+    }
+  }
+  if (g.graph != nullptr) SY_RETURN_IF_ERROR(g.graph->Launch(ctx_));
+  std::vector<int32_t> host(static_cast<size_t>(2 * bucket));
+  SY_RETURN_IF_ERROR(kernels::CopyToHost(ctx_, host.data(), g.out.data(), 2 * bucket * 4));
+  tokens->assign(host.begin(), host.begin() + S);
+  if (logprobs != nullptr) {
+    logprobs->resize(static_cast<size_t>(S));
+    std::memcpy(logprobs->data(), host.data() + bucket, static_cast<size_t>(S) * 4);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ModelRunner::Run(const DeviceBatch& b, KvCache& cache) {
+  const int64_t T = b.num_tokens, H = cfg_.hidden_size, V = cfg_.vocab_size;
+  const int64_t es = kernels::DTypeSize(dtype_);
+  const float eps = cfg_.rms_norm_eps;
+  SY_RETURN_IF_ERROR(Grow(hidden_, T * H, es));
+  SY_RETURN_IF_ERROR(Grow(normed_, T * H, es));
+  SY_RETURN_IF_ERROR(Grow(attn_out_, T * H, es));
+  SY_RETURN_IF_ERROR(Grow(ffn_out_, T * H, es));
+  SY_RETURN_IF_ERROR(kernels::Embedding(ctx_, dtype_, b.tokens, T, embed_, V, H, hidden_.data()));
+  SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, dtype_, hidden_.data(), H, layers_[0].input_norm,
+                                      normed_.data(), H, T, H, eps));
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
-    const model::LayerWeights& lw = w_.layers[l];
-    SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, kF32, hidden_.data(), H, lw.input_norm.ptr(),
-                                        normed_.data(), H, T, H, cfg_.rms_norm_eps));
-    SY_RETURN_IF_ERROR(Attention(l, batch, cache, normed_.data(), attn_out_.data()));
-    SY_RETURN_IF_ERROR(kernels::Add(ctx_, kF32, hidden_.data(), attn_out_.data(), T * H));
-    SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, kF32, hidden_.data(), H, lw.post_attn_norm.ptr(),
-                                        normed_.data(), H, T, H, cfg_.rms_norm_eps));
+    const LayerPtrs& lp = layers_[l];
+    SY_RETURN_IF_ERROR(Attention(l, b, cache, normed_.data(), attn_out_.data()));
+    SY_RETURN_IF_ERROR(kernels::AddRmsNorm(ctx_, dtype_, hidden_.data(), attn_out_.data(),
+                                           lp.post_attn_norm, normed_.data(), T, H, eps));
     SY_RETURN_IF_ERROR(FeedForward(l, T, normed_.data(), ffn_out_.data()));
-    SY_RETURN_IF_ERROR(kernels::Add(ctx_, kF32, hidden_.data(), ffn_out_.data(), T * H));
+    if (l + 1 < cfg_.num_layers) {
+      SY_RETURN_IF_ERROR(kernels::AddRmsNorm(ctx_, dtype_, hidden_.data(), ffn_out_.data(),
+                                             layers_[l + 1].input_norm, normed_.data(), T, H, eps));
+    } else {
+      SY_RETURN_IF_ERROR(kernels::Add(ctx_, dtype_, hidden_.data(), ffn_out_.data(), T * H));
+    }
   }
-  const int64_t R = static_cast<int64_t>(batch.logit_rows.size());
-  Grow(final_rows_, R * H);
-  SY_RETURN_IF_ERROR(kernels::Embedding(ctx_, kF32, batch.logit_rows.data(), R, hidden_.data(), T,
-                                        H, final_rows_.data()));
-  SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, kF32, final_rows_.data(), H, w_.final_norm.ptr(),
-                                      final_rows_.data(), H, R, H, cfg_.rms_norm_eps));
-  logits->resize(R * V);
-  return kernels::Linear(ctx_, kF32, final_rows_.data(), w_.lm_head.ptr(), nullptr, logits->data(),
-                         R, V, H);
+  const int64_t R = b.num_logit_rows;
+  SY_RETURN_IF_ERROR(Grow(final_rows_, R * H, es));
+  SY_RETURN_IF_ERROR(Grow(logits_, R * V, 4));
+  // Gather the rows whose logits are asked for, then norm and lm_head.
+  SY_RETURN_IF_ERROR(
+      kernels::Embedding(ctx_, dtype_, b.logit_rows, R, hidden_.data(), T, H, final_rows_.data()));
+  SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, dtype_, final_rows_.data(), H, final_norm_,
+                                      final_rows_.data(), H, R, H, eps));
+  return kernels::LinearF32Out(ctx_, dtype_, final_rows_.data(), lm_head_, logits_.as<float>(), R,
+                               V, H);
 }
 
-absl::Status ModelRunner::Attention(int64_t layer, const ForwardBatch& batch, KvCache& cache,
-                                    const float* x, float* out) {
-  if (cfg_.attention == model::AttentionKind::kMla) {
-    return AttentionMla(layer, batch, cache, x, out);
-  }
-  return AttentionGqa(layer, batch, cache, x, out);
+absl::Status ModelRunner::Attention(int64_t layer, const DeviceBatch& b, KvCache& cache,
+                                    const void* x, void* out) {
+  if (cfg_.attention == model::AttentionKind::kMla) return AttentionMla(layer, b, cache, x, out);
+  return AttentionGqa(layer, b, cache, x, out);
 }
 
-kernels::AttentionBatch MakeAttentionBatch(const ForwardBatch& batch, const KvCache& cache) {
+namespace {
+
+kernels::AttentionBatch MakeAttentionBatch(const DeviceBatch& b, const KvCache& cache) {
   kernels::AttentionBatch ab;
-  ab.num_seqs = batch.num_seqs();
-  ab.q_start = batch.q_start.data();
-  ab.context_lens = batch.context_lens.data();
-  ab.block_tables = batch.block_tables.data();
-  ab.max_blocks_per_seq = batch.max_blocks_per_seq;
+  ab.num_seqs = b.num_seqs;
+  ab.q_start = b.q_start;
+  ab.context_lens = b.context_lens;
+  ab.block_tables = b.block_tables;
+  ab.max_blocks_per_seq = b.max_blocks_per_seq;
   ab.block_size = cache.block_size();
+  ab.max_q_len = b.max_q_len;
+  ab.max_context_len = b.max_context_len;
+  ab.num_tokens = b.num_tokens;
   return ab;
 }
 
-absl::Status ModelRunner::AttentionGqa(int64_t layer, const ForwardBatch& batch, KvCache& cache,
-                                       const float* x, float* out) {
-  const model::AttentionWeights& a = w_.layers[layer].attn;
-  const int64_t T = batch.num_tokens(), Hd = cfg_.hidden_size;
+char* At(kernels::DeviceBuffer& b, int64_t elem_offset, int64_t elem_bytes) {
+  return b.as<char>() + elem_offset * elem_bytes;
+}
+
+}  // namespace
+
+absl::Status ModelRunner::AttentionGqa(int64_t layer, const DeviceBatch& b, KvCache& cache,
+                                       const void* x, void* out) {
+  const LayerPtrs& a = layers_[layer];
+  const int64_t T = b.num_tokens, Hd = cfg_.hidden_size, es = kernels::DTypeSize(dtype_);
   const int64_t NH = cfg_.num_heads, KV = cfg_.num_kv_heads, D = cfg_.head_dim;
   const int64_t row = (NH + 2 * KV) * D;
-  Grow(qkv_, T * row);
-  Grow(q_, T * NH * D);
-  Grow(k_, T * KV * D);
-  Grow(v_, T * KV * D);
-  Grow(o_, T * NH * D);
-  SY_RETURN_IF_ERROR(
-      kernels::Linear(ctx_, kF32, x, a.qkv.ptr(), a.qkv_bias.ptr(), qkv_.data(), T, row, Hd));
-  SY_RETURN_IF_ERROR(kernels::Copy2D(ctx_, kF32, qkv_.data(), row, q_.data(), NH * D, T, NH * D));
-  SY_RETURN_IF_ERROR(
-      kernels::Copy2D(ctx_, kF32, qkv_.data() + NH * D, row, k_.data(), KV * D, T, KV * D));
-  SY_RETURN_IF_ERROR(
-      kernels::Copy2D(ctx_, kF32, qkv_.data() + (NH + KV) * D, row, v_.data(), KV * D, T, KV * D));
+  SY_RETURN_IF_ERROR(Grow(qkv_, T * row, es));
+  SY_RETURN_IF_ERROR(Grow(o_, T * NH * D, es));
+  SY_RETURN_IF_ERROR(kernels::Linear(ctx_, dtype_, x, a.qkv, a.qkv_bias, qkv_.data(), T, row, Hd));
+  // q, k and v stay inside the fused qkv rows (strided views).
+  char* q = At(qkv_, 0, es);
+  char* k = At(qkv_, NH * D, es);
+  char* v = At(qkv_, (NH + KV) * D, es);
   if (cfg_.qk_norm) {
-    SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, kF32, q_.data(), D, a.q_norm.ptr(), q_.data(), D,
-                                        T * NH, D, cfg_.rms_norm_eps));
-    SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, kF32, k_.data(), D, a.k_norm.ptr(), k_.data(), D,
-                                        T * KV, D, cfg_.rms_norm_eps));
+    // Per-head norms need contiguous heads: norm copies, then write back.
+    SY_RETURN_IF_ERROR(Grow(q_, T * NH * D, es));
+    SY_RETURN_IF_ERROR(Grow(k_, T * KV * D, es));
+    SY_RETURN_IF_ERROR(kernels::Copy2D(ctx_, dtype_, q, row, q_.data(), NH * D, T, NH * D));
+    SY_RETURN_IF_ERROR(kernels::Copy2D(ctx_, dtype_, k, row, k_.data(), KV * D, T, KV * D));
+    SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, dtype_, q_.data(), D, a.q_norm, q_.data(), D, T * NH,
+                                        D, cfg_.rms_norm_eps));
+    SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, dtype_, k_.data(), D, a.k_norm, k_.data(), D, T * KV,
+                                        D, cfg_.rms_norm_eps));
+    SY_RETURN_IF_ERROR(kernels::Copy2D(ctx_, dtype_, q_.data(), NH * D, q, row, T, NH * D));
+    SY_RETURN_IF_ERROR(kernels::Copy2D(ctx_, dtype_, k_.data(), KV * D, k, row, T, KV * D));
   }
   kernels::RopeParams rp;
   rp.rotary_dim = cfg_.rope.rotary_dim;
   rp.interleaved = cfg_.rope.interleaved;
-  rp.inv_freq = rope_.inv_freq.data();
+  rp.inv_freq = inv_freq_;
   rp.attention_scaling = rope_.attention_scaling;
-  SY_RETURN_IF_ERROR(
-      kernels::Rope(ctx_, kF32, q_.data(), T, NH, NH * D, D, batch.positions.data(), rp));
-  SY_RETURN_IF_ERROR(
-      kernels::Rope(ctx_, kF32, k_.data(), T, KV, KV * D, D, batch.positions.data(), rp));
-  SY_RETURN_IF_ERROR(kernels::CacheWrite(ctx_, kF32, k_.data(), KV * D, T, KV * D,
-                                         batch.slots.data(), cache.k(layer)));
-  SY_RETURN_IF_ERROR(kernels::CacheWrite(ctx_, kF32, v_.data(), KV * D, T, KV * D,
-                                         batch.slots.data(), cache.v(layer)));
+  SY_RETURN_IF_ERROR(kernels::Rope(ctx_, dtype_, q, T, NH, row, D, b.positions, rp));
+  SY_RETURN_IF_ERROR(kernels::Rope(ctx_, dtype_, k, T, KV, row, D, b.positions, rp));
+  SY_RETURN_IF_ERROR(kernels::CacheWrite(ctx_, dtype_, k, row, T, KV * D, b.slots, cache.k(layer)));
+  SY_RETURN_IF_ERROR(kernels::CacheWrite(ctx_, dtype_, v, row, T, KV * D, b.slots, cache.v(layer)));
   kernels::AttentionShape shape;
   shape.num_heads = NH;
   shape.num_kv_heads = KV;
   shape.head_dim = D;
   shape.v_dim = D;
-  shape.q_stride = NH * D;
+  shape.q_stride = row;
   shape.out_stride = NH * D;
   shape.k_slot_stride = cache.k_row();
   shape.v_slot_stride = cache.v_row();
   shape.scale = cfg_.softmax_scale;
-  SY_RETURN_IF_ERROR(kernels::PagedAttention(ctx_, kF32, q_.data(), cache.k(layer), cache.v(layer),
-                                             o_.data(), MakeAttentionBatch(batch, cache), shape));
-  return kernels::Linear(ctx_, kF32, o_.data(), a.o_proj.ptr(), a.o_bias.ptr(), out, T, Hd, NH * D);
+  SY_RETURN_IF_ERROR(kernels::PagedAttention(ctx_, dtype_, q, cache.k(layer), cache.v(layer),
+                                             o_.data(), MakeAttentionBatch(b, cache), shape));
+  return kernels::Linear(ctx_, dtype_, o_.data(), a.o_proj, a.o_bias, out, T, Hd, NH * D);
 }
 
 // MLA in the absorbed form: the cache holds the normalised latent c_kv and
 // the roped k_pe; queries are projected into latent space per head
 // (q_nope . W_uk), attention runs as one shared "kv head" of size
 // kv_lora_rank + rope, and the latent output is expanded by W_uv per head.
-absl::Status ModelRunner::AttentionMla(int64_t layer, const ForwardBatch& batch, KvCache& cache,
-                                       const float* x, float* out) {
-  const model::AttentionWeights& a = w_.layers[layer].attn;
-  const int64_t T = batch.num_tokens(), Hd = cfg_.hidden_size, NH = cfg_.num_heads;
+absl::Status ModelRunner::AttentionMla(int64_t layer, const DeviceBatch& b, KvCache& cache,
+                                       const void* x, void* out) {
+  const LayerPtrs& a = layers_[layer];
+  const int64_t T = b.num_tokens, Hd = cfg_.hidden_size, NH = cfg_.num_heads;
+  const int64_t es = kernels::DTypeSize(dtype_);
   const int64_t nope = cfg_.qk_nope_head_dim, rope = cfg_.qk_rope_head_dim;
   const int64_t qk = cfg_.head_dim, r = cfg_.kv_lora_rank, vd = cfg_.v_head_dim;
   const int64_t lat = r + rope;
-  Grow(q_, T * NH * qk);
+  const float eps = cfg_.rms_norm_eps;
+  SY_RETURN_IF_ERROR(Grow(q_, T * NH * qk, es));
   if (cfg_.q_lora_rank > 0) {
-    Grow(lora_, T * cfg_.q_lora_rank);
-    SY_RETURN_IF_ERROR(kernels::Linear(ctx_, kF32, x, a.q_a_proj.ptr(), nullptr, lora_.data(), T,
-                                       cfg_.q_lora_rank, Hd));
-    SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, kF32, lora_.data(), cfg_.q_lora_rank,
-                                        a.q_a_norm.ptr(), lora_.data(), cfg_.q_lora_rank, T,
-                                        cfg_.q_lora_rank, cfg_.rms_norm_eps));
-    SY_RETURN_IF_ERROR(kernels::Linear(ctx_, kF32, lora_.data(), a.q_b_proj.ptr(), nullptr,
-                                       q_.data(), T, NH * qk, cfg_.q_lora_rank));
+    const int64_t qr = cfg_.q_lora_rank;
+    SY_RETURN_IF_ERROR(Grow(lora_, T * qr, es));
+    SY_RETURN_IF_ERROR(
+        kernels::Linear(ctx_, dtype_, x, a.q_a_proj, nullptr, lora_.data(), T, qr, Hd));
+    SY_RETURN_IF_ERROR(
+        kernels::RmsNorm(ctx_, dtype_, lora_.data(), qr, a.q_a_norm, lora_.data(), qr, T, qr, eps));
+    SY_RETURN_IF_ERROR(kernels::Linear(ctx_, dtype_, lora_.data(), a.q_b_proj, nullptr, q_.data(),
+                                       T, NH * qk, qr));
   } else {
     SY_RETURN_IF_ERROR(
-        kernels::Linear(ctx_, kF32, x, a.q_proj.ptr(), nullptr, q_.data(), T, NH * qk, Hd));
+        kernels::Linear(ctx_, dtype_, x, a.q_proj, nullptr, q_.data(), T, NH * qk, Hd));
   }
-  Grow(kv_lat_, T * lat);
+  SY_RETURN_IF_ERROR(Grow(kv_lat_, T * lat, es));
   SY_RETURN_IF_ERROR(
-      kernels::Linear(ctx_, kF32, x, a.kv_a_proj.ptr(), nullptr, kv_lat_.data(), T, lat, Hd));
-  SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, kF32, kv_lat_.data(), lat, a.kv_a_norm.ptr(),
-                                      kv_lat_.data(), lat, T, r, cfg_.rms_norm_eps));
+      kernels::Linear(ctx_, dtype_, x, a.kv_a_proj, nullptr, kv_lat_.data(), T, lat, Hd));
+  SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, dtype_, kv_lat_.data(), lat, a.kv_a_norm,
+                                      kv_lat_.data(), lat, T, r, eps));
   kernels::RopeParams rp;
   rp.rotary_dim = cfg_.rope.rotary_dim;
   rp.interleaved = cfg_.rope.interleaved;
-  rp.inv_freq = rope_.inv_freq.data();
+  rp.inv_freq = inv_freq_;
   rp.attention_scaling = rope_.attention_scaling;
   SY_RETURN_IF_ERROR(
-      kernels::Rope(ctx_, kF32, q_.data() + nope, T, NH, NH * qk, qk, batch.positions.data(), rp));
+      kernels::Rope(ctx_, dtype_, At(q_, nope, es), T, NH, NH * qk, qk, b.positions, rp));
   SY_RETURN_IF_ERROR(
-      kernels::Rope(ctx_, kF32, kv_lat_.data() + r, T, 1, lat, lat, batch.positions.data(), rp));
-  SY_RETURN_IF_ERROR(kernels::CacheWrite(ctx_, kF32, kv_lat_.data(), lat, T, lat,
-                                         batch.slots.data(), cache.k(layer)));
+      kernels::Rope(ctx_, dtype_, At(kv_lat_, r, es), T, 1, lat, lat, b.positions, rp));
+  SY_RETURN_IF_ERROR(
+      kernels::CacheWrite(ctx_, dtype_, kv_lat_.data(), lat, T, lat, b.slots, cache.k(layer)));
   // q_lat[t, h] = [q_nope[t, h] . W_uk[h], q_pe[t, h]]
-  Grow(q_lat_, T * NH * lat);
-  SY_RETURN_IF_ERROR(kernels::BatchedLinear(ctx_, kF32, q_.data(), NH * qk, qk,
-                                            w_uk_t_[layer].data(), r * nope, q_lat_.data(),
-                                            NH * lat, lat, NH, T, r, nope));
+  SY_RETURN_IF_ERROR(Grow(q_lat_, T * NH * lat, es));
+  SY_RETURN_IF_ERROR(kernels::BatchedLinear(ctx_, dtype_, q_.data(), NH * qk, qk, a.w_uk_t,
+                                            r * nope, q_lat_.data(), NH * lat, lat, NH, T, r,
+                                            nope));
   SY_RETURN_IF_ERROR(
-      kernels::Copy2D(ctx_, kF32, q_.data() + nope, qk, q_lat_.data() + r, lat, T * NH, rope));
+      kernels::Copy2D(ctx_, dtype_, At(q_, nope, es), qk, At(q_lat_, r, es), lat, T * NH, rope));
   kernels::AttentionShape shape;
   shape.num_heads = NH;
   shape.num_kv_heads = 1;
@@ -242,55 +542,57 @@ absl::Status ModelRunner::AttentionMla(int64_t layer, const ForwardBatch& batch,
   shape.k_slot_stride = lat;
   shape.v_slot_stride = lat;
   shape.scale = cfg_.softmax_scale;
-  Grow(o_lat_, T * NH * r);
-  SY_RETURN_IF_ERROR(kernels::PagedAttention(ctx_, kF32, q_lat_.data(), cache.k(layer),
+  SY_RETURN_IF_ERROR(Grow(o_lat_, T * NH * r, es));
+  SY_RETURN_IF_ERROR(kernels::PagedAttention(ctx_, dtype_, q_lat_.data(), cache.k(layer),
                                              cache.k(layer), o_lat_.data(),
-                                             MakeAttentionBatch(batch, cache), shape));
+                                             MakeAttentionBatch(b, cache), shape));
   // o[t, h] = o_lat[t, h] . W_uv[h]^T
-  Grow(o_, T * NH * vd);
-  SY_RETURN_IF_ERROR(kernels::BatchedLinear(ctx_, kF32, o_lat_.data(), NH * r, r, a.w_uv.ptr(),
-                                            vd * r, o_.data(), NH * vd, vd, NH, T, vd, r));
-  return kernels::Linear(ctx_, kF32, o_.data(), a.o_proj.ptr(), nullptr, out, T, Hd, NH * vd);
+  SY_RETURN_IF_ERROR(Grow(o_, T * NH * vd, es));
+  SY_RETURN_IF_ERROR(kernels::BatchedLinear(ctx_, dtype_, o_lat_.data(), NH * r, r, a.w_uv, vd * r,
+                                            o_.data(), NH * vd, vd, NH, T, vd, r));
+  return kernels::Linear(ctx_, dtype_, o_.data(), a.o_proj, nullptr, out, T, Hd, NH * vd);
 }
 
-absl::Status ModelRunner::Mlp(const model::MlpWeights& w, int64_t num_tokens, int64_t inter,
-                              const float* x, float* out) {
-  const int64_t Hd = cfg_.hidden_size;
-  Grow(mlp_a_, num_tokens * 2 * inter);
-  Grow(mlp_b_, num_tokens * inter);
-  SY_RETURN_IF_ERROR(kernels::Linear(ctx_, kF32, x, w.gate_up.ptr(), nullptr, mlp_a_.data(),
-                                     num_tokens, 2 * inter, Hd));
-  SY_RETURN_IF_ERROR(kernels::SiluMul(ctx_, kF32, mlp_a_.data(), mlp_b_.data(), num_tokens, inter));
-  return kernels::Linear(ctx_, kF32, mlp_b_.data(), w.down.ptr(), nullptr, out, num_tokens, Hd,
-                         inter);
+absl::Status ModelRunner::Mlp(const MlpPtrs& w, int64_t num_tokens, int64_t inter, const void* x,
+                              void* out) {
+  const int64_t Hd = cfg_.hidden_size, es = kernels::DTypeSize(dtype_);
+  SY_RETURN_IF_ERROR(Grow(mlp_a_, num_tokens * 2 * inter, es));
+  SY_RETURN_IF_ERROR(Grow(mlp_b_, num_tokens * inter, es));
+  SY_RETURN_IF_ERROR(kernels::Linear(ctx_, dtype_, x, w.gate_up, nullptr, mlp_a_.data(), num_tokens,
+                                     2 * inter, Hd));
+  SY_RETURN_IF_ERROR(
+      kernels::SiluMul(ctx_, dtype_, mlp_a_.data(), mlp_b_.data(), num_tokens, inter));
+  return kernels::Linear(ctx_, dtype_, mlp_b_.data(), w.down, nullptr, out, num_tokens, Hd, inter);
 }
 
-absl::Status ModelRunner::FeedForward(int64_t layer, int64_t T, const float* x, float* out) {
-  const model::LayerWeights& lw = w_.layers[layer];
-  if (!lw.is_moe) return Mlp(lw.dense, T, cfg_.intermediate_size, x, out);
+absl::Status ModelRunner::FeedForward(int64_t layer, int64_t T, const void* x, void* out) {
+  const LayerPtrs& lp = layers_[layer];
+  if (!lp.is_moe) return Mlp(lp.dense, T, cfg_.intermediate_size, x, out);
   const int64_t E = cfg_.num_experts, K = cfg_.top_k, Hd = cfg_.hidden_size;
-  Grow(router_logits_, T * E);
+  const int64_t es = kernels::DTypeSize(dtype_);
+  SY_RETURN_IF_ERROR(Grow(router_logits_, T * E, 4));
   SY_RETURN_IF_ERROR(
-      kernels::Linear(ctx_, kF32, x, lw.router.ptr(), nullptr, router_logits_.data(), T, E, Hd));
+      kernels::LinearF32Out(ctx_, dtype_, x, lp.router, router_logits_.as<float>(), T, E, Hd));
   kernels::RouterParams rp = cfg_.router_params();
-  rp.correction_bias = lw.correction_bias.ptr();
-  if (static_cast<int64_t>(topk_ids_.size()) < T * K) topk_ids_.resize(T * K);
-  Grow(topk_w_, T * K);
+  rp.correction_bias = lp.correction_bias;
+  SY_RETURN_IF_ERROR(Grow(topk_ids_, T * K, 4));
+  SY_RETURN_IF_ERROR(Grow(topk_w_, T * K, 4));
+  SY_RETURN_IF_ERROR(kernels::MoeRoute(ctx_, router_logits_.as<float>(), T, rp,
+                                       topk_ids_.as<int32_t>(), topk_w_.as<float>()));
   SY_RETURN_IF_ERROR(
-      kernels::MoeRoute(ctx_, router_logits_.data(), T, rp, topk_ids_.data(), topk_w_.data()));
-  SY_RETURN_IF_ERROR(experts_->Run(layer, x, T, topk_ids_.data(), topk_w_.data(), K, out));
-  if (lw.shared.gate_up.empty()) return absl::OkStatus();
-  Grow(shared_out_, T * Hd);
+      experts_->Run(layer, x, T, topk_ids_.as<int32_t>(), topk_w_.as<float>(), K, out));
+  if (lp.shared.gate_up == nullptr) return absl::OkStatus();
+  SY_RETURN_IF_ERROR(Grow(shared_out_, T * Hd, es));
   SY_RETURN_IF_ERROR(
-      Mlp(lw.shared, T, cfg_.shared_expert_intermediate_size, x, shared_out_.data()));
-  if (!lw.shared_gate.empty()) {
-    Grow(shared_gate_, T);
-    SY_RETURN_IF_ERROR(kernels::Linear(ctx_, kF32, x, lw.shared_gate.ptr(), nullptr,
-                                       shared_gate_.data(), T, 1, Hd));
+      Mlp(lp.shared, T, cfg_.shared_expert_intermediate_size, x, shared_out_.data()));
+  if (lp.shared_gate != nullptr) {
+    SY_RETURN_IF_ERROR(Grow(shared_gate_, T, es));
     SY_RETURN_IF_ERROR(
-        kernels::SigmoidGateMul(ctx_, kF32, shared_out_.data(), shared_gate_.data(), 1, T, Hd));
+        kernels::Linear(ctx_, dtype_, x, lp.shared_gate, nullptr, shared_gate_.data(), T, 1, Hd));
+    SY_RETURN_IF_ERROR(
+        kernels::SigmoidGateMul(ctx_, dtype_, shared_out_.data(), shared_gate_.data(), 1, T, Hd));
   }
-  return kernels::Add(ctx_, kF32, out, shared_out_.data(), T * Hd);
+  return kernels::Add(ctx_, dtype_, out, shared_out_.data(), T * Hd);
 }
 
 }  // namespace sy::engine

@@ -2,9 +2,12 @@
 //
 // Every function takes an execution Context (device + stream), the element
 // type of its activations/weights, plain pointers and sizes. The CPU backend
-// (kernels/cpu, fp32, GEMMs through OpenBLAS) is the reference; a CUDA backend
-// fills the same functions for Context{Device::kCuda, stream}, so the engine
-// does not change when it arrives. An unsupported device/dtype combination is
+// (kernels/cpu, fp32, GEMMs through OpenBLAS) is the reference; the CUDA
+// backend (kernels/cuda, bf16 or fp32 storage, fp32 accumulation) fills the
+// same functions for a Context from kernels::DeviceContext (kernels/device.h),
+// so the engine does not change with the device. On CUDA every call is
+// asynchronous on the context's stream, and its pointers are device memory
+// (types.h). An unsupported device/dtype combination is
 // absl::UnimplementedError, never a crash. Shapes are validated by the caller
 // (the model loader); kernels assume consistent sizes.
 //
@@ -17,22 +20,22 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "kernels/types.h"
 
 namespace sy::kernels {
-
-enum class Device { kCpu, kCuda };
-enum class DType { kF32, kBF16, kF16 };
-
-struct Context {
-  Device device = Device::kCpu;
-  void* stream = nullptr;  // cudaStream_t for kCuda; unused on the CPU
-};
 
 // y[m, n] = x[m, k] . w[n, k]^T (+ bias[n] when bias != nullptr).
 absl::Status Linear(const Context& ctx, DType dtype, const void* x, const void* w, const void* bias,
                     void* y, int64_t m, int64_t n, int64_t k);
 
-// out[t, :] = table[ids[t], :] for t < num_tokens; ids must be < vocab.
+// y[m, n] (fp32) = x[m, k] . w[n, k]^T with x and w of `dtype`: router
+// logits and lm_head, whose outputs stay fp32 whatever the weights' type.
+absl::Status LinearF32Out(const Context& ctx, DType dtype, const void* x, const void* w, float* y,
+                          int64_t m, int64_t n, int64_t k);
+
+// out[t, :] = table[ids[t], :] for t < num_tokens; ids must be < vocab (on
+// the CPU an id outside it is InvalidArgument; on CUDA, where ids are device
+// memory, such a row is written as zeros).
 absl::Status Embedding(const Context& ctx, DType dtype, const int32_t* ids, int64_t num_tokens,
                        const void* table,                          // [vocab, hidden]
                        int64_t vocab, int64_t hidden, void* out);  // [num_tokens, hidden]
@@ -44,6 +47,14 @@ absl::Status Embedding(const Context& ctx, DType dtype, const int32_t* ids, int6
 absl::Status RmsNorm(const Context& ctx, DType dtype, const void* x, int64_t x_stride,
                      const void* w,  // [dim]
                      void* y, int64_t y_stride, int64_t rows, int64_t dim, float eps);
+
+// Fused residual add and RMSNorm over contiguous rows:
+//   residual[r, :] += x[r, :];  y[r, :] = rmsnorm(residual[r, :]) * w
+absl::Status AddRmsNorm(const Context& ctx, DType dtype, void* residual,  // [rows, dim]
+                        const void* x,                                    // [rows, dim]
+                        const void* w,                                    // [dim]
+                        void* y,                                          // [rows, dim]
+                        int64_t rows, int64_t dim, float eps);
 
 // y[i] += x[i] for i < n.
 absl::Status Add(const Context& ctx, DType dtype, void* y, const void* x, int64_t n);
@@ -61,12 +72,6 @@ absl::Status SiluMul(const Context& ctx, DType dtype, const void* in,  // [rows,
 // multiplied by `attention_scaling` (1 except for YaRN).
 //   neox (interleaved == false): pairs (i, i + rotary_dim/2)
 //   interleaved (GPT-J / DeepSeek MLA): pairs (2i, 2i + 1)
-struct RopeParams {
-  int64_t rotary_dim = 0;
-  bool interleaved = false;
-  const float* inv_freq = nullptr;  // [rotary_dim / 2], host memory on the CPU
-  float attention_scaling = 1.0f;
-};
 absl::Status Rope(const Context& ctx, DType dtype, void* x, int64_t num_tokens, int64_t num_heads,
                   int64_t token_stride, int64_t head_stride, const int32_t* positions,
                   const RopeParams& params);
@@ -90,52 +95,10 @@ absl::Status CacheWrite(const Context& ctx, DType dtype, const void* src, int64_
 // head_dim; value at v_cache + x * v_slot_stride + g * v_dim. MLA's absorbed
 // form uses num_kv_heads = 1 with k and v pointing into the same latent rows.
 // Query head h reads kv head h / (num_heads / num_kv_heads).
-struct AttentionBatch {
-  int64_t num_seqs = 0;
-  const int32_t* q_start = nullptr;       // [num_seqs + 1]
-  const int32_t* context_lens = nullptr;  // [num_seqs]
-  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
-  int64_t max_blocks_per_seq = 0;
-  int64_t block_size = 0;
-};
-struct AttentionShape {
-  int64_t num_heads = 0;
-  int64_t num_kv_heads = 0;
-  int64_t head_dim = 0;    // q/k dot-product length
-  int64_t v_dim = 0;       // value length
-  int64_t q_stride = 0;    // elements between tokens in q  (>= num_heads * head_dim)
-  int64_t out_stride = 0;  // elements between tokens in out (>= num_heads * v_dim)
-  int64_t k_slot_stride = 0;
-  int64_t v_slot_stride = 0;
-  float scale = 1.0f;  // multiplies q.k before softmax
-};
 absl::Status PagedAttention(const Context& ctx, DType dtype, const void* q, const void* k_cache,
                             const void* v_cache, void* out, const AttentionBatch& batch,
                             const AttentionShape& shape);
 
-// MoE router: scores, expert selection and combine weights for each token.
-enum class ScoreFunction { kSoftmax, kSigmoid };
-enum class TopkMethod {
-  kGreedy,              // plain top-k of the scores
-  kGroupLimitedGreedy,  // DeepSeek-V2: groups ranked by their max score
-  kNoAuxTc,             // DeepSeek-V3: groups ranked by sum of top-2 (score + bias)
-};
-struct RouterParams {
-  int64_t num_experts = 0;
-  int64_t top_k = 0;
-  ScoreFunction score = ScoreFunction::kSoftmax;
-  TopkMethod method = TopkMethod::kGreedy;
-  int64_t num_groups = 1;    // n_group; experts split in equal contiguous groups
-  int64_t topk_groups = 1;   // topk_group: groups kept
-  bool renormalize = false;  // divide the k weights by their sum (+1e-20)
-  float scaling = 1.0f;      // routed_scaling_factor, applied last
-  // Added to the scores for *selection only* (e_score_correction_bias /
-  // expert_bias); the weights use the raw scores. May be nullptr.
-  const float* correction_bias = nullptr;  // [num_experts]
-  // Selection value given to experts of groups that are not kept: 0 for the
-  // transformers DeepSeek/GLM routers, -inf for Param2MoE (Bailing-MoE-V2).
-  float dropped_group_value = 0.0f;
-};
 // Router logits are always fp32 (as in the reference implementations).
 // Experts of groups that are not kept get `dropped_group_value` for
 // selection. Ties break toward the lower index.
@@ -144,16 +107,62 @@ absl::Status MoeRoute(const Context& ctx, const float* logits,  // [num_tokens, 
                       int32_t* topk_ids,     // [num_tokens, top_k]
                       float* topk_weights);  // [num_tokens, top_k]
 
+// MoE token permutation: sorts the num_tokens * top_k (token, k) pairs by
+// expert, stably (the pairs of one expert in (token, k) order, as a counting
+// sort), and gathers their activations:
+//   rows of expert e: [offsets[e], offsets[e + 1])
+//   row_pos[t * top_k + k]: the sorted row of pair (t, k)
+//   gathered[row_pos[t * top_k + k], :] = x[t, :]
+// An id outside [0, num_experts) is InvalidArgument on the CPU; on CUDA (ids
+// in device memory) such a pair gets row_pos -1 and no row.
+absl::Status MoePermute(const Context& ctx, DType dtype, const void* x,  // [num_tokens, hidden]
+                        int64_t num_tokens, int64_t hidden,
+                        const int32_t* topk_ids,  // [num_tokens, top_k]
+                        int64_t top_k, int64_t num_experts,
+                        int64_t* offsets,  // [num_experts + 1]
+                        int32_t* row_pos,  // [num_tokens * top_k]
+                        void* gathered);   // [num_tokens * top_k, hidden]
+
+// The inverse of MoePermute with the weighted combine:
+//   out[t, :] = sum_k topk_weights[t, k] * expert_out[row_pos[t * top_k + k], :]
+// summed in k order; a negative row_pos contributes nothing.
+absl::Status MoeCombine(const Context& ctx, DType dtype,
+                        const void* expert_out,     // [num_tokens * top_k, hidden]
+                        const int32_t* row_pos,     // [num_tokens * top_k]
+                        const float* topk_weights,  // [num_tokens, top_k]
+                        int64_t num_tokens, int64_t top_k, int64_t hidden,
+                        void* out);  // [num_tokens, hidden]
+
 // Grouped SwiGLU expert FFN over rows sorted by expert:
 // for each expert e with rows [offsets[e], offsets[e+1]) of x:
 //   out_rows = down_e(silu(gate_e x) * up_e x)
 // gate_up[e] is [2 * inter, hidden] (gate rows first), down[e] is
-// [hidden, inter]; experts with no rows are skipped.
+// [hidden, inter]; experts with no rows are skipped. num_rows is
+// offsets[num_experts] (a host value: on CUDA the offsets are device memory,
+// and the backend picks its kernel from the average rows per expert).
 absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,  // [rows, hidden]
                               const int64_t* offsets,                          // [num_experts + 1]
-                              int64_t num_experts, const void* const* gate_up,
+                              int64_t num_experts, int64_t num_rows, const void* const* gate_up,
                               const void* const* down, int64_t hidden, int64_t inter,
                               void* out);  // [rows, hidden]
+
+// Picks one token per row of fp32 logits [rows, vocab] with the row's
+// SampleParams (types.h): greedy argmax (ties to the lower id) when
+// temperature == 0; otherwise p_i = exp(logit_i / temperature - max), ranked
+// by (p desc, id asc): top_k keeps the first k, top_p the shortest prefix of
+// those whose mass reaches top_p of theirs, min_p drops p < min_p (the
+// largest p is 1), and the draw takes, in id order, the first kept token
+// whose cumulative mass exceeds u * kept mass, u = CounterUniform(seed,
+// step): the same token on every device up to float rounding at the
+// boundaries. logprobs[r] (may be null) is log_softmax(logits[r])[token],
+// the raw distribution's, whatever the sampling settings. NaN logits count
+// as -inf. Parameters out of range are InvalidArgument on the CPU; on CUDA
+// (parameters in device memory) the caller validates them.
+absl::Status SampleTokens(const Context& ctx, const float* logits,  // [rows, vocab]
+                          int64_t rows, int64_t vocab,
+                          const SampleParams* params,  // [rows]
+                          int32_t* tokens,             // [rows]
+                          float* logprobs);            // [rows] or nullptr
 
 // ---- Layout helpers (kernels/layout_kernels.cc) ----------------------------
 

@@ -5,18 +5,14 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/dispatch.h"
 #include "kernels/kernels.h"
 
 namespace sy::kernels {
 namespace {
 
 absl::Status CheckCpuF32(const Context& ctx, DType dtype, const char* fn) {
-  if (ctx.device != Device::kCpu || dtype != DType::kF32) {
-    const char* device = ctx.device == Device::kCpu ? "cpu" : "cuda";
-    const char* type = dtype == DType::kF32 ? "f32" : dtype == DType::kBF16 ? "bf16" : "f16";
-    return absl::UnimplementedError(
-        absl::StrCat(fn, ": not implemented for device ", device, " and dtype ", type));
-  }
+  if (!internal::IsCpuF32(ctx, dtype)) return internal::Unsupported(fn, ctx, dtype);
   return absl::OkStatus();
 }
 
@@ -26,6 +22,9 @@ absl::Status BatchedLinear(const Context& ctx, DType dtype, const void* x, int64
                            int64_t x_batch_stride, const void* w, int64_t w_batch_stride, void* y,
                            int64_t y_row_stride, int64_t y_batch_stride, int64_t batch, int64_t m,
                            int64_t n, int64_t k) {
+  SY_ROUTE_CUDA("BatchedLinear", dtype,
+                cuda::BatchedLinear(ctx, dtype, x, x_row_stride, x_batch_stride, w, w_batch_stride,
+                                    y, y_row_stride, y_batch_stride, batch, m, n, k));
   if (auto st = CheckCpuF32(ctx, dtype, "BatchedLinear"); !st.ok()) return st;
   if (m == 0 || n == 0) return absl::OkStatus();
   const float* xf = static_cast<const float*>(x);
@@ -42,6 +41,9 @@ absl::Status BatchedLinear(const Context& ctx, DType dtype, const void* x, int64
 
 absl::Status Copy2D(const Context& ctx, DType dtype, const void* src, int64_t src_stride, void* dst,
                     int64_t dst_stride, int64_t rows, int64_t cols) {
+  SY_LAUNCH_CUDA(
+      "Copy2D", dtype,
+      cuda::Copy2D(cuda::Stream(ctx), dtype, src, src_stride, dst, dst_stride, rows, cols));
   if (auto st = CheckCpuF32(ctx, dtype, "Copy2D"); !st.ok()) return st;
   const float* s = static_cast<const float*>(src);
   float* d = static_cast<float*>(dst);
@@ -53,6 +55,8 @@ absl::Status Copy2D(const Context& ctx, DType dtype, const void* src, int64_t sr
 
 absl::Status SigmoidGateMul(const Context& ctx, DType dtype, void* y, const void* gate,
                             int64_t gate_stride, int64_t rows, int64_t dim) {
+  SY_LAUNCH_CUDA("SigmoidGateMul", dtype,
+                 cuda::SigmoidGateMul(cuda::Stream(ctx), dtype, y, gate, gate_stride, rows, dim));
   if (auto st = CheckCpuF32(ctx, dtype, "SigmoidGateMul"); !st.ok()) return st;
   float* yf = static_cast<float*>(y);
   const float* g = static_cast<const float*>(gate);

@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "engine/engine.h"
 #include "engine/loader.h"
+#include "kernels/device.h"
 #include "services/cluster/process.h"
 #include "tools/generate_output.h"
 #include "tools/request_flags.h"
@@ -30,6 +31,13 @@ ABSL_FLAG(int64_t, max_model_len, 0, "Context limit in tokens; 0 = max_position_
 ABSL_FLAG(int64_t, kv_block_size, 16, "Tokens per KV cache block");
 ABSL_FLAG(int64_t, kv_blocks, 0, "KV cache blocks; 0 = enough for the context limit");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
+ABSL_FLAG(std::string, device, "cpu", "cpu, or cuda (GPU 0 of this build's CUDA backend)");
+ABSL_FLAG(std::string, dtype, "",
+          "Weights, activations and KV cache: f32 or bf16; default f32 on the CPU, bf16 on cuda");
+ABSL_FLAG(double, gpu_memory_fraction, 0.5,
+          "cuda: fraction of the GPU memory free after loading the weights that the KV cache "
+          "takes when --kv-blocks is 0");
+ABSL_FLAG(bool, cuda_graphs, true, "cuda: replay decode steps as CUDA graphs");
 
 int main(int argc, char** argv) {
   sy::cluster::ListAllFlagsInHelp();
@@ -59,7 +67,35 @@ int main(int argc, char** argv) {
   source.dir = absl::GetFlag(FLAGS_model);
   source.load_format = absl::GetFlag(FLAGS_load_format);
   source.dummy_seed = absl::GetFlag(FLAGS_dummy_seed);
-  auto runner = sy::engine::LoadModelRunner(source, sy::kernels::Context{});
+  const std::string device = absl::GetFlag(FLAGS_device);
+  const std::string dtype_name = absl::GetFlag(FLAGS_dtype);
+  if (device != "cpu" && device != "cuda") {
+    std::cerr << "switchyard-generate: --device must be cpu or cuda (got '" << device << "')\n";
+    return 2;
+  }
+  if (!dtype_name.empty() && dtype_name != "f32" && dtype_name != "bf16") {
+    std::cerr << "switchyard-generate: --dtype must be f32 or bf16 (got '" << dtype_name << "')\n";
+    return 2;
+  }
+  const double fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
+  if (!(fraction > 0 && fraction <= 0.98)) {
+    std::cerr << "switchyard-generate: --gpu-memory-fraction must be in (0, 0.98]\n";
+    return 2;
+  }
+  auto dc = sy::kernels::DeviceContext::Create(device == "cuda" ? sy::kernels::Device::kCuda
+                                                                : sy::kernels::Device::kCpu);
+  if (!dc.ok()) {
+    std::cerr << "switchyard-generate: --device " << device << ": " << dc.status().message()
+              << "\n";
+    return 1;
+  }
+  sy::engine::RunnerOptions ropts;
+  ropts.ctx = (*dc)->ctx();
+  ropts.dtype = dtype_name == "f32" || (dtype_name.empty() && device == "cpu")
+                    ? sy::kernels::DType::kF32
+                    : sy::kernels::DType::kBF16;
+  ropts.max_graph_batch = absl::GetFlag(FLAGS_cuda_graphs) ? 512 : 0;
+  auto runner = sy::engine::LoadModelRunner(source, ropts);
   if (!runner.ok()) {
     std::cerr << "switchyard-generate: " << runner.status().message() << "\n";
     return 1;
@@ -68,6 +104,7 @@ int main(int argc, char** argv) {
   opts.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   opts.kv.block_size = absl::GetFlag(FLAGS_kv_block_size);
   opts.kv.num_blocks = absl::GetFlag(FLAGS_kv_blocks);
+  if (device == "cuda") opts.kv.memory_fraction = fraction;
   opts.max_num_seqs = 1;
   auto engine = sy::engine::Engine::Create(*std::move(runner), opts);
   if (!engine.ok()) {

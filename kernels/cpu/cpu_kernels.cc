@@ -175,4 +175,51 @@ void GroupedExpertFfn(const float* x, const int64_t* offsets, int64_t num_expert
   }
 }
 
+void AddRmsNorm(float* residual, const float* x, const float* w, float* y, int64_t rows,
+                int64_t dim, float eps) {
+  Add(residual, x, rows * dim);
+  RmsNorm(residual, dim, w, y, dim, rows, dim, eps);
+}
+
+absl::Status MoePermute(const float* x, int64_t num_tokens, int64_t hidden, const int32_t* topk_ids,
+                        int64_t top_k, int64_t num_experts, int64_t* offsets, int32_t* row_pos,
+                        float* gathered) {
+  const int64_t pairs = num_tokens * top_k;
+  for (int64_t i = 0; i < pairs; ++i) {
+    if (topk_ids[i] < 0 || topk_ids[i] >= num_experts) {
+      return absl::InvalidArgumentError(absl::StrCat("MoePermute: pair ", i, " has expert id ",
+                                                     topk_ids[i], " outside [0, ", num_experts,
+                                                     ")"));
+    }
+  }
+  std::fill(offsets, offsets + num_experts + 1, int64_t{0});
+  for (int64_t i = 0; i < pairs; ++i) ++offsets[topk_ids[i] + 1];
+  for (int64_t e = 0; e < num_experts; ++e) offsets[e + 1] += offsets[e];
+  std::vector<int64_t> cursor(offsets, offsets + num_experts);
+  for (int64_t i = 0; i < pairs; ++i) row_pos[i] = static_cast<int32_t>(cursor[topk_ids[i]]++);
+  const auto row_bytes = static_cast<size_t>(hidden) * sizeof(float);
+#pragma omp parallel for if (pairs * hidden >= kParallelWork)
+  for (int64_t i = 0; i < pairs; ++i) {
+    std::memcpy(gathered + static_cast<int64_t>(row_pos[i]) * hidden, x + (i / top_k) * hidden,
+                row_bytes);
+  }
+  return absl::OkStatus();
+}
+
+void MoeCombine(const float* expert_out, const int32_t* row_pos, const float* topk_weights,
+                int64_t num_tokens, int64_t top_k, int64_t hidden, float* out) {
+#pragma omp parallel for if (num_tokens * top_k * hidden >= kParallelWork)
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    float* dst = out + t * hidden;
+    std::fill(dst, dst + hidden, 0.0f);
+    for (int64_t k = 0; k < top_k; ++k) {
+      const int32_t r = row_pos[t * top_k + k];
+      if (r < 0) continue;
+      const float wk = topk_weights[t * top_k + k];
+      const float* src = expert_out + static_cast<int64_t>(r) * hidden;
+      for (int64_t c = 0; c < hidden; ++c) dst[c] += wk * src[c];
+    }
+  }
+}
+
 }  // namespace sy::kernels::cpu

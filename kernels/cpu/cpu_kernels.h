@@ -31,6 +31,10 @@ absl::Status Embedding(const int32_t* ids, int64_t num_tokens, const float* tabl
 void RmsNorm(const float* x, int64_t x_stride, const float* w, float* y, int64_t y_stride,
              int64_t rows, int64_t dim, float eps);
 
+// residual += x; y = rmsnorm(residual) * w over contiguous rows.
+void AddRmsNorm(float* residual, const float* x, const float* w, float* y, int64_t rows,
+                int64_t dim, float eps);
+
 // y[i] += x[i].
 void Add(float* y, const float* x, int64_t n);
 
@@ -57,5 +61,20 @@ void MoeRoute(const float* logits, int64_t num_tokens, const RouterParams& param
 void GroupedExpertFfn(const float* x, const int64_t* offsets, int64_t num_experts,
                       const float* const* gate_up, const float* const* down, int64_t hidden,
                       int64_t inter, float* out);
+
+// Stable counting sort of (token, k) pairs by expert and the row gather, see
+// kernels.h. An id outside [0, num_experts) is InvalidArgument.
+absl::Status MoePermute(const float* x, int64_t num_tokens, int64_t hidden, const int32_t* topk_ids,
+                        int64_t top_k, int64_t num_experts, int64_t* offsets, int32_t* row_pos,
+                        float* gathered);
+
+// out[t] = sum_k w[t, k] * expert_out[row_pos[t, k]] in k order.
+void MoeCombine(const float* expert_out, const int32_t* row_pos, const float* topk_weights,
+                int64_t num_tokens, int64_t top_k, int64_t hidden, float* out);
+
+// Token sampling (sampling.cc), see kernels.h. Parameters out of range
+// (temperature < 0, top_p outside (0, 1], ...) are InvalidArgument.
+absl::Status SampleTokens(const float* logits, int64_t rows, int64_t vocab,
+                          const SampleParams* params, int32_t* tokens, float* logprobs);
 
 }  // namespace sy::kernels::cpu

@@ -26,9 +26,11 @@ RemoteExpertExecutor::RemoteExpertExecutor(const model::ModelConfig& cfg, eplb::
   send_.resize(n);
 }
 
-absl::Status RemoteExpertExecutor::Run(int64_t layer, const float* hidden, int64_t num_tokens,
+absl::Status RemoteExpertExecutor::Run(int64_t layer, const void* hidden_v, int64_t num_tokens,
                                        const int32_t* topk_ids, const float* topk_weights,
-                                       int64_t top_k, float* out) {
+                                       int64_t top_k, void* out_v) {
+  const auto* hidden = static_cast<const float*>(hidden_v);
+  auto* out = static_cast<float*>(out_v);
   const int32_t moe_index = placement_.MoeIndex(static_cast<int32_t>(layer));
   if (moe_index < 0) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not in the placement"));
@@ -216,8 +218,8 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   }
   if (total > 0) {
     SY_RETURN_IF_ERROR(kernels::GroupedExpertFfn(ctx_, kernels::DType::kF32, gathered_.data(),
-                                                 offsets.data(), spw, gate_up.data(), down.data(),
-                                                 H, I, computed_.data()));
+                                                 offsets.data(), spw, total, gate_up.data(),
+                                                 down.data(), H, I, computed_.data()));
   }
   for (int64_t p = 0; p < total; ++p) {
     std::memcpy(scattered_.data() + static_cast<int64_t>(order[p]) * H, computed_.data() + p * H,

@@ -42,8 +42,9 @@ class RemoteExpertExecutor : public engine::ExpertExecutor {
   RemoteExpertExecutor(const model::ModelConfig& cfg, eplb::Placement placement, MeshRanks ranks,
                        transport::Transport* transport, absl::Duration timeout);
 
-  absl::Status Run(int64_t layer, const float* hidden, int64_t num_tokens, const int32_t* topk_ids,
-                   const float* topk_weights, int64_t top_k, float* out) override;
+  // Host fp32 activations (the attention worker runs on the CPU).
+  absl::Status Run(int64_t layer, const void* hidden, int64_t num_tokens, const int32_t* topk_ids,
+                   const float* topk_weights, int64_t top_k, void* out) override;
   // Takes part in one whole step (every MoE layer) without tokens.
   absl::Status RunEmptyStep();
   uint64_t step() const { return step_; }

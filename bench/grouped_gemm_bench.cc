@@ -1,0 +1,303 @@
+// Grouped expert FFN benchmark (gate_up + SiLU + down, bf16) on the GPU:
+// Qwen3-30B-A3B (hidden 2048, 128 experts, inter 768, top-8) and DeepSeek-V3
+// (hidden 7168, 256 experts, inter 2048, top-8) at 1..8192 tokens, rows =
+// tokens * 8 spread over the experts by uniform random routing (8 distinct
+// experts per token, a fixed seed; bench/torch_grouped_gemm.py draws the
+// same routing), for every path of cuda::GroupedExpertFfn.
+//
+// Per case: the time of one call (CUDA events around `iters` calls after a
+// warm-up; the cuBLAS paths include their host synchronisation), TFLOP/s
+// (6 * rows * hidden * inter: gate_up 2*rows*hidden*2*inter plus down
+// 2*rows*inter*hidden), and GB/s of weights read (3 * hidden * inter * 2
+// bytes per expert with >= 1 row), each as a fraction of the peaks measured
+// in the same run: a bf16 cuBLAS GEMM of 8192^3 (mean of 10 after warm-up)
+// and cudaMemcpyAsync device-to-device of 2 GiB (read + write bytes).
+//
+// Usage: switchyard-grouped-gemm-bench [--model=qwen3|dsv3|all]
+//          [--tokens=1,4,...] [--paths=small,grouped,loop,auto] [--iters=N (0: auto)]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/backend.h"
+#include "kernels/device.h"
+#include "kernels/kernels.h"
+
+namespace sy::kernels {
+namespace {
+
+#define BENCH_CUDA(call)                                                                         \
+  do {                                                                                           \
+    const cudaError_t err_ = (call);                                                             \
+    if (err_ != cudaSuccess) {                                                                   \
+      std::fprintf(stderr, "%s failed: %s (%s:%d)\n", #call, cudaGetErrorString(err_), __FILE__, \
+                   __LINE__);                                                                    \
+      std::exit(1);                                                                              \
+    }                                                                                            \
+  } while (0)
+
+template <typename T>
+T OrDie(absl::StatusOr<T> v, const char* what) {
+  if (!v.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, std::string(v.status().message()).c_str());
+    std::exit(1);
+  }
+  return *std::move(v);
+}
+
+void OkOrDie(const absl::Status& st, const char* what) {
+  if (!st.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, std::string(st.message()).c_str());
+    std::exit(1);
+  }
+}
+
+struct Model {
+  const char* name;
+  int64_t hidden, experts, inter, top_k;
+};
+constexpr Model kModels[] = {{"qwen3-30b-a3b", 2048, 128, 768, 8},
+                             {"deepseek-v3", 7168, 256, 2048, 8}};
+
+// splitmix64 of a counter: the routing draws, reproduced exactly by
+// bench/torch_grouped_gemm.py.
+uint64_t SplitMix(uint64_t x) {
+  uint64_t z = x + 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Rows per expert: each token picks top_k distinct experts by a partial
+// Fisher-Yates shuffle driven by SplitMix(seed * 2^32 + draw index).
+std::vector<int64_t> RouteCounts(int64_t tokens, int64_t experts, int64_t top_k, uint64_t seed) {
+  std::vector<int64_t> counts(static_cast<size_t>(experts), 0);
+  std::vector<int64_t> perm(static_cast<size_t>(experts));
+  uint64_t draw = seed << 32;
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t e = 0; e < experts; ++e) perm[e] = e;
+    for (int64_t j = 0; j < top_k; ++j) {
+      const auto r = static_cast<int64_t>(SplitMix(draw++) % static_cast<uint64_t>(experts - j));
+      std::swap(perm[j], perm[j + r]);
+      ++counts[perm[j]];
+    }
+  }
+  return counts;
+}
+
+// Fills `bytes` of device memory with a repeated block of random bf16 in
+// [-scale, scale] (the values do not change the timing).
+void FillRandom(const Context& ctx, void* dst, int64_t bytes, float scale, uint32_t seed) {
+  const int64_t block_elems = std::min<int64_t>(bytes / 2, int64_t{16} << 20);
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> host(static_cast<size_t>(block_elems));
+  for (float& v : host) v = dist(rng);
+  OkOrDie(UploadAs(ctx, DType::kBF16, host.data(), dst, block_elems), "UploadAs");
+  for (int64_t at = block_elems * 2; at < bytes; at += block_elems * 2) {
+    const int64_t n = std::min(block_elems * 2, bytes - at);
+    OkOrDie(CopyOnDevice(ctx, static_cast<char*>(dst) + at, dst, n), "CopyOnDevice");
+  }
+}
+
+class Timer {
+ public:
+  explicit Timer(cudaStream_t s) : stream_(s) {
+    BENCH_CUDA(cudaEventCreate(&a_));
+    BENCH_CUDA(cudaEventCreate(&b_));
+  }
+  ~Timer() {
+    cudaEventDestroy(a_);
+    cudaEventDestroy(b_);
+  }
+  // Mean milliseconds per call of fn over `iters` calls.
+  template <typename Fn>
+  double Mean(int iters, Fn&& fn) {
+    BENCH_CUDA(cudaEventRecord(a_, stream_));
+    for (int i = 0; i < iters; ++i) fn();
+    BENCH_CUDA(cudaEventRecord(b_, stream_));
+    BENCH_CUDA(cudaEventSynchronize(b_));
+    float ms = 0.0f;
+    BENCH_CUDA(cudaEventElapsedTime(&ms, a_, b_));
+    return ms / iters;
+  }
+
+ private:
+  cudaStream_t stream_;
+  cudaEvent_t a_ = nullptr, b_ = nullptr;
+};
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+int Run(int argc, char** argv) {
+  std::string model_arg = "all";
+  std::string tokens_arg = "1,4,16,64,256,1024,4096,8192";
+  std::string paths_arg = "small,grouped,loop,auto";
+  int iters_arg = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&](const char* key) -> const char* {
+      const size_t n = std::strlen(key);
+      return a.compare(0, n, key) == 0 ? argv[i] + n : nullptr;
+    };
+    if (const char* v = value("--model=")) {
+      model_arg = v;
+    } else if (const char* v2 = value("--tokens=")) {
+      tokens_arg = v2;
+    } else if (const char* v3 = value("--paths=")) {
+      paths_arg = v3;
+    } else if (const char* v4 = value("--iters=")) {
+      iters_arg = std::atoi(v4);
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--model=qwen3|dsv3|all] [--tokens=1,4,...] "
+                   "[--paths=small,grouped,loop,auto] [--iters=N]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  std::string cmd;
+  for (int i = 0; i < argc; ++i) cmd += std::string(i ? " " : "") + argv[i];
+  std::printf("# command: %s\n", cmd.c_str());
+
+  auto dc = OrDie(DeviceContext::Create(Device::kCuda), "DeviceContext::Create");
+  const Context& ctx = dc->ctx();
+  const DeviceInfo info = OrDie(dc->Info(), "Info");
+  std::printf("# device: %s (%d SMs)\n", info.name.c_str(), info.multiprocessors);
+  cudaStream_t stream = cuda::Stream(ctx);
+  Timer timer(stream);
+
+  // Peaks: bf16 GEMM 8192^3 and the D2D copy bandwidth.
+  double peak_tflops = 0.0, peak_gbs = 0.0;
+  {
+    const int64_t n = 8192;
+    DeviceBuffer a = OrDie(DeviceBuffer::Allocate(ctx, n * n * 2), "alloc");
+    DeviceBuffer b = OrDie(DeviceBuffer::Allocate(ctx, n * n * 2), "alloc");
+    DeviceBuffer c = OrDie(DeviceBuffer::Allocate(ctx, n * n * 2), "alloc");
+    FillRandom(ctx, a.data(), n * n * 2, 1.0f, 1);
+    FillRandom(ctx, b.data(), n * n * 2, 1.0f, 2);
+    auto gemm = [&] {
+      OkOrDie(Linear(ctx, DType::kBF16, a.data(), b.data(), nullptr, c.data(), n, n, n), "Linear");
+    };
+    for (int i = 0; i < 3; ++i) gemm();
+    const double ms = timer.Mean(10, gemm);
+    peak_tflops = 2.0 * n * n * n / (ms * 1e-3) / 1e12;
+  }
+  {
+    const int64_t bytes = int64_t{2} << 30;
+    DeviceBuffer src = OrDie(DeviceBuffer::Allocate(ctx, bytes), "alloc");
+    DeviceBuffer dst = OrDie(DeviceBuffer::Allocate(ctx, bytes), "alloc");
+    BENCH_CUDA(cudaMemsetAsync(src.data(), 1, static_cast<size_t>(bytes), stream));
+    auto copy = [&] {
+      BENCH_CUDA(cudaMemcpyAsync(dst.data(), src.data(), static_cast<size_t>(bytes),
+                                 cudaMemcpyDeviceToDevice, stream));
+    };
+    for (int i = 0; i < 2; ++i) copy();
+    const double ms = timer.Mean(10, copy);
+    peak_gbs = 2.0 * static_cast<double>(bytes) / (ms * 1e-3) / 1e9;
+  }
+  std::printf("# peaks: bf16 cuBLAS GEMM 8192^3 %.1f TFLOP/s; D2D copy %.0f GB/s (read+write)\n",
+              peak_tflops, peak_gbs);
+  std::printf("%-14s %6s %6s %6s %-8s %6s %11s %9s %7s %9s %7s\n", "model", "tokens", "rows",
+              "active", "path", "iters", "time_us", "TFLOP/s", "%peak", "wGB/s", "%copy");
+
+  struct PathSpec {
+    const char* key;
+    cuda::GroupedFfnPath path;
+  };
+  const PathSpec all_paths[] = {{"small", cuda::GroupedFfnPath::kSmallM},
+                                {"grouped", cuda::GroupedFfnPath::kCublasGrouped},
+                                {"loop", cuda::GroupedFfnPath::kCublasLoop},
+                                {"auto", cuda::GroupedFfnPath::kAuto}};
+  const auto want_paths = Split(paths_arg);
+  std::vector<int64_t> token_counts;
+  for (const auto& t : Split(tokens_arg)) token_counts.push_back(std::atoll(t.c_str()));
+  const int64_t max_tokens = *std::max_element(token_counts.begin(), token_counts.end());
+
+  for (const Model& m : kModels) {
+    const bool is_qwen = std::strncmp(m.name, "qwen3", 5) == 0;
+    if (model_arg != "all" && !(model_arg == "qwen3" && is_qwen) &&
+        !(model_arg == "dsv3" && !is_qwen)) {
+      continue;
+    }
+    const int64_t gu_elems = 2 * m.inter * m.hidden, dn_elems = m.hidden * m.inter;
+    DeviceBuffer w =
+        OrDie(DeviceBuffer::Allocate(ctx, m.experts * (gu_elems + dn_elems) * 2), "alloc weights");
+    FillRandom(ctx, w.data(), w.bytes(), 0.02f, 3);
+    std::vector<const void*> gu_ptrs, dn_ptrs;
+    for (int64_t e = 0; e < m.experts; ++e) {
+      gu_ptrs.push_back(w.as<char>() + e * gu_elems * 2);
+      dn_ptrs.push_back(w.as<char>() + (m.experts * gu_elems + e * dn_elems) * 2);
+    }
+    DeviceBuffer d_gu = OrDie(DeviceBuffer::Allocate(ctx, m.experts * 8), "alloc");
+    DeviceBuffer d_dn = OrDie(DeviceBuffer::Allocate(ctx, m.experts * 8), "alloc");
+    OkOrDie(CopyToDevice(ctx, d_gu.data(), gu_ptrs.data(), m.experts * 8), "copy");
+    OkOrDie(CopyToDevice(ctx, d_dn.data(), dn_ptrs.data(), m.experts * 8), "copy");
+    const int64_t max_rows = max_tokens * m.top_k;
+    DeviceBuffer x = OrDie(DeviceBuffer::Allocate(ctx, max_rows * m.hidden * 2), "alloc x");
+    DeviceBuffer out = OrDie(DeviceBuffer::Allocate(ctx, max_rows * m.hidden * 2), "alloc out");
+    FillRandom(ctx, x.data(), x.bytes(), 1.0f, 4);
+    DeviceBuffer d_off = OrDie(DeviceBuffer::Allocate(ctx, (m.experts + 1) * 8), "alloc");
+
+    for (const int64_t tokens : token_counts) {
+      const auto counts = RouteCounts(tokens, m.experts, m.top_k, 1234);
+      std::vector<int64_t> offsets(static_cast<size_t>(m.experts + 1), 0);
+      int64_t active = 0;
+      for (int64_t e = 0; e < m.experts; ++e) {
+        offsets[e + 1] = offsets[e] + counts[e];
+        active += counts[e] > 0 ? 1 : 0;
+      }
+      const int64_t rows = offsets[m.experts];
+      OkOrDie(CopyToDevice(ctx, d_off.data(), offsets.data(), (m.experts + 1) * 8), "copy");
+      const double flops = 6.0 * rows * m.hidden * m.inter;
+      const double wbytes = 3.0 * m.hidden * m.inter * 2 * active;
+      for (const PathSpec& p : all_paths) {
+        if (std::find(want_paths.begin(), want_paths.end(), p.key) == want_paths.end()) continue;
+        auto call = [&] {
+          OkOrDie(cuda::GroupedExpertFfn(ctx, DType::kBF16, x.data(), d_off.as<int64_t>(),
+                                         m.experts, rows, d_gu.as<const void* const>(),
+                                         d_dn.as<const void* const>(), m.hidden, m.inter,
+                                         out.data(), p.path),
+                  p.key);
+        };
+        call();  // warm-up (workspaces, cuBLAS heuristics)
+        OkOrDie(dc->Synchronize(), "sync");
+        int iters = iters_arg;
+        if (iters <= 0) {
+          const double once = timer.Mean(1, call);
+          iters = static_cast<int>(std::clamp(200.0 / std::max(once, 1e-3), 3.0, 200.0));
+        }
+        const double ms = timer.Mean(iters, call);
+        const double tflops = flops / (ms * 1e-3) / 1e12;
+        const double gbs = wbytes / (ms * 1e-3) / 1e9;
+        std::printf("%-14s %6lld %6lld %6lld %-8s %6d %11.1f %9.2f %6.1f%% %9.0f %6.1f%%\n", m.name,
+                    static_cast<long long>(tokens), static_cast<long long>(rows),
+                    static_cast<long long>(active), p.key, iters, ms * 1e3, tflops,
+                    100.0 * tflops / peak_tflops, gbs, 100.0 * gbs / peak_gbs);
+        std::fflush(stdout);
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace sy::kernels
+
+int main(int argc, char** argv) { return sy::kernels::Run(argc, argv); }
