@@ -148,16 +148,17 @@ absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,  /
 
 // Picks one token per row of fp32 logits [rows, vocab] with the row's
 // SampleParams (types.h): greedy argmax (ties to the lower id) when
-// temperature == 0; otherwise p_i = exp(logit_i / temperature - max), ranked
-// by (p desc, id asc): top_k keeps the first k, top_p the shortest prefix of
-// those whose mass reaches top_p of theirs, min_p drops p < min_p (the
-// largest p is 1), and the draw takes, in id order, the first kept token
-// whose cumulative mass exceeds u * kept mass, u = CounterUniform(seed,
-// step): the same token on every device up to float rounding at the
-// boundaries. logprobs[r] (may be null) is log_softmax(logits[r])[token],
-// the raw distribution's, whatever the sampling settings. NaN logits count
-// as -inf. Parameters out of range are InvalidArgument on the CPU; on CUDA
-// (parameters in device memory) the caller validates them.
+// temperature == 0; otherwise e_i = exp((logit_i - max) / temperature) as
+// fixed-point weights (kernels/sampling_math.h), ranked by (e desc, id asc):
+// top_k keeps the first k, top_p the shortest prefix of those whose weight
+// reaches top_p of theirs, min_p drops e < min_p (the largest e is 1), and the
+// draw takes, in that order, the first kept token whose cumulative weight
+// exceeds u * kept weight, u = CounterUniform(seed, step): integer arithmetic,
+// so the same token on every device. logprobs[r] (may be null) is
+// log_softmax(logits[r])[token], the raw distribution's, whatever the
+// sampling settings. NaN logits count as -inf, +inf as the largest float.
+// Parameters out of range are InvalidArgument on the CPU; on CUDA (parameters
+// in device memory) such a row gets token -1 and the caller validates first.
 absl::Status SampleTokens(const Context& ctx, const float* logits,  // [rows, vocab]
                           int64_t rows, int64_t vocab,
                           const SampleParams* params,  // [rows]

@@ -106,6 +106,37 @@ TEST(GenerateCliTest, BadInputExitCodesAndMessages) {
   EXPECT_THAT(r.err, HasSubstr("bogus_flag"));
 }
 
+// The device flags: bad values are usage errors naming the flag; --device
+// cuda either runs (a GPU is present: the greedy tokens are the goldens', as
+// gpu_golden_test checks in depth) or fails with the reason, never crashes.
+TEST(GenerateCliTest, DeviceFlags) {
+  Result r = RunGenerate("--model " + kModel + " --prompt-ids 1,7 --device tpu");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--device must be cpu or cuda"));
+  r = RunGenerate("--model " + kModel + " --prompt-ids 1,7 --dtype f16");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--dtype must be f32 or bf16"));
+  r = RunGenerate("--model " + kModel + " --prompt-ids 1,7 --dtype bf16");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("bf16 is not supported on the CPU"));
+  r = RunGenerate("--model " + kModel + " --prompt-ids 1,7 --device cuda --gpu-memory-fraction 2");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--gpu-memory-fraction"));
+  r = RunGenerate("--model " + kModel +
+                  " --prompt-ids 1,7,42,100,3 --max-new-tokens 4 --device cuda --dtype f32");
+  if (r.exit_code == 0) {
+    std::ifstream gin(kModel + "/golden.json");
+    nlohmann::json golden = nlohmann::json::parse(gin);
+    std::vector<int32_t> want = golden["prompts"][0]["greedy"].get<std::vector<int32_t>>();
+    want.resize(4);
+    EXPECT_EQ(nlohmann::json::parse(r.out)["tokens"].get<std::vector<int32_t>>(), want);
+  } else {
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_THAT(r.err, HasSubstr("--device cuda: "));
+    EXPECT_TRUE(r.out.empty());
+  }
+}
+
 TEST(GenerateCliTest, HelpListsTheFlags) {
   Result r = RunGenerate("--help");
   EXPECT_THAT(r.out + r.err, HasSubstr("max_new_tokens"));
