@@ -24,37 +24,15 @@
 #include <string>
 #include <vector>
 
+#include "bench/gpu_bench_util.h"
 #include "kernels/device.h"
 #include "kernels/kernels.h"
 
 namespace sy::kernels {
 namespace {
 
-#define BENCH_CUDA(call)                                                                         \
-  do {                                                                                           \
-    const cudaError_t err_ = (call);                                                             \
-    if (err_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s failed: %s (%s:%d)\n", #call, cudaGetErrorString(err_), __FILE__, \
-                   __LINE__);                                                                    \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
-
-template <typename T>
-T OrDie(absl::StatusOr<T> v, const char* what) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, std::string(v.status().message()).c_str());
-    std::exit(1);
-  }
-  return *std::move(v);
-}
-
-void OkOrDie(const absl::Status& st, const char* what) {
-  if (!st.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, std::string(st.message()).c_str());
-    std::exit(1);
-  }
-}
+using ::sy::bench::OkOrDie;
+using ::sy::bench::OrDie;
 
 struct Model {
   const char* name;

@@ -19,27 +19,21 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/golden_data.h"
 
 namespace sy::engine {
 namespace {
 
 constexpr float kLogitTolerance = 1e-3f;
 
-struct GoldenPrompt {
-  std::vector<int32_t> prompt;
-  std::vector<int32_t> greedy;
-  std::vector<std::vector<float>> logits;  // [steps, vocab]
-  std::vector<float> margins;
-};
+using ::sy::testing::GoldenPrompt;
 
 struct GoldenCase {
   std::string dir;
   std::vector<GoldenPrompt> prompts;
 };
 
-std::string CaseDir(const std::string& name) {
-  return std::string(SY_SOURCE_DIR) + "/tests/data/goldens/" + name;
-}
+std::string CaseDir(const std::string& name) { return ::sy::testing::GoldenDir(name); }
 
 const GoldenCase& LoadCase(const std::string& name) {
   static std::map<std::string, GoldenCase> cache;
@@ -47,19 +41,7 @@ const GoldenCase& LoadCase(const std::string& name) {
   if (it != cache.end()) return it->second;
   GoldenCase c;
   c.dir = CaseDir(name);
-  std::ifstream in(c.dir + "/golden.json");
-  EXPECT_TRUE(in.good()) << "missing " << c.dir << "/golden.json";
-  nlohmann::json j = nlohmann::json::parse(in);
-  for (const auto& p : j["prompts"]) {
-    GoldenPrompt g;
-    g.prompt = p["prompt"].get<std::vector<int32_t>>();
-    g.greedy = p["greedy"].get<std::vector<int32_t>>();
-    for (const auto& s : p["steps"]) {
-      g.logits.push_back(s["logits"].get<std::vector<float>>());
-      g.margins.push_back(s["margin"].get<float>());
-    }
-    c.prompts.push_back(std::move(g));
-  }
+  c.prompts = ::sy::testing::LoadGoldenPrompts(name);
   return cache.emplace(name, std::move(c)).first->second;
 }
 

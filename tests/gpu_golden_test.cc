@@ -39,39 +39,14 @@
 #include "gtest/gtest.h"
 #include "kernels/device.h"
 #include "nlohmann/json.hpp"
+#include "tests/golden_data.h"
 
 namespace sy::engine {
 namespace {
 
-struct GoldenPrompt {
-  std::vector<int32_t> prompt;
-  std::vector<int32_t> greedy;
-  std::vector<std::vector<float>> logits;  // [steps, vocab]
-  std::vector<float> margins;
-};
+using ::sy::testing::GoldenPrompt;
 
-std::string CaseDir(const std::string& name) {
-  return std::string(SY_SOURCE_DIR) + "/tests/data/goldens/" + name;
-}
-
-std::vector<GoldenPrompt> LoadPrompts(const std::string& name) {
-  std::ifstream in(CaseDir(name) + "/golden.json");
-  EXPECT_TRUE(in.good()) << "missing golden.json for " << name;
-  std::vector<GoldenPrompt> out;
-  if (!in.good()) return out;
-  nlohmann::json j = nlohmann::json::parse(in);
-  for (const auto& p : j["prompts"]) {
-    GoldenPrompt g;
-    g.prompt = p["prompt"].get<std::vector<int32_t>>();
-    g.greedy = p["greedy"].get<std::vector<int32_t>>();
-    for (const auto& s : p["steps"]) {
-      g.logits.push_back(s["logits"].get<std::vector<float>>());
-      g.margins.push_back(s["margin"].get<float>());
-    }
-    out.push_back(std::move(g));
-  }
-  return out;
-}
+std::string CaseDir(const std::string& name) { return ::sy::testing::GoldenDir(name); }
 
 struct Param {
   std::string model;
@@ -86,7 +61,7 @@ class GpuGoldenTest : public ::testing::TestWithParam<Param> {
     auto dc = kernels::DeviceContext::Create(kernels::Device::kCuda);
     ASSERT_TRUE(dc.ok()) << dc.status();
     dc_ = *std::move(dc);
-    prompts_ = LoadPrompts(GetParam().model);
+    prompts_ = ::sy::testing::LoadGoldenPrompts(GetParam().model);
   }
 
   std::unique_ptr<ModelRunner> Runner() {
