@@ -57,21 +57,18 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<ModelRunn
   if (options.max_num_seqs <= 0) return FieldError("max_num_seqs", "must be positive");
   if (options.max_batched_tokens <= 0) return FieldError("max_batched_tokens", "must be positive");
   KvCacheOptions kv = options.kv;
-  if (kv.num_blocks <= 0 && kv.max_tokens <= 0) {
+  kv.ctx = runner->ctx();
+  kv.dtype = runner->dtype();
+  const bool by_fraction = kv.memory_fraction > 0 && kv.ctx.device == kernels::Device::kCuda;
+  if (kv.num_blocks <= 0 && kv.max_tokens <= 0 && !by_fraction) {
     // Default: room for max_num_seqs sequences of full length, capped at 64k tokens.
     kv.max_tokens = options.max_num_seqs > 65536 / max_len ? 65536 : options.max_num_seqs * max_len;
     kv.max_tokens = std::max<int64_t>(kv.max_tokens, max_len);
   }
-  kv.ctx = runner->ctx();
-  kv.dtype = runner->dtype();
-  if (kv.memory_fraction > 0 && kv.ctx.device == kernels::Device::kCuda &&
-      options.kv.num_blocks <= 0 && options.kv.max_tokens <= 0) {
-    kv.max_tokens = 0;  // the fraction of device memory decides
-  }
   SY_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, KvCache::Create(cfg, kv));
   SY_LOG(INFO) << "KV cache: " << cache->num_blocks() << " blocks of " << cache->block_size()
                << " tokens, " << cache->bytes() / (1 << 20) << " MiB";
-  if (runner->options_max_context() <= 0) runner->SetMaxContext(max_len);
+  if (runner->max_context() <= 0) runner->SetMaxContext(max_len);
   return std::unique_ptr<Engine>(new Engine(std::move(runner), std::move(cache), options, max_len));
 }
 

@@ -21,7 +21,6 @@ LocalExpertExecutor::LocalExpertExecutor(const model::ModelConfig& cfg, const ke
 
 absl::Status LocalExpertExecutor::AddExpert(int64_t layer, int64_t expert, model::MlpWeights w) {
   if (!on_device_) {
-    weight_bytes_ += (w.gate_up.numel() + w.down.numel()) * 4;
     experts_[layer][expert] = std::move(w);
     return absl::OkStatus();
   }
@@ -40,7 +39,6 @@ absl::Status LocalExpertExecutor::AddExpert(int64_t layer, int64_t expert, model
         d.ptrs, kernels::DeviceBuffer::Allocate(ctx_, 2 * E * static_cast<int64_t>(sizeof(void*))));
     SY_RETURN_IF_ERROR(kernels::CopyToDevice(ctx_, d.ptrs.data(), ptrs.data(),
                                              2 * E * static_cast<int64_t>(sizeof(void*))));
-    weight_bytes_ += d.gate_up.bytes() + d.down.bytes();
   }
   if (w.gate_up.numel() != 2 * I * H || w.down.numel() != H * I) {
     return absl::InvalidArgumentError(
@@ -88,9 +86,8 @@ absl::StatusOr<std::unique_ptr<LocalExpertExecutor>> LocalExpertExecutor::Dummy(
 }
 
 absl::Status LocalExpertExecutor::GrowScratch(kernels::DeviceBuffer& b, int64_t bytes) {
-  if (bytes <= b.bytes()) return absl::OkStatus();
-  SY_RETURN_IF_ERROR(b.Reserve(ctx_, bytes + bytes / 4));
-  ++scratch_generation_;
+  SY_ASSIGN_OR_RETURN(const bool grew, b.Grow(ctx_, bytes));
+  scratch_generation_ += grew ? 1 : 0;
   return absl::OkStatus();
 }
 

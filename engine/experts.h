@@ -55,8 +55,6 @@ class LocalExpertExecutor : public ExpertExecutor {
   absl::Status Run(int64_t layer, const void* hidden, int64_t num_tokens, const int32_t* topk_ids,
                    const float* topk_weights, int64_t top_k, void* out) override;
   int64_t scratch_generation() const override { return scratch_generation_; }
-  // Bytes of expert weights held.
-  int64_t weight_bytes() const { return weight_bytes_; }
 
  private:
   LocalExpertExecutor(const model::ModelConfig& cfg, const kernels::Context& ctx,
@@ -78,7 +76,6 @@ class LocalExpertExecutor : public ExpertExecutor {
   kernels::Context ctx_;
   kernels::DType dtype_;
   bool on_device_;
-  int64_t weight_bytes_ = 0;
   int64_t scratch_generation_ = 0;
   // Host path: experts_[layer][expert]; empty for dense layers.
   std::vector<std::vector<model::MlpWeights>> experts_;

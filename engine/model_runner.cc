@@ -155,17 +155,26 @@ absl::Status ModelRunner::Upload(model::DenseWeights& weights) {
     SY_RETURN_IF_ERROR(kernels::CopyToDevice(ctx_, b.data(), rope_.inv_freq.data(), n * 4));
     inv_freq_ = b.as<float>();
     owned_.push_back(std::move(b));
-    SY_RETURN_IF_ERROR(kernels::GetDeviceInfo(ctx_).status());
   }
   return absl::OkStatus();
 }
 
 absl::Status ModelRunner::Grow(kernels::DeviceBuffer& b, int64_t elems, int64_t elem_bytes) {
-  const int64_t bytes = std::max<int64_t>(elems, 1) * elem_bytes;
-  if (bytes <= b.bytes()) return absl::OkStatus();
-  // Some headroom, so that slowly growing batches do not reallocate often.
-  SY_RETURN_IF_ERROR(b.Reserve(ctx_, bytes + bytes / 4));
-  ++scratch_generation_;
+  SY_ASSIGN_OR_RETURN(const bool grew, b.Grow(ctx_, std::max<int64_t>(elems, 1) * elem_bytes));
+  scratch_generation_ += grew ? 1 : 0;
+  return absl::OkStatus();
+}
+
+absl::Status ModelRunner::ReadSampled(const kernels::DeviceBuffer& out, int64_t stride,
+                                      int64_t rows, std::vector<int32_t>* tokens,
+                                      std::vector<float>* logprobs) {
+  std::vector<int32_t> host(static_cast<size_t>(2 * stride));
+  SY_RETURN_IF_ERROR(kernels::CopyToHost(ctx_, host.data(), out.data(), 2 * stride * 4));
+  tokens->assign(host.begin(), host.begin() + rows);
+  if (logprobs != nullptr) {
+    logprobs->resize(static_cast<size_t>(rows));
+    std::memcpy(logprobs->data(), host.data() + stride, static_cast<size_t>(rows) * 4);
+  }
   return absl::OkStatus();
 }
 
@@ -226,10 +235,8 @@ absl::StatusOr<DeviceBatch> ModelRunner::StageBatch(const ForwardBatch& batch, i
   }
   if (pad > 0) d.max_q_len = std::max<int64_t>(d.max_q_len, 1);
   const int64_t bytes = static_cast<int64_t>(staging_.size() * sizeof(int32_t));
-  if (dst.bytes() < bytes) {
-    SY_RETURN_IF_ERROR(dst.Reserve(ctx_, bytes + bytes / 4));
-    ++scratch_generation_;
-  }
+  SY_ASSIGN_OR_RETURN(const bool grew, dst.Grow(ctx_, bytes));
+  scratch_generation_ += grew ? 1 : 0;
   SY_RETURN_IF_ERROR(kernels::CopyToDevice(ctx_, dst.data(), staging_.data(), bytes));
   auto* base = dst.as<int32_t>();
   auto at = [&](const int32_t* host) { return base + (host - staging_.data()); };
@@ -290,14 +297,7 @@ absl::Status ModelRunner::ForwardSample(const ForwardBatch& batch, KvCache& cach
   SY_RETURN_IF_ERROR(kernels::SampleTokens(ctx_, logits_.as<float>(), R, cfg_.vocab_size,
                                            sample_params_.as<kernels::SampleParams>(), out_tokens,
                                            out_logprobs));
-  std::vector<int32_t> host(static_cast<size_t>(2 * R));
-  SY_RETURN_IF_ERROR(kernels::CopyToHost(ctx_, host.data(), sample_out_.data(), 2 * R * 4));
-  tokens->assign(host.begin(), host.begin() + R);
-  if (logprobs != nullptr) {
-    logprobs->resize(static_cast<size_t>(R));
-    std::memcpy(logprobs->data(), host.data() + R, static_cast<size_t>(R) * 4);
-  }
-  return absl::OkStatus();
+  return ReadSampled(sample_out_, R, R, tokens, logprobs);
 }
 
 absl::Status ModelRunner::GraphStep(const ForwardBatch& batch, KvCache& cache,
@@ -358,14 +358,7 @@ absl::Status ModelRunner::GraphStep(const ForwardBatch& batch, KvCache& cache,
     }
   }
   if (g.graph != nullptr) SY_RETURN_IF_ERROR(g.graph->Launch(ctx_));
-  std::vector<int32_t> host(static_cast<size_t>(2 * bucket));
-  SY_RETURN_IF_ERROR(kernels::CopyToHost(ctx_, host.data(), g.out.data(), 2 * bucket * 4));
-  tokens->assign(host.begin(), host.begin() + S);
-  if (logprobs != nullptr) {
-    logprobs->resize(static_cast<size_t>(S));
-    std::memcpy(logprobs->data(), host.data() + bucket, static_cast<size_t>(S) * 4);
-  }
-  return absl::OkStatus();
+  return ReadSampled(g.out, bucket, S, tokens, logprobs);
 }
 
 absl::Status ModelRunner::Run(const DeviceBatch& b, KvCache& cache) {
@@ -441,12 +434,14 @@ absl::Status ModelRunner::AttentionGqa(int64_t layer, const DeviceBatch& b, KvCa
   SY_RETURN_IF_ERROR(Grow(qkv_, T * row, es));
   SY_RETURN_IF_ERROR(Grow(o_, T * NH * D, es));
   SY_RETURN_IF_ERROR(kernels::Linear(ctx_, dtype_, x, a.qkv, a.qkv_bias, qkv_.data(), T, row, Hd));
-  // q, k and v stay inside the fused qkv rows (strided views).
-  char* q = At(qkv_, 0, es);
-  char* k = At(qkv_, NH * D, es);
-  char* v = At(qkv_, (NH + KV) * D, es);
+  // q, k and v are strided views of the fused qkv rows; with per-head q/k
+  // norms (rows of `D` must be contiguous) q and k move to their own buffers
+  // as they are normalised.
+  void* q = At(qkv_, 0, es);
+  void* k = At(qkv_, NH * D, es);
+  const void* v = At(qkv_, (NH + KV) * D, es);
+  int64_t q_stride = row, k_stride = row;
   if (cfg_.qk_norm) {
-    // Per-head norms need contiguous heads: norm copies, then write back.
     SY_RETURN_IF_ERROR(Grow(q_, T * NH * D, es));
     SY_RETURN_IF_ERROR(Grow(k_, T * KV * D, es));
     SY_RETURN_IF_ERROR(kernels::Copy2D(ctx_, dtype_, q, row, q_.data(), NH * D, T, NH * D));
@@ -455,24 +450,27 @@ absl::Status ModelRunner::AttentionGqa(int64_t layer, const DeviceBatch& b, KvCa
                                         D, cfg_.rms_norm_eps));
     SY_RETURN_IF_ERROR(kernels::RmsNorm(ctx_, dtype_, k_.data(), D, a.k_norm, k_.data(), D, T * KV,
                                         D, cfg_.rms_norm_eps));
-    SY_RETURN_IF_ERROR(kernels::Copy2D(ctx_, dtype_, q_.data(), NH * D, q, row, T, NH * D));
-    SY_RETURN_IF_ERROR(kernels::Copy2D(ctx_, dtype_, k_.data(), KV * D, k, row, T, KV * D));
+    q = q_.data();
+    k = k_.data();
+    q_stride = NH * D;
+    k_stride = KV * D;
   }
   kernels::RopeParams rp;
   rp.rotary_dim = cfg_.rope.rotary_dim;
   rp.interleaved = cfg_.rope.interleaved;
   rp.inv_freq = inv_freq_;
   rp.attention_scaling = rope_.attention_scaling;
-  SY_RETURN_IF_ERROR(kernels::Rope(ctx_, dtype_, q, T, NH, row, D, b.positions, rp));
-  SY_RETURN_IF_ERROR(kernels::Rope(ctx_, dtype_, k, T, KV, row, D, b.positions, rp));
-  SY_RETURN_IF_ERROR(kernels::CacheWrite(ctx_, dtype_, k, row, T, KV * D, b.slots, cache.k(layer)));
+  SY_RETURN_IF_ERROR(kernels::Rope(ctx_, dtype_, q, T, NH, q_stride, D, b.positions, rp));
+  SY_RETURN_IF_ERROR(kernels::Rope(ctx_, dtype_, k, T, KV, k_stride, D, b.positions, rp));
+  SY_RETURN_IF_ERROR(
+      kernels::CacheWrite(ctx_, dtype_, k, k_stride, T, KV * D, b.slots, cache.k(layer)));
   SY_RETURN_IF_ERROR(kernels::CacheWrite(ctx_, dtype_, v, row, T, KV * D, b.slots, cache.v(layer)));
   kernels::AttentionShape shape;
   shape.num_heads = NH;
   shape.num_kv_heads = KV;
   shape.head_dim = D;
   shape.v_dim = D;
-  shape.q_stride = row;
+  shape.q_stride = q_stride;
   shape.out_stride = NH * D;
   shape.k_slot_stride = cache.k_row();
   shape.v_slot_stride = cache.v_row();

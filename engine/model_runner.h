@@ -101,7 +101,7 @@ class ModelRunner {
   // The longest context a sequence can reach (the engine's max_model_len):
   // sets the block-table width of captured decode graphs.
   void SetMaxContext(int64_t tokens) { options_.max_context = tokens; }
-  int64_t options_max_context() const { return options_.max_context; }
+  int64_t max_context() const { return options_.max_context; }
 
  private:
   struct MlpPtrs {
@@ -135,6 +135,10 @@ class ModelRunner {
   absl::Status Upload(model::DenseWeights& w);
   absl::StatusOr<const void*> Put(model::Tensor& t, bool keep_f32 = false);
   absl::Status Grow(kernels::DeviceBuffer& b, int64_t elems, int64_t elem_bytes);
+  // Copies `rows` sampled tokens and their logprobs back from `out`
+  // ([stride] tokens, then [stride] logprobs) and waits for them.
+  absl::Status ReadSampled(const kernels::DeviceBuffer& out, int64_t stride, int64_t rows,
+                           std::vector<int32_t>* tokens, std::vector<float>* logprobs);
   int64_t Generation() const;
 
   // Validates token ids, copies the batch's metadata to `dst` (device) and

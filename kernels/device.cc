@@ -239,6 +239,12 @@ absl::Status DeviceGraph::Launch(const Context& ctx) const {
 #endif
 }
 
+absl::StatusOr<bool> DeviceBuffer::Grow(const Context& ctx, int64_t bytes) {
+  if (bytes <= bytes_ && device_ == ctx.device) return false;
+  SY_RETURN_IF_ERROR(Reserve(ctx, bytes + bytes / 4));
+  return true;
+}
+
 absl::Status CopyToDevice(const Context& ctx, void* dst, const void* src, int64_t bytes) {
   if (ctx.device == Device::kCpu) {
     if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));

@@ -95,6 +95,10 @@ class DeviceBuffer {
   // lost); for CUDA it first waits for the context's stream, so that queued
   // kernels never read freed memory.
   absl::Status Reserve(const Context& ctx, int64_t bytes);
+  // Scratch that grows with the work: when fewer than `bytes` are held,
+  // Reserve()s a quarter more (so slowly growing batches reallocate rarely)
+  // and returns true; false when it already fits.
+  absl::StatusOr<bool> Grow(const Context& ctx, int64_t bytes);
 
  private:
   void Release();
