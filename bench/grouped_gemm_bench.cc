@@ -13,11 +13,16 @@
 // in the same run: a bf16 cuBLAS GEMM of 8192^3 (mean of 10 after warm-up)
 // and cudaMemcpyAsync device-to-device of 2 GiB (read + write bytes).
 //
+// Every path's output is checked against the cuBLAS loop's (fp32
+// accumulation, the same bf16 roundings): "err" is max |out - ref| over
+// max |ref|, so a fast wrong kernel cannot hide in the table.
+//
 // Usage: switchyard-grouped-gemm-bench [--model=qwen3|dsv3|all]
-//          [--tokens=1,4,...] [--paths=small,grouped,loop,auto] [--iters=N (0: auto)]
+//          [--tokens=1,4,...] [--paths=small,grouped,loop,sm90,auto] [--iters=N (0: auto)]
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -126,7 +131,7 @@ std::vector<std::string> Split(const std::string& s) {
 int Run(int argc, char** argv) {
   std::string model_arg = "all";
   std::string tokens_arg = "1,4,16,64,256,1024,4096,8192";
-  std::string paths_arg = "small,grouped,loop,auto";
+  std::string paths_arg = "small,grouped,loop,sm90,auto";
   int iters_arg = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -145,7 +150,7 @@ int Run(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--model=qwen3|dsv3|all] [--tokens=1,4,...] "
-                   "[--paths=small,grouped,loop,auto] [--iters=N]\n",
+                   "[--paths=small,grouped,loop,sm90,auto] [--iters=N]\n",
                    argv[0]);
       return 2;
     }
@@ -192,8 +197,8 @@ int Run(int argc, char** argv) {
   }
   std::printf("# peaks: bf16 cuBLAS GEMM 8192^3 %.1f TFLOP/s; D2D copy %.0f GB/s (read+write)\n",
               peak_tflops, peak_gbs);
-  std::printf("%-14s %6s %6s %6s %-8s %6s %11s %9s %7s %9s %7s\n", "model", "tokens", "rows",
-              "active", "path", "iters", "time_us", "TFLOP/s", "%peak", "wGB/s", "%copy");
+  std::printf("%-14s %6s %6s %6s %-8s %6s %11s %9s %7s %9s %7s %8s\n", "model", "tokens", "rows",
+              "active", "path", "iters", "time_us", "TFLOP/s", "%peak", "wGB/s", "%copy", "err");
 
   struct PathSpec {
     const char* key;
@@ -202,6 +207,7 @@ int Run(int argc, char** argv) {
   const PathSpec all_paths[] = {{"small", cuda::GroupedFfnPath::kSmallM},
                                 {"grouped", cuda::GroupedFfnPath::kCublasGrouped},
                                 {"loop", cuda::GroupedFfnPath::kCublasLoop},
+                                {"sm90", cuda::GroupedFfnPath::kSm90},
                                 {"auto", cuda::GroupedFfnPath::kAuto}};
   const auto want_paths = Split(paths_arg);
   std::vector<int64_t> token_counts;
@@ -230,6 +236,7 @@ int Run(int argc, char** argv) {
     const int64_t max_rows = max_tokens * m.top_k;
     DeviceBuffer x = OrDie(DeviceBuffer::Allocate(ctx, max_rows * m.hidden * 2), "alloc x");
     DeviceBuffer out = OrDie(DeviceBuffer::Allocate(ctx, max_rows * m.hidden * 2), "alloc out");
+    DeviceBuffer ref = OrDie(DeviceBuffer::Allocate(ctx, max_rows * m.hidden * 2), "alloc ref");
     FillRandom(ctx, x.data(), x.bytes(), 1.0f, 4);
     DeviceBuffer d_off = OrDie(DeviceBuffer::Allocate(ctx, (m.experts + 1) * 8), "alloc");
 
@@ -245,17 +252,32 @@ int Run(int argc, char** argv) {
       OkOrDie(CopyToDevice(ctx, d_off.data(), offsets.data(), (m.experts + 1) * 8), "copy");
       const double flops = 6.0 * rows * m.hidden * m.inter;
       const double wbytes = 3.0 * m.hidden * m.inter * 2 * active;
+      auto run = [&](cuda::GroupedFfnPath path, void* dst, const char* what) {
+        OkOrDie(cuda::GroupedExpertFfn(ctx, DType::kBF16, x.data(), d_off.as<int64_t>(), m.experts,
+                                       rows, d_gu.as<const void* const>(),
+                                       d_dn.as<const void* const>(), m.hidden, m.inter, dst, path),
+                what);
+      };
+      run(cuda::GroupedFfnPath::kCublasLoop, ref.data(), "reference (loop)");
+      std::vector<float> ref_host(static_cast<size_t>(rows * m.hidden));
+      std::vector<float> out_host(ref_host.size());
+      OkOrDie(DownloadAsF32(ctx, DType::kBF16, ref.data(), ref_host.data(), rows * m.hidden),
+              "download");
+      float ref_max = 0.0f;
+      for (const float v : ref_host) ref_max = std::max(ref_max, std::fabs(v));
       for (const PathSpec& p : all_paths) {
         if (std::find(want_paths.begin(), want_paths.end(), p.key) == want_paths.end()) continue;
-        auto call = [&] {
-          OkOrDie(cuda::GroupedExpertFfn(ctx, DType::kBF16, x.data(), d_off.as<int64_t>(),
-                                         m.experts, rows, d_gu.as<const void* const>(),
-                                         d_dn.as<const void* const>(), m.hidden, m.inter,
-                                         out.data(), p.path),
-                  p.key);
-        };
-        call();  // warm-up (workspaces, cuBLAS heuristics)
-        OkOrDie(dc->Synchronize(), "sync");
+        auto call = [&] { run(p.path, out.data(), p.key); };
+        OkOrDie(cuda::Memset(ctx, out.data(), 0xFF, rows * m.hidden * 2), "memset");
+        call();  // warm-up (workspaces, cuBLAS heuristics), then the check
+        OkOrDie(DownloadAsF32(ctx, DType::kBF16, out.data(), out_host.data(), rows * m.hidden),
+                "download");
+        float err = 0.0f;
+        for (size_t i = 0; i < out_host.size(); ++i) {
+          const float d = std::fabs(out_host[i] - ref_host[i]);
+          err = std::isnan(d) ? INFINITY : std::max(err, d);
+        }
+        err = ref_max > 0.0f ? err / ref_max : err;
         int iters = iters_arg;
         if (iters <= 0) {
           const double once = timer.Mean(1, call);
@@ -264,10 +286,10 @@ int Run(int argc, char** argv) {
         const double ms = timer.Mean(iters, call);
         const double tflops = flops / (ms * 1e-3) / 1e12;
         const double gbs = wbytes / (ms * 1e-3) / 1e9;
-        std::printf("%-14s %6lld %6lld %6lld %-8s %6d %11.1f %9.2f %6.1f%% %9.0f %6.1f%%\n", m.name,
-                    static_cast<long long>(tokens), static_cast<long long>(rows),
+        std::printf("%-14s %6lld %6lld %6lld %-8s %6d %11.1f %9.2f %6.1f%% %9.0f %6.1f%% %8.1e\n",
+                    m.name, static_cast<long long>(tokens), static_cast<long long>(rows),
                     static_cast<long long>(active), p.key, iters, ms * 1e3, tflops,
-                    100.0 * tflops / peak_tflops, gbs, 100.0 * gbs / peak_gbs);
+                    100.0 * tflops / peak_tflops, gbs, 100.0 * gbs / peak_gbs, err);
         std::fflush(stdout);
       }
     }

@@ -275,11 +275,13 @@ absl::Status ModelRunner::ForwardSample(const ForwardBatch& batch, KvCache& cach
   if (logprobs != nullptr) logprobs->clear();
   if (batch.num_tokens() == 0) return absl::OkStatus();
   const bool decode_only = batch.num_tokens() == batch.num_seqs() && R == batch.num_seqs();
-  // Graphs only where the expert FFN takes its graph-capturable kernel anyway:
-  // above that, cuBLAS grouped GEMMs outrun the launch overhead graphs save.
-  const bool graph_friendly =
-      cfg_.num_moe_layers() == 0 ||
-      batch.num_seqs() * cfg_.top_k <= kernels::kGroupedFfnSmallMRowsPerExpert * cfg_.num_experts;
+  // Graphs only where the expert FFN runs without host synchronisation (the
+  // small-M kernel, or the wgmma grouped GEMM on Hopper in bf16): elsewhere
+  // its cuBLAS paths read the offsets on the host.
+  const bool graph_friendly = cfg_.num_moe_layers() == 0 ||
+                              kernels::GroupedExpertFfnGraphSafe(
+                                  ctx_, dtype_, cfg_.num_experts, batch.num_seqs() * cfg_.top_k,
+                                  cfg_.hidden_size, cfg_.moe_intermediate_size);
   if (ctx_.device == kernels::Device::kCuda && decode_only && options_.max_context > 0 &&
       graph_friendly && batch.num_seqs() <= options_.max_graph_batch &&
       batch.num_seqs() <= kGraphBuckets[std::size(kGraphBuckets) - 1]) {

@@ -30,6 +30,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/backend.h"
+#include "kernels/cuda/launch.h"
 #endif
 
 namespace sy::kernels {
@@ -421,6 +422,10 @@ std::vector<FfnCase> FfnCases() {
   std::vector<int64_t> skewed_real = SpreadRows(16, 40, 4);
   skewed_real[9] = 300;
   cases.push_back({"realistic_skewed_300", 2048, 768, skewed_real});
+  // The sm90 kernel's edges: K tails (264 = 4 * 64 + 8, 200 = 3 * 64 + 8),
+  // column tails (200 = 128 + 72 fused outputs, 264 = 256 + 8 down outputs)
+  // and row tiles of 128 (exactly full, one over, one row).
+  cases.push_back({"sm90_tails", 264, 200, {300, 0, 129, 1, 128, 7, 0, 256}});
   return cases;
 }
 
@@ -488,8 +493,19 @@ TEST_P(CudaGroupedFfnTest, EveryPathMatchesCpu) {
     const auto* gu_ptrs = d_gu_ptrs.as<const void* const>();
     const auto* dn_ptrs = d_dn_ptrs.as<const void* const>();
     for (const auto path : {cuda::GroupedFfnPath::kSmallM, cuda::GroupedFfnPath::kCublasGrouped,
-                            cuda::GroupedFfnPath::kCublasLoop, cuda::GroupedFfnPath::kAuto}) {
+                            cuda::GroupedFfnPath::kCublasLoop, cuda::GroupedFfnPath::kSm90,
+                            cuda::GroupedFfnPath::kAuto}) {
       const std::string what = "path " + std::to_string(static_cast<int>(path));
+      if (path == cuda::GroupedFfnPath::kSm90 &&
+          !(cuda::ComputeCapability(gpu()) == 90 &&
+            cuda::GroupedGemmSm90Supported(dtype(), experts, c.hidden, c.inter))) {
+        // Not this GPU, dtype or shape: a clear refusal, never a wrong result.
+        const absl::Status st =
+            cuda::GroupedExpertFfn(gpu(), dtype(), d_x.data(), d_off.as<int64_t>(), experts, rows,
+                                   gu_ptrs, dn_ptrs, c.hidden, c.inter, d_out.data(), path);
+        EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented) << what << ": " << st;
+        continue;
+      }
       // NaN everywhere (0xFF bytes in both dtypes): unwritten rows fail.
       ASSERT_TRUE(Memset(gpu(), d_out.data(), 0xFF, d_out.bytes()).ok());
       const absl::Status st =
@@ -512,7 +528,8 @@ TEST_P(CudaGroupedFfnTest, NoRowsIsANoOp) {
   DeviceBuffer d_ptrs = UploadRaw(null_ptrs);
   const auto* ptrs = d_ptrs.as<const void* const>();
   for (const auto path : {cuda::GroupedFfnPath::kSmallM, cuda::GroupedFfnPath::kCublasGrouped,
-                          cuda::GroupedFfnPath::kCublasLoop, cuda::GroupedFfnPath::kAuto}) {
+                          cuda::GroupedFfnPath::kCublasLoop, cuda::GroupedFfnPath::kSm90,
+                          cuda::GroupedFfnPath::kAuto}) {
     EXPECT_TRUE(cuda::GroupedExpertFfn(gpu(), dtype(), nullptr, d_off.as<int64_t>(), 4, 0, ptrs,
                                        ptrs, 64, 32, nullptr, path)
                     .ok());
@@ -520,9 +537,9 @@ TEST_P(CudaGroupedFfnTest, NoRowsIsANoOp) {
   EXPECT_TRUE(dc_->Synchronize().ok());
 }
 
-// kAuto inside a CUDA graph capture must take the small-M kernel (no host
-// synchronisation) even where it would otherwise pick cuBLAS, and the graph
-// replays correctly.
+// kAuto inside a CUDA graph capture must take a path without host
+// synchronisation (the small-M kernel, or the sm90 kernel on Hopper in bf16)
+// even where it would otherwise pick cuBLAS, and the graph replays correctly.
 TEST_P(CudaGroupedFfnTest, AutoIsGraphCapturable) {
   const int64_t experts = 8, hidden = 256, inter = 96;
   const std::vector<int64_t> rows_per = {40, 0, 3, 17, 1, 0, 60, 9};  // avg 16 > 8: cuBLAS

@@ -239,6 +239,19 @@ absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,
   return absl::OkStatus();
 }
 
+bool GroupedExpertFfnGraphSafe(const Context& ctx, DType dtype, int64_t num_experts,
+                               int64_t num_rows, int64_t hidden, int64_t inter) {
+  if (ctx.device != Device::kCuda) return false;
+  if (num_rows <= kGroupedFfnSmallMRowsPerExpert * num_experts) return true;
+#if SY_WITH_CUDA
+  return ctx.backend != nullptr && cuda::ComputeCapability(ctx) == 90 &&
+         cuda::GroupedGemmSm90Supported(dtype, num_experts, hidden, inter);
+#else
+  (void)dtype, (void)hidden, (void)inter;
+  return false;
+#endif
+}
+
 absl::Status LinearF32Out(const Context& ctx, DType dtype, const void* x, const void* w, float* y,
                           int64_t m, int64_t n, int64_t k) {
   SY_RETURN_IF_ERROR(NonNegative("LinearF32Out", {{"m", m}, {"n", n}, {"k", k}}));

@@ -146,6 +146,14 @@ absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,  /
                               const void* const* down, int64_t hidden, int64_t inter,
                               void* out);  // [rows, hidden]
 
+// True when GroupedExpertFfn with these sizes runs without host
+// synchronisation on `ctx`, so that it can be captured in a CUDA graph: on
+// CUDA up to kGroupedFfnSmallMRowsPerExpert rows per expert on average (the
+// small-M kernel) and, on Hopper in bf16, at any size (the wgmma grouped
+// GEMM). False on the CPU (no graphs there).
+bool GroupedExpertFfnGraphSafe(const Context& ctx, DType dtype, int64_t num_experts,
+                               int64_t num_rows, int64_t hidden, int64_t inter);
+
 // Picks one token per row of fp32 logits [rows, vocab] with the row's
 // SampleParams (types.h): greedy argmax (ties to the lower id) when
 // temperature == 0; otherwise e_i = exp((logit_i - max) / temperature) as

@@ -99,10 +99,10 @@ struct SampleParams {
   uint64_t step = 0;
 };
 
-// CUDA GroupedExpertFfn: up to this many rows per expert on average it runs
-// the graph-capturable small-M kernel, above it cuBLAS grouped GEMMs (which
-// synchronise with the host). Decode steps are captured as CUDA graphs only
-// below this size (engine/model_runner.cc).
+// CUDA GroupedExpertFfn: up to this many rows per expert on average the
+// graph-capturable small-M kernel can run; above it, only the wgmma kernel on
+// Hopper in bf16 avoids host synchronisation (GroupedExpertFfnGraphSafe in
+// kernels.h, which the engine asks before capturing a decode step).
 inline constexpr int64_t kGroupedFfnSmallMRowsPerExpert = 2;
 
 // The uniform number in [0, 1) that sampling draws for (seed, step): a

@@ -18,6 +18,7 @@ namespace {
 struct Backend {
   int ordinal = 0;
   int multiprocessors = 0;
+  int compute_capability = 0;  // major * 10 + minor
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   void* blas_workspace = nullptr;
@@ -109,6 +110,16 @@ absl::Status CreateContext(int ordinal, Context* ctx) {
   absl::Status st =
       Check(cudaDeviceGetAttribute(&b->multiprocessors, cudaDevAttrMultiProcessorCount, ordinal),
             "cudaDeviceGetAttribute");
+  int cc_major = 0, cc_minor = 0;
+  if (st.ok()) {
+    st = Check(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, ordinal),
+               "cudaDeviceGetAttribute");
+  }
+  if (st.ok()) {
+    st = Check(cudaDeviceGetAttribute(&cc_minor, cudaDevAttrComputeCapabilityMinor, ordinal),
+               "cudaDeviceGetAttribute");
+  }
+  b->compute_capability = cc_major * 10 + cc_minor;
   if (st.ok())
     st = Check(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking), "cudaStreamCreate");
   if (st.ok()) st = BlasCheck(cublasCreate(&b->blas), "cublasCreate");
@@ -172,6 +183,7 @@ absl::StatusOr<DeviceInfo> Info(const Context& ctx) {
 }
 
 int NumMultiprocessors(const Context& ctx) { return Of(ctx)->multiprocessors; }
+int ComputeCapability(const Context& ctx) { return Of(ctx)->compute_capability; }
 
 cublasHandle_t BlasHandle(const Context& ctx) { return Of(ctx)->blas; }
 

@@ -34,6 +34,8 @@ absl::StatusOr<DeviceInfo> Info(const Context& ctx);
 absl::Status CheckContext(const Context& ctx, absl::string_view fn);
 inline cudaStream_t Stream(const Context& ctx) { return static_cast<cudaStream_t>(ctx.stream); }
 int NumMultiprocessors(const Context& ctx);
+// major * 10 + minor (90 on H100/H200).
+int ComputeCapability(const Context& ctx);
 // The context's cuBLAS handle (bound to its stream and workspace).
 cublasHandle_t BlasHandle(const Context& ctx);
 // True while the context's stream is capturing a CUDA graph.
@@ -77,8 +79,11 @@ absl::Status BatchedLinear(const Context& ctx, DType dtype, const void* x, int64
                            int64_t n, int64_t k);
 
 // Grouped expert FFN (grouped_ffn.cc): the small-M kernel for decode-sized
-// inputs, cuBLAS grouped GEMMs for prefill-sized ones.
-enum class GroupedFfnPath { kAuto, kSmallM, kCublasGrouped, kCublasLoop };
+// inputs; for prefill-sized ones the wgmma grouped GEMM on Hopper
+// (grouped_gemm_sm90.cu, bf16), cuBLAS's grouped GEMM or a cuBLAS GEMM per
+// expert. An explicit path that cannot run the input (kSm90 on fp32 or
+// another GPU) is Unimplemented.
+enum class GroupedFfnPath { kAuto, kSmallM, kCublasGrouped, kCublasLoop, kSm90 };
 absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,
                               const int64_t* offsets, int64_t num_experts, int64_t num_rows,
                               const void* const* gate_up, const void* const* down, int64_t hidden,

@@ -1,7 +1,8 @@
 // The grouped SwiGLU expert FFN on CUDA: picks between the small-M kernel
-// (grouped_gemm.cu; device offsets, no host synchronisation) and cuBLAS
-// (offsets and weight pointers copied to the host first, a synchronisation
-// that prefill-sized inputs amortise).
+// (grouped_gemm.cu) and, on Hopper in bf16, the wgmma grouped GEMM
+// (grouped_gemm_sm90.cu), both with device offsets and no host
+// synchronisation, and cuBLAS (offsets and weight pointers copied to the
+// host first, a synchronisation that prefill-sized inputs amortise).
 //
 // Scratch: Workspace2 holds the intermediates ([rows, inter] for kSmallM;
 // [rows, 2 * inter] then [rows, inter] for cuBLAS), Workspace the device
@@ -32,6 +33,9 @@ constexpr int64_t kSmallMRowsPerExpert = kGroupedFfnSmallMRowsPerExpert;
 // average and experts of at least this many weights per matrix.
 constexpr int64_t kLoopRowsPerExpert = 128;
 constexpr int64_t kLoopMinExpertElems = int64_t{1} << 23;
+// With the sm90 kernel available (Hopper, bf16): its thresholds.
+constexpr int64_t kSm90SmallMRowsPerExpert = 1;
+constexpr int64_t kSm90LoopRowsPerExpert = 256;
 
 absl::Status BlasOk(cublasStatus_t s, absl::string_view fn) {
   if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
@@ -191,6 +195,23 @@ absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,
   if (num_rows == 0 || num_experts == 0 || hidden == 0) return absl::OkStatus();
   const int64_t elem = dtype == DType::kF32 ? 4 : 2;
   if (inter == 0) return cuda::Memset(ctx, out, 0, num_rows * hidden * elem);
+  const bool sm90_ok =
+      ComputeCapability(ctx) == 90 && GroupedGemmSm90Supported(dtype, num_experts, hidden, inter);
+  if (path == GroupedFfnPath::kAuto && sm90_ok) {
+    // H200, bf16: the sm90 kernel beats the small-M one from about one row
+    // per expert (Qwen3-30B-A3B 64 tokens: 311 vs 524 us; 4 tokens: 100 vs
+    // 88 us) and cuBLAS everywhere except DeepSeek-V3's large experts at 256
+    // rows each, where a cuBLAS GEMM per expert still leads (12.99 vs 14.31
+    // ms at 8192 tokens) outside graph capture.
+    if (num_rows <= kSm90SmallMRowsPerExpert * num_experts) {
+      path = GroupedFfnPath::kSmallM;
+    } else if (!IsCapturing(ctx) && num_rows >= kSm90LoopRowsPerExpert * num_experts &&
+               hidden * inter >= kLoopMinExpertElems) {
+      path = GroupedFfnPath::kCublasLoop;
+    } else {
+      path = GroupedFfnPath::kSm90;
+    }
+  }
   if (path == GroupedFfnPath::kAuto) {
     path = num_rows <= kSmallMRowsPerExpert * num_experts || IsCapturing(ctx)
                ? GroupedFfnPath::kSmallM
@@ -203,6 +224,19 @@ absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,
         hidden * inter >= kLoopMinExpertElems) {
       path = GroupedFfnPath::kCublasLoop;
     }
+  }
+  if (path == GroupedFfnPath::kSm90) {
+    if (!sm90_ok) {
+      return absl::UnimplementedError(absl::StrCat(
+          "GroupedExpertFfn: the sm90 path needs an sm_90 GPU (this one: ", ComputeCapability(ctx),
+          "), bf16, hidden and inter multiples of 8 (", hidden, ", ", inter,
+          ") and at most 1024 experts (", num_experts, ")"));
+    }
+    SY_ASSIGN_OR_RETURN(void* inter_buf,
+                        Workspace2(ctx, static_cast<size_t>(num_rows * inter * elem)));
+    return Check(GroupedExpertFfnSm90(Stream(ctx), x, offsets, num_experts, num_rows, gate_up, down,
+                                      hidden, inter, inter_buf, out, NumMultiprocessors(ctx)),
+                 "GroupedExpertFfn(sm90)");
   }
   if (path == GroupedFfnPath::kSmallM) {
     SY_ASSIGN_OR_RETURN(void* inter_buf,

@@ -191,6 +191,16 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     ExpertGemvKernel(const T* __restrict__ act, int64_t K, const int64_t* __restrict__ offsets,
                      int64_t num_experts, const void* const* __restrict__ weights, int64_t N,
                      T* __restrict__ out) {
+  // Programmatic dependent launch (no-ops without the launch attribute).
+  // gate_up waits for the previous kernel (which wrote the activations and
+  // the offsets) before reading anything, then lets the down kernel's blocks
+  // start as its own finish. The down kernel reads the offsets at once (their
+  // writer finished before any gate_up block got past its wait), pulls its
+  // weight rows into L2, and only then waits for gate_up's outputs.
+  if constexpr (kGated) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  }
   __shared__ int64_t s_off[kSmemExperts + 1];
   const bool staged = num_experts <= kSmemExperts;
   if (staged) {
@@ -220,6 +230,16 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     has1 = col + 1 < N;
     w0 = w + col * K;
     w1 = has1 ? w0 + K : w0;
+  }
+  if constexpr (!kGated) {
+    const int64_t row_bytes = K * static_cast<int64_t>(sizeof(T));
+    const char* p0 = reinterpret_cast<const char*>(w0);
+    const char* p1 = reinterpret_cast<const char*>(w1);
+    for (int64_t b = static_cast<int64_t>(threadIdx.x & 31) * 128; b < row_bytes; b += 32 * 128) {
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(p0 + b));
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(p1 + b));
+    }
+    asm volatile("griddepcontrol.wait;" ::: "memory");
   }
   const bool vec = K % Vec16<T>::kN == 0 &&
                    ((reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(act)) & 15u) == 0;
@@ -264,13 +284,23 @@ cudaError_t LaunchSmallM(cudaStream_t stream, const T* x, const int64_t* offsets
                          T* out) {
   const int64_t slots = num_experts < num_rows ? num_experts : num_rows;
   if (slots > 65535) return cudaErrorInvalidValue;
-  const dim3 grid1(static_cast<unsigned>(CeilDiv(inter, kWarps)), static_cast<unsigned>(slots));
-  ExpertGemvKernel<T, true><<<grid1, kWarps * 32, 0, stream>>>(x, hidden, offsets, num_experts,
-                                                               gate_up, inter, inter_buf);
-  const dim3 grid2(static_cast<unsigned>(CeilDiv(CeilDiv(hidden, 2), kWarps)),
-                   static_cast<unsigned>(slots));
-  ExpertGemvKernel<T, false><<<grid2, kWarps * 32, 0, stream>>>(inter_buf, inter, offsets,
-                                                                num_experts, down, hidden, out);
+  cudaLaunchAttribute pdl[1];
+  pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.blockDim = dim3(kWarps * 32);
+  cfg.stream = stream;
+  cfg.attrs = pdl;
+  cfg.numAttrs = 1;
+  cfg.gridDim = dim3(static_cast<unsigned>(CeilDiv(inter, kWarps)), static_cast<unsigned>(slots));
+  cudaError_t err = cudaLaunchKernelEx(&cfg, ExpertGemvKernel<T, true>, x, hidden, offsets,
+                                       num_experts, gate_up, inter, inter_buf);
+  if (err != cudaSuccess) return err;
+  cfg.gridDim = dim3(static_cast<unsigned>(CeilDiv(CeilDiv(hidden, 2), kWarps)),
+                     static_cast<unsigned>(slots));
+  err = cudaLaunchKernelEx(&cfg, ExpertGemvKernel<T, false>, static_cast<const T*>(inter_buf),
+                           inter, offsets, num_experts, down, hidden, out);
+  if (err != cudaSuccess) return err;
   return cudaGetLastError();
 }
 
