@@ -431,6 +431,10 @@ std::vector<FfnCase> FfnCases() {
 
 class CudaGroupedFfnTest : public testing::CudaDTypeTest {
  protected:
+  // Captures kAuto in a CUDA graph for these rows per expert (8 experts) and
+  // checks the replay against the CPU.
+  void CheckGraphCapture(const std::vector<int64_t>& rows_per);
+
   // Tolerance: fp32: accumulation order only. bf16: one output rounding
   // (rtol OutputTolerance) plus the rounding of the [rows, inter]
   // intermediate to bf16 (and, on the cuBLAS paths, of the gate/up outputs
@@ -541,8 +545,18 @@ TEST_P(CudaGroupedFfnTest, NoRowsIsANoOp) {
 // synchronisation (the small-M kernel, or the sm90 kernel on Hopper in bf16)
 // even where it would otherwise pick cuBLAS, and the graph replays correctly.
 TEST_P(CudaGroupedFfnTest, AutoIsGraphCapturable) {
+  // avg 16 rows per expert (above the small-M kernel's range), then avg 250
+  // (several 128-row tiles per expert for the sm90 kernel).
+  for (const std::vector<int64_t>& rows_per :
+       {std::vector<int64_t>{40, 0, 3, 17, 1, 0, 60, 9},
+        std::vector<int64_t>{300, 200, 256, 190, 0, 600, 250, 204}}) {
+    SCOPED_TRACE(rows_per[0]);
+    CheckGraphCapture(rows_per);
+  }
+}
+
+void CudaGroupedFfnTest::CheckGraphCapture(const std::vector<int64_t>& rows_per) {
   const int64_t experts = 8, hidden = 256, inter = 96;
-  const std::vector<int64_t> rows_per = {40, 0, 3, 17, 1, 0, 60, 9};  // avg 16 > 8: cuBLAS
   std::vector<int64_t> offsets(experts + 1, 0);
   for (int64_t e = 0; e < experts; ++e) offsets[e + 1] = offsets[e] + rows_per[e];
   const int64_t rows = offsets[experts];

@@ -33,9 +33,6 @@ constexpr int64_t kSmallMRowsPerExpert = kGroupedFfnSmallMRowsPerExpert;
 // average and experts of at least this many weights per matrix.
 constexpr int64_t kLoopRowsPerExpert = 128;
 constexpr int64_t kLoopMinExpertElems = int64_t{1} << 23;
-// With the sm90 kernel available (Hopper, bf16): its thresholds.
-constexpr int64_t kSm90SmallMRowsPerExpert = 1;
-constexpr int64_t kSm90LoopRowsPerExpert = 256;
 
 absl::Status BlasOk(cublasStatus_t s, absl::string_view fn) {
   if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
@@ -198,20 +195,14 @@ absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,
   const bool sm90_ok =
       ComputeCapability(ctx) == 90 && GroupedGemmSm90Supported(dtype, num_experts, hidden, inter);
   if (path == GroupedFfnPath::kAuto && sm90_ok) {
-    // H200, bf16: the sm90 kernel beats the small-M one from about one row
-    // per expert (Qwen3-30B-A3B 64 tokens: 311 vs 524 us; 4 tokens: 100 vs
-    // 88 us) and cuBLAS everywhere except DeepSeek-V3's large experts at 256
-    // rows each, where a cuBLAS GEMM per expert still leads (12.99 vs 14.31
-    // ms at 8192 tokens) outside graph capture.
-    if (num_rows <= kSm90SmallMRowsPerExpert * num_experts) {
-      path = GroupedFfnPath::kSmallM;
-    } else if (!IsCapturing(ctx) && num_rows >= kSm90LoopRowsPerExpert * num_experts &&
-               hidden * inter >= kLoopMinExpertElems) {
-      path = GroupedFfnPath::kCublasLoop;
-    } else {
-      path = GroupedFfnPath::kSm90;
-    }
+    // H200, bf16 (switchyard-grouped-gemm-bench): the small-M kernel up to
+    // half a row per expert on average (Qwen3-30B-A3B 4 tokens: 88 vs 100
+    // us; DeepSeek-V3 16 tokens: a tie), the sm90 kernel from there on,
+    // ahead of every cuBLAS path (DeepSeek-V3 8192 tokens: a tie with one
+    // cuBLAS GEMM per expert, without its host synchronisation).
+    path = 2 * num_rows <= num_experts ? GroupedFfnPath::kSmallM : GroupedFfnPath::kSm90;
   }
+
   if (path == GroupedFfnPath::kAuto) {
     path = num_rows <= kSmallMRowsPerExpert * num_experts || IsCapturing(ctx)
                ? GroupedFfnPath::kSmallM
