@@ -197,10 +197,12 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   // start as its own finish. The down kernel reads the offsets at once (their
   // writer finished before any gate_up block got past its wait), pulls its
   // weight rows into L2, and only then waits for gate_up's outputs.
+#if __CUDA_ARCH__ >= 900
   if constexpr (kGated) {
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   }
+#endif
   __shared__ int64_t s_off[kSmemExperts + 1];
   const bool staged = num_experts <= kSmemExperts;
   if (staged) {
@@ -239,7 +241,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
       asm volatile("prefetch.global.L2 [%0];" ::"l"(p0 + b));
       asm volatile("prefetch.global.L2 [%0];" ::"l"(p1 + b));
     }
+#if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
   }
   const bool vec = K % Vec16<T>::kN == 0 &&
                    ((reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(act)) & 15u) == 0;
