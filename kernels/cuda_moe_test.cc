@@ -426,6 +426,9 @@ std::vector<FfnCase> FfnCases() {
   // column tails (200 = 128 + 72 fused outputs, 264 = 256 + 8 down outputs)
   // and row tiles of 128 (exactly full, one over, one row).
   cases.push_back({"sm90_tails", 264, 200, {300, 0, 129, 1, 128, 7, 0, 256}});
+  // Many more tiles than SMs, one K step each: every block of the sm90 kernel
+  // walks tiles of different experts (different weights) back to back.
+  cases.push_back({"sm90_many_tiles", 64, 1024, std::vector<int64_t>(64, 512)});
   return cases;
 }
 

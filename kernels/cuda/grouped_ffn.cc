@@ -223,11 +223,17 @@ absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,
           "), bf16, hidden and inter multiples of 8 (", hidden, ", ", inter,
           ") and at most 1024 experts (", num_experts, ")"));
     }
-    SY_ASSIGN_OR_RETURN(void* inter_buf,
-                        Workspace2(ctx, static_cast<size_t>(num_rows * inter * elem)));
-    return Check(GroupedExpertFfnSm90(Stream(ctx), x, offsets, num_experts, num_rows, gate_up, down,
-                                      hidden, inter, inter_buf, out, NumMultiprocessors(ctx)),
-                 "GroupedExpertFfn(sm90)");
+    // [rows, inter] intermediate, then (256-byte aligned) the kernel's
+    // tensor-map scratch.
+    const size_t inter_bytes = static_cast<size_t>(num_rows * inter * elem + 255) / 256 * 256;
+    SY_ASSIGN_OR_RETURN(
+        void* scratch,
+        Workspace2(ctx, inter_bytes + GroupedGemmSm90ScratchBytes(NumMultiprocessors(ctx))));
+    return Check(
+        GroupedExpertFfnSm90(Stream(ctx), x, offsets, num_experts, num_rows, gate_up, down, hidden,
+                             inter, scratch, static_cast<char*>(scratch) + inter_bytes, out,
+                             NumMultiprocessors(ctx)),
+        "GroupedExpertFfn(sm90)");
   }
   if (path == GroupedFfnPath::kSmallM) {
     SY_ASSIGN_OR_RETURN(void* inter_buf,

@@ -6,25 +6,32 @@
 //   launch 1 (gate_up, SiLU fused):  inter[r, j] = silu(gate_j . x_r) * (up_j . x_r)
 //   launch 2 (down):                 out[r, n]   = down_n . inter[r]
 //
-// Block: 384 threads = one producer warpgroup and two consumer warpgroups.
+// Block: 384 threads = a producer warpgroup and two consumer warpgroups.
 // Output tile 128 rows x 256 accumulator columns, K in steps of 64, 4 stages
-// of shared memory (48 KiB each). The producer copies each stage into the
-// 128-byte-swizzled K-major layout that wgmma reads: the weights with
-// cp.async (16-byte chunks, zero-filled outside the matrix, so they can sit
-// anywhere: one device pointer per expert; the hardware arrives on the
-// stage's "full" mbarrier when they land, cp.async.mbarrier.arrive.noinc),
-// and the activations either the same way or, from 64 rows per expert on
-// average, with one TMA box per stage (a tensor map over the whole
-// [num_rows, k] input). Each consumer warpgroup owns 64 of the 128 rows and
-// issues wgmma.m64n256k16 from shared memory, keeps one stage of wgmma in
-// flight, and releases a stage (its "empty" mbarrier) once the wgmma
-// reading it has retired. The fused gate_up tile loads 128 gate rows and the
-// matching 128 up rows as its 256 columns, so a thread holds gate and up of
-// the same output column and applies SiLU-and-multiply in registers: the
-// [rows, 2 * inter] intermediate never exists. With TMA (compute-bound
-// sizes) the epilogue goes through 2 KiB of shared memory per warp (64
-// columns at a time) so that the stores to global memory are 16-byte and
-// coalesced; with few rows each thread stores its own valid rows.
+// of shared memory (48 KiB each) in the 128-byte-swizzled K-major layout that
+// wgmma reads. Two ways to fill them:
+//  - from 64 rows per expert on average (compute bound), one producer warp
+//    loads each stage with TMA: the activations from a tensor map over the
+//    whole [num_rows, k] input, the weights from a tensor map per expert,
+//    which the warp writes for each tile on the device (a template whose
+//    global address it replaces with the expert's pointer,
+//    tensormap.replace, into a ring of kMapRing maps per block in global
+//    memory), since the pointers live in device memory (EPLB moves experts);
+//  - below that (bound by reading the weights), the 128 producer threads
+//    copy 16-byte chunks with cp.async (zero-filled outside the matrices) and
+//    the hardware arrives on the stage's "full" mbarrier when they land
+//    (cp.async.mbarrier.arrive.noinc); consumers then fence the generic
+//    proxy's writes before wgmma reads them.
+// Each consumer warpgroup owns 64 of the 128 rows and issues
+// wgmma.m64n256k16 from shared memory, keeps one stage of wgmma in flight,
+// and releases a stage (its "empty" mbarrier) once the wgmma reading it has
+// retired. The fused gate_up tile loads 128 gate rows and the matching 128
+// up rows as its 256 columns, so a thread holds gate and up of the same
+// output column and applies SiLU-and-multiply in registers: the
+// [rows, 2 * inter] intermediate never exists. With TMA the epilogue goes
+// through 2 KiB of shared memory per warp (64 columns at a time) so that the
+// stores to global memory are 16-byte and coalesced; with few rows each
+// thread stores its own valid rows.
 //
 // Tiles: expert e has ceil(rows_e / 128) row tiles times the column tiles;
 // every block builds the prefix over experts in shared memory and walks tile
@@ -53,11 +60,15 @@ constexpr int kBBytes = kBN * kBK * 2;
 constexpr int kStageBytes = kABytes + kBBytes;
 constexpr int64_t kTmaRowsPerExpert = 64;
 constexpr int kEpilogueBytes = 8 * 16 * 128;  // 16 rows x 64 bf16 per consumer warp
-template <bool kTmaA>
+// Weight tensor maps per block in flight: one per tile, and at most kStages
+// stages (so tiles) can still be loading when the next tile's map is made.
+constexpr int kMapRing = kStages + 1;
+
+template <bool kTma>
 constexpr size_t kSmemBytes = 1024 /* alignment slack */ +
                               static_cast<size_t>(kStages) * kStageBytes +
-                              (kTmaA ? kEpilogueBytes : 0) + 2 * kStages * sizeof(uint64_t) +
-                              (kMaxExperts + 1) * sizeof(int32_t);
+                              (kTma ? kEpilogueBytes : 0) + 128 /* tensor map staging */ +
+                              2 * kStages * sizeof(uint64_t) + (kMaxExperts + 1) * sizeof(int32_t);
 
 struct Params {
   const bf16* a;               // [num_rows, k], grouped by expert
@@ -68,6 +79,9 @@ struct Params {
   int num_experts;
   int k;
   int n_out;  // output columns: inter (fused) or hidden (down)
+  // kTma: per block kMapRing tensor maps of the current experts' weights
+  // (device memory, 128-byte aligned), rewritten from the template b_map.
+  CUtensorMap* maps;
 };
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -159,8 +173,8 @@ __device__ __forceinline__ void BarExpectTx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
                : "memory");
 }
-// TMA: the box {64, 128} at (k, row) of the activations into `dst`,
-// completing its bytes on `bar`. Rows past the tensor read as zeros.
+// TMA: the box of `map` at (k, row) into `dst`, completing its bytes on
+// `bar`. Rows and columns past the tensor read as zeros.
 __device__ __forceinline__ void TmaLoad(uint32_t dst, const CUtensorMap* map, int k, int row,
                                         uint32_t bar) {
   asm volatile(
@@ -190,16 +204,18 @@ __device__ __forceinline__ Tile FindTile(const int32_t* tiles, int num_experts, 
   return {lo, (local / n_tiles) * bm, (local % n_tiles) * n_per_tile};
 }
 
-template <bool kFused, bool kTmaA>
+template <bool kFused, bool kTma>
 __global__ void __launch_bounds__(kThreads, 1)
-    GroupedGemmSm90(const Params p, const __grid_constant__ CUtensorMap a_map) {
+    GroupedGemmSm90(const Params p, const __grid_constant__ CUtensorMap a_map,
+                    const __grid_constant__ CUtensorMap b_map) {
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem =
       reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
   uint8_t* stage_a = smem;
   uint8_t* stage_b = smem + kStages * kABytes;
   uint8_t* epilogue = smem + kStages * kStageBytes;  // [8 consumer warps][16 rows][128 B]
-  auto* bars = reinterpret_cast<uint64_t*>(epilogue + (kTmaA ? kEpilogueBytes : 0));
+  uint8_t* map_stage = epilogue + (kTma ? kEpilogueBytes : 0);  // 128 B, 128-aligned
+  auto* bars = reinterpret_cast<uint64_t*>(map_stage + 128);
   auto* tiles = reinterpret_cast<int32_t*>(bars + 2 * kStages);  // [num_experts + 1]
   const uint32_t full0 = SmemAddr(bars), empty0 = SmemAddr(bars + kStages);
 
@@ -233,8 +249,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else if (warp == 1 && lane == 0) {
     for (int s = 0; s < kStages; ++s) {
-      // Every producer thread's cp.async arrive (plus the TMA's expect_tx).
-      BarInit(full0 + 8 * s, kTmaA ? 128 + 1 : 128);
+      // TMA: the expect_tx arrive; cp.async: every producer thread's arrive.
+      BarInit(full0 + 8 * s, kTma ? 1 : 128);
       BarInit(empty0 + 8 * s, 8);  // one lane per consumer warp
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -243,14 +259,72 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int total_tiles = tiles[p.num_experts];
   const int k_steps = (p.k + kBK - 1) / kBK;
 
+  if (kTma && warp < 4) {
+    // ---- producer, TMA: one warp. Per tile it writes the expert's weight
+    // tensor map (the template with its global address replaced) into the
+    // next slot of this block's ring, then lane 0 loads each stage with one
+    // activation box and one (down) or two (gate and up) weight boxes ----
+    if (warp != 0) return;
+    const uint32_t a_smem = SmemAddr(stage_a), b_smem = SmemAddr(stage_b);
+    int stage = 0, made = 0;
+    uint32_t phase = 0;
+    for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x, ++made) {
+      const Tile tl = FindTile(tiles, p.num_experts, n_tiles, kNPerTile, tile);
+      const int row0 = static_cast<int>(p.offsets[tl.expert]) + tl.m0;
+      CUtensorMap* map = p.maps + static_cast<int64_t>(blockIdx.x) * kMapRing + made % kMapRing;
+      __syncwarp();
+      if (lane < 8) {
+        reinterpret_cast<uint4*>(map_stage)[lane] = reinterpret_cast<const uint4*>(&b_map)[lane];
+      }
+      __syncwarp();
+      if (lane == 0) {
+        asm volatile("tensormap.replace.tile.global_address.shared::cta.b1024.b64 [%0], %1;" ::"r"(
+                         SmemAddr(map_stage)),
+                     "l"(reinterpret_cast<uint64_t>(p.weights[tl.expert]))
+                     : "memory");
+      }
+      __syncwarp();
+      asm volatile(
+          "tensormap.cp_fenceproxy.global.shared::cta.tensormap::generic.release.gpu.sync.aligned "
+          "[%0], [%1], 128;" ::"l"(reinterpret_cast<uint64_t>(map)),
+          "r"(SmemAddr(map_stage))
+          : "memory");
+      if (lane == 0) {
+        asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;" ::"l"(
+                         reinterpret_cast<uint64_t>(map))
+                     : "memory");
+        for (int ks = 0; ks < k_steps; ++ks) {
+          BarWait(empty0 + 8 * stage, phase ^ 1);
+          const int kk = ks * kBK;
+          const uint32_t full = full0 + 8 * stage;
+          // Rows past this expert's (the next expert's, or zeros past the
+          // last row) are computed and never stored; weight rows past the
+          // matrix read as zeros, gate rows past `inter` as up rows, all in
+          // columns that are never stored.
+          BarExpectTx(full, kStageBytes);
+          TmaLoad(a_smem + stage * kABytes, &a_map, kk, row0, full);
+          if (kFused) {
+            TmaLoad(b_smem + stage * kBBytes, map, kk, tl.n0, full);
+            TmaLoad(b_smem + stage * kBBytes + kBBytes / 2, map, kk, p.n_out + tl.n0, full);
+          } else {
+            TmaLoad(b_smem + stage * kBBytes, map, kk, tl.n0, full);
+          }
+          if (++stage == kStages) {
+            stage = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+    return;
+  }
   if (warp < 4) {
-    // ---- producer warpgroup: the 128 threads copy the weight rows with
-    // cp.async; the activation rows too, or (kTmaA) thread 0 loads them with
-    // TMA ----
+    // ---- producer warpgroup, cp.async: the 128 threads copy the weight
+    // and activation rows ----
     const int t = threadIdx.x;
     const int chunk = t & 7, r0 = t >> 3;  // 16-byte chunk of a row; rows r0 + 16 j
     const uint32_t swz = static_cast<uint32_t>(r0 * 128 + ((chunk ^ (r0 & 7)) << 4));
-    const uint32_t a_smem = SmemAddr(stage_a) + (kTmaA ? 0u : swz);
+    const uint32_t a_smem = SmemAddr(stage_a) + swz;
     const uint32_t b_smem = SmemAddr(stage_b) + swz;
     int stage = 0;
     uint32_t phase = 0;
@@ -264,14 +338,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         BarWait(empty0 + 8 * stage, phase ^ 1);
         const int kk = ks * kBK;
         const bool k_ok = kk + chunk * 8 < p.k;
-        if constexpr (kTmaA) {
-          if (t == 0) {
-            // Rows past this expert's (the next expert's, or zeros past the
-            // last row) are computed and never stored.
-            BarExpectTx(full0 + 8 * stage, kABytes);
-            TmaLoad(a_smem + stage * kABytes, &a_map, kk, row0, full0 + 8 * stage);
-          }
-        } else {
+        {
           // Rows past this expert's are zero-filled without a read.
           const uint32_t sa = a_smem + stage * kABytes;
 #pragma unroll
@@ -321,11 +388,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int tile = blockIdx.x; tile < total_tiles; tile += gridDim.x) {
     const Tile tl = FindTile(tiles, p.num_experts, n_tiles, kNPerTile, tile);
     int prev = -1;
+    // Not unrolled: unrolling spills (registers are 128 accumulators + state).
+#pragma unroll 1
     for (int ks = 0; ks < k_steps; ++ks) {
       BarWait(full0 + 8 * stage, phase);
-      // cp.async wrote the weights through the generic proxy; wgmma reads
-      // them through the async proxy.
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      // cp.async writes through the generic proxy, wgmma reads through the
+      // async proxy (TMA writes through it too: no fence needed).
+      if constexpr (!kTma) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       FenceOperands(d);
       asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
       const uint32_t sa = a_base + stage * kABytes, sb = b_base + stage * kBBytes;
@@ -353,7 +422,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int rl = lane >> 2;
     // d[4 c + h] is row rl + 8 * (h / 2) of the warp's 16, column
     // 8 c + 2 (lane % 4) + h % 2 of the tile.
-    if constexpr (kTmaA) {
+    if constexpr (kTma) {
       // Compute-bound sizes: 64 columns at a time through this warp's 2 KiB
       // of shared memory (16 rows x 128 bytes, 16-byte chunks XOR-swizzled
       // by row so neither side conflicts on banks), then 16-byte coalesced
@@ -416,8 +485,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 #else  // not sm_90a: never launched (GroupedGemmSm90Supported is false)
 
-template <bool kFused, bool kTmaA>
-__global__ void GroupedGemmSm90(const Params, const __grid_constant__ CUtensorMap) {
+template <bool kFused, bool kTma>
+__global__ void GroupedGemmSm90(const Params, const __grid_constant__ CUtensorMap,
+                                const __grid_constant__ CUtensorMap) {
   __trap();
 }
 
@@ -443,7 +513,7 @@ EncodeTiledFn EncodeTiled() {
   return fn;
 }
 
-template <bool kFused, bool kTmaA>
+template <bool kFused, bool kTma>
 cudaError_t Launch(cudaStream_t stream, const Params& p, int num_sms) {
   if (p.num_rows > (int64_t{1} << 31) - 1) return cudaErrorInvalidValue;
   const EncodeTiledFn encode = EncodeTiled();
@@ -456,15 +526,28 @@ cudaError_t Launch(cudaStream_t stream, const Params& p, int num_sms) {
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.k) * 2};
   const cuuint32_t box[2] = {kBK, kBM};
   const cuuint32_t elem_strides[2] = {1, 1};
-  if (kTmaA && encode(&a_map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p.a), dims,
-                      strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+  if (kTma && encode(&a_map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p.a), dims,
+                     strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
     return cudaErrorInvalidValue;
   }
-  const cudaError_t attr = cudaFuncSetAttribute(GroupedGemmSm90<kFused, kTmaA>,
+  // The template of every expert's weights [n_w, k]: the kernel replaces its
+  // global address (here the activations', for the alignment check only).
+  // Boxes of 64 x 128 (gate and up halves) or 64 x 256 rows.
+  CUtensorMap b_map{};
+  const int64_t n_w = kFused ? 2 * int64_t{p.n_out} : p.n_out;
+  const cuuint64_t b_dims[2] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(n_w)};
+  const cuuint32_t b_box[2] = {kBK, kFused ? kBN / 2 : kBN};
+  if (kTma && encode(&b_map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p.a), b_dims,
+                     strides, b_box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+    return cudaErrorInvalidValue;
+  }
+  const cudaError_t attr = cudaFuncSetAttribute(GroupedGemmSm90<kFused, kTma>,
                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                static_cast<int>(kSmemBytes<kTmaA>));
+                                                static_cast<int>(kSmemBytes<kTma>));
   if (attr != cudaSuccess) return attr;
   // Upper bound on the tiles (host values only): every expert's partial tile
   // plus the full ones.
@@ -474,11 +557,15 @@ cudaError_t Launch(cudaStream_t stream, const Params& p, int num_sms) {
       (p.num_rows / kBM + std::min<int64_t>(p.num_experts, p.num_rows)) * n_tiles;
   const auto grid =
       static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(num_sms, max_tiles)));
-  GroupedGemmSm90<kFused, kTmaA><<<grid, kThreads, kSmemBytes<kTmaA>, stream>>>(p, a_map);
+  GroupedGemmSm90<kFused, kTma><<<grid, kThreads, kSmemBytes<kTma>, stream>>>(p, a_map, b_map);
   return cudaGetLastError();
 }
 
 }  // namespace
+
+size_t GroupedGemmSm90ScratchBytes(int num_multiprocessors) {
+  return static_cast<size_t>(num_multiprocessors) * kMapRing * sizeof(CUtensorMap);
+}
 
 bool GroupedGemmSm90Supported(DType dtype, int64_t num_experts, int64_t hidden, int64_t inter) {
   return dtype == DType::kBF16 && num_experts <= kMaxExperts && hidden % 8 == 0 && inter % 8 == 0 &&
@@ -488,31 +575,32 @@ bool GroupedGemmSm90Supported(DType dtype, int64_t num_experts, int64_t hidden, 
 cudaError_t GroupedExpertFfnSm90(cudaStream_t stream, const void* x, const int64_t* offsets,
                                  int64_t num_experts, int64_t num_rows, const void* const* gate_up,
                                  const void* const* down, int64_t hidden, int64_t inter,
-                                 void* inter_buf, void* out, int num_multiprocessors) {
-  // Activations through TMA pay off once the GEMM is compute bound (H200:
-  // at 256 rows per expert 12% faster, at 8-32 rows per expert, where the
-  // weight reads bound it, 3-20% slower than cp.async).
-  const bool tma_a = num_rows >= kTmaRowsPerExpert * num_experts;
+                                 void* inter_buf, void* scratch, void* out,
+                                 int num_multiprocessors) {
+  // TMA pays off once the GEMM is compute bound; where the weight reads
+  // bound it (few rows per expert) cp.async keeps more of them in flight.
+  const bool tma = num_rows >= kTmaRowsPerExpert * num_experts;
   if (num_rows == 0 || num_experts == 0) return cudaSuccess;
   Params p{};
   p.offsets = offsets;
   p.num_rows = num_rows;
   p.num_experts = static_cast<int>(num_experts);
+  p.maps = static_cast<CUtensorMap*>(scratch);
   p.a = static_cast<const bf16*>(x);
   p.weights = gate_up;
   p.out = static_cast<bf16*>(inter_buf);
   p.k = static_cast<int>(hidden);
   p.n_out = static_cast<int>(inter);
-  cudaError_t err = tma_a ? Launch<true, true>(stream, p, num_multiprocessors)
-                          : Launch<true, false>(stream, p, num_multiprocessors);
+  cudaError_t err = tma ? Launch<true, true>(stream, p, num_multiprocessors)
+                        : Launch<true, false>(stream, p, num_multiprocessors);
   if (err != cudaSuccess) return err;
   p.a = static_cast<const bf16*>(inter_buf);
   p.weights = down;
   p.out = static_cast<bf16*>(out);
   p.k = static_cast<int>(inter);
   p.n_out = static_cast<int>(hidden);
-  return tma_a ? Launch<false, true>(stream, p, num_multiprocessors)
-               : Launch<false, false>(stream, p, num_multiprocessors);
+  return tma ? Launch<false, true>(stream, p, num_multiprocessors)
+             : Launch<false, false>(stream, p, num_multiprocessors);
 }
 
 }  // namespace sy::kernels::cuda

@@ -79,13 +79,17 @@ cudaError_t GroupedExpertFfnSmallM(cudaStream_t stream, DType dtype, const void*
 // ---- grouped_gemm_sm90.cu ---------------------------------------------------
 // The grouped expert FFN on Hopper tensor cores (wgmma; the binary must
 // contain sm_90a code): bf16, hidden and inter multiples of 8, at most 1024
-// experts. `inter_buf` is [num_rows, inter] bf16 scratch. Device offsets and
-// pointers, no host synchronisation (CUDA-graph safe).
+// experts, 16-byte-aligned weights. `inter_buf` is [num_rows, inter] bf16
+// scratch, `scratch` GroupedGemmSm90ScratchBytes of 128-byte-aligned device
+// memory (the kernel's weight tensor maps). Device offsets and pointers, no
+// host synchronisation (CUDA-graph safe).
+size_t GroupedGemmSm90ScratchBytes(int num_multiprocessors);
 bool GroupedGemmSm90Supported(DType dtype, int64_t num_experts, int64_t hidden, int64_t inter);
 cudaError_t GroupedExpertFfnSm90(cudaStream_t stream, const void* x, const int64_t* offsets,
                                  int64_t num_experts, int64_t num_rows, const void* const* gate_up,
                                  const void* const* down, int64_t hidden, int64_t inter,
-                                 void* inter_buf, void* out, int num_multiprocessors);
+                                 void* inter_buf, void* scratch, void* out,
+                                 int num_multiprocessors);
 
 // ---- sampling.cu -------------------------------------------------------------
 size_t SampleTokensWorkspaceBytes(int64_t rows, int64_t vocab);
