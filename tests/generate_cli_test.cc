@@ -1,41 +1,21 @@
 // switchyard-generate as a user runs it: the JSON document on stdout, exit
 // codes, error messages on stderr.
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <fstream>
 #include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/cli_test_util.h"
 
 namespace {
 
 using ::testing::HasSubstr;
 
-struct Result {
-  int exit_code = -1;
-  std::string out;  // stdout
-  std::string err;  // stderr
-};
+using Result = ::sy::testing::CliResult;
 
 Result RunGenerate(const std::string& args) {
-  const std::string err_file = ::testing::TempDir() + "/generate_cli_stderr.txt";
-  const std::string cmd =
-      std::string(SY_BINARY_DIR) + "/bin/switchyard-generate " + args + " 2>" + err_file;
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream in(err_file);
-  r.err.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  return r;
+  return ::sy::testing::RunTool("switchyard-generate", args);
 }
 
 const std::string kModel = std::string(SY_SOURCE_DIR) + "/tests/data/goldens/qwen3_moe";
