@@ -68,6 +68,65 @@ absl::Status ValidatePhy2Log(const Phy2Log& phy2log, int32_t num_layers, const P
 // exactly; the tests check it on cases it generated.
 absl::StatusOr<Phy2Log> DeepSeekPlan(const LoadMatrix& load, const PlanShape& shape, Policy policy);
 
+// Switchyard's planner: DeepSeek's steps, then what they leave on the table.
+//  - Hierarchical: whole groups onto nodes by an exact search for the
+//    assignment whose heaviest node is lightest (branch and bound; beyond
+//    kMaxExactGroups groups, DeepSeek's greedy packing improved by swapping
+//    groups between the heaviest node and the others).
+//  - Each packing of slots onto workers (the whole layer for global, each
+//    node's slots for hierarchical) refined by swapping a slot of the
+//    heaviest worker with a lighter worker's while that lowers the maximum.
+//  - Minimal movement (global, with `current`): replica counts as from
+//    scratch, but every expert keeps the slots it holds now (up to its new
+//    replica count), only the freed slots take the new replicas, and the
+//    refinement stops once the layer is within `movement_tolerance` of the
+//    from-scratch plan's balancedness, preferring swaps that move nothing.
+// Deterministic; no state between calls.
+inline constexpr int32_t kMaxExactGroups = 16;
+
+struct PlannerOptions {
+  Policy policy = Policy::kGlobal;
+  // The placement serving now (valid for the same shape and layers), or
+  // null to plan from scratch.
+  const Phy2Log* current = nullptr;
+  // Per layer balancedness the minimal-movement plan may give up against
+  // the from-scratch plan.
+  double movement_tolerance = 0.004;
+};
+
+absl::StatusOr<Phy2Log> Plan(const LoadMatrix& load, const PlanShape& shape,
+                             const PlannerOptions& options);
+
+// Per layer upper bound on the balancedness of any placement that keeps
+// each group's replicas on one node, each node holding groups / nodes
+// whole groups: mean node load over the lightest achievable heaviest node
+// (exact for up to kMaxExactGroups groups, else the best found).
+std::vector<double> HierarchicalBound(const LoadMatrix& load, const PlanShape& shape);
+
+// The same with each node's replication counted: a node's heaviest worker
+// carries at least max(node load / workers per node, the largest load per
+// replica once its P / N slots are replicated), minimised over whole-group
+// assignments (exact up to 10 groups, else the assignment the planner
+// picks). Tighter than HierarchicalBound wherever a node's hot experts
+// need more replicas than its spare slots allow.
+std::vector<double> HierarchicalReplicationBound(const LoadMatrix& load, const PlanShape& shape);
+
+// What to plan the next window on: the average of past windows (oldest
+// first) with weight decay^age, age 0 for the newest. decay in (0, 1];
+// 1 is the plain mean, near 0 the newest window alone. Windows must share
+// one shape (ValidateLoad each first).
+LoadMatrix DecayedAverage(const std::vector<LoadMatrix>& windows, double decay);
+
+// The decay to plan the next window with, chosen by replaying the past:
+// each candidate plans every window t >= 2 of `windows` from the windows
+// before it, and the one whose plans scored best on the windows they did
+// not see wins (ties to the smaller decay). Averaging past windows pays
+// while the load drifts slowly (it evens out sampling noise) and costs when
+// it drifts fast; this picks the side the trace is on. With fewer than 3
+// windows, 0 (the last window alone).
+double ChooseDecay(const std::vector<LoadMatrix>& windows, const PlanShape& shape, Policy policy,
+                   const std::vector<double>& candidates = {0.0, 0.25, 0.5});
+
 struct Score {
   // Per layer: mean worker load / max worker load, where a worker's load
   // is the sum over its slots of load[expert] / replicas[expert] (a layer

@@ -42,10 +42,25 @@ def write(name, load, gpus, nodes, groups, physical):
           f"hierarchical {out['hierarchical_balancedness']:.4f}")
 
 
+def write_trace(name, seed, windows, drift):
+    """A [windows, 16 layers, 256 experts] Zipf 1.1 trace with drift."""
+    load = eplb_ref.generate_trace("zipf:1.1", 16, 256, seed=seed, tokens=65536, topk=8,
+                                   windows=windows, drift=drift)
+    path = os.path.join(ROOT, "eplb", "testdata", name + ".json")
+    with open(path, "w") as f:
+        json.dump({"experts": 256, "layers": 16, "gpus": 32, "nodes": 4, "groups": 8,
+                   "physical": 288, "windows": windows, "load": load.astype(np.int64).tolist()},
+                  f, separators=(",", ":"))
+    print(f"{path}: {windows} windows, drift {drift}")
+
+
 def main():
     for name, e, l, g, n, grp, p, trace, seed, tokens, topk in CASES:
         load = eplb_ref.generate_trace(trace, l, e, seed=seed, tokens=tokens, topk=topk)[0]
         write(name, load, g, n, grp, p)
+    # Drifting traces (minimal movement, planning on past windows).
+    write_trace("dsv3_288_drift", seed=5, windows=4, drift=0.3)
+    write_trace("dsv3_288_slowdrift", seed=7, windows=5, drift=0.02)
     # Exact ties everywhere: equal loads, and pairs of equal loads.
     ties = np.full((3, 32), 100, dtype=np.int64)
     ties[1] = np.repeat(np.arange(16, 0, -1), 2) * 10

@@ -34,7 +34,8 @@ TEST(EplbCliTest, PlansLikeDeepSeekAndCountsMovement) {
   const std::string out = ::testing::TempDir() + "/eplb_out.json";
   for (const std::string policy : {"global", "hierarchical"}) {
     SCOPED_TRACE(policy);
-    Result r = RunEplb(kShape + " --policy " + policy + " --load " + kCase + " --out " + out);
+    Result r = RunEplb(kShape + " --planner deepseek --policy " + policy + " --load " + kCase +
+                       " --out " + out);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const nlohmann::json j = nlohmann::json::parse(r.out);
     EXPECT_EQ(j.at("policy"), policy);
@@ -49,17 +50,40 @@ TEST(EplbCliTest, PlansLikeDeepSeekAndCountsMovement) {
   // other policy's placement something does.
   WriteFile(::testing::TempDir() + "/eplb_cur.json",
             nlohmann::json{{"phy2log", ref.at("global")}}.dump());
-  Result same = RunEplb(kShape + " --policy global --load " + kCase + " --current " +
-                        ::testing::TempDir() + "/eplb_cur.json");
+  Result same = RunEplb(kShape + " --planner deepseek --policy global --load " + kCase +
+                        " --current " + ::testing::TempDir() + "/eplb_cur.json");
   ASSERT_EQ(same.exit_code, 0) << same.err;
   EXPECT_EQ(nlohmann::json::parse(same.out).at("moved_expert_loads"), 0);
-  Result other = RunEplb(kShape + " --policy hierarchical --load " + kCase + " --current " +
-                         ::testing::TempDir() + "/eplb_cur.json");
+  Result other = RunEplb(kShape + " --planner deepseek --policy hierarchical --load " + kCase +
+                         " --current " + ::testing::TempDir() + "/eplb_cur.json");
   ASSERT_EQ(other.exit_code, 0) << other.err;
   const nlohmann::json o = nlohmann::json::parse(other.out);
   EXPECT_GT(o.at("moved_expert_loads").get<int64_t>(), 0);
   EXPECT_NEAR(o.at("current_balancedness").get<double>(),
               ref.at("global_balancedness").get<double>(), 1e-12);
+}
+
+TEST(EplbCliTest, DefaultPlannerBeatsDeepSeekAndMovesLess) {
+  const nlohmann::json ref = ReadJson(kCase);
+  Result r = RunEplb(kShape + " --policy global --load " + kCase);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j.at("planner"), "switchyard");
+  EXPECT_GT(j.at("balancedness").get<double>(),
+            ref.at("global_balancedness").get<double>() + 0.005);
+  // From DeepSeek's hierarchical placement: the global plan keeps what it
+  // can instead of re-dealing every slot.
+  WriteFile(::testing::TempDir() + "/eplb_cur_h.json",
+            nlohmann::json{{"phy2log", ref.at("hierarchical")}}.dump());
+  Result ours = RunEplb(kShape + " --policy global --load " + kCase + " --current " +
+                        ::testing::TempDir() + "/eplb_cur_h.json");
+  Result ds = RunEplb(kShape + " --planner deepseek --policy global --load " + kCase +
+                      " --current " + ::testing::TempDir() + "/eplb_cur_h.json");
+  ASSERT_EQ(ours.exit_code, 0) << ours.err;
+  ASSERT_EQ(ds.exit_code, 0) << ds.err;
+  const nlohmann::json o = nlohmann::json::parse(ours.out), d = nlohmann::json::parse(ds.out);
+  EXPECT_LT(o.at("moved_expert_loads").get<int64_t>(), d.at("moved_expert_loads").get<int64_t>());
+  EXPECT_GE(o.at("balancedness").get<double>(), d.at("balancedness").get<double>() - 0.005);
 }
 
 TEST(EplbCliTest, BadInputIsExit2NamingTheProblem) {
@@ -85,6 +109,8 @@ TEST(EplbCliTest, BadInputIsExit2NamingTheProblem) {
       {small + "--policy hierarchical --groups 3 --load " + dir + "/eplb_ok.json",
        "experts (4) not divisible by groups (3)"},
       {small + "--policy best --load " + dir + "/eplb_ok.json", "unknown policy \"best\""},
+      {small + "--planner magic --load " + dir + "/eplb_ok.json",
+       "--planner must be switchyard or deepseek"},
       {small + "--load " + dir + "/eplb_ok.json --current " + dir + "/eplb_cur_bad.json",
        "not a valid placement: placement layer 0 has no slot for expert 3"},
   };

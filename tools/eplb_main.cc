@@ -1,7 +1,9 @@
 // switchyard-eplb: plans an expert placement from per-layer expert loads
 // (eplb/planner.h) and prints one JSON object with its balancedness, the
 // expert weights it would move against the placement now serving, and the
-// planning time.
+// planning time. --planner deepseek runs DeepSeek's EPLB exactly, the default
+// Switchyard's planner (eplb/planner.h: better balance, and with --current
+// under the global policy, minimal movement).
 //
 //   switchyard-eplb --experts 256 --gpus 32 --nodes 4 --groups 8 --physical 288
 //       --policy global --load LOAD.json [--current CUR.json] --out OUT.json
@@ -39,6 +41,9 @@ ABSL_FLAG(std::string, current, "",
           "JSON {\"phy2log\": ...} of the placement now serving: count the expert weights the "
           "new one moves");
 ABSL_FLAG(std::string, out, "", "Write the planned {\"phy2log\": ...} here");
+ABSL_FLAG(std::string, planner, "switchyard",
+          "switchyard (DeepSeek's steps refined; with --current and the global policy, minimal "
+          "movement) or deepseek (DeepSeek's EPLB exactly)");
 
 namespace {
 
@@ -135,15 +140,24 @@ int Run() {
     current = std::move(*cur);
   }
 
+  const std::string planner = absl::GetFlag(FLAGS_planner);
+  if (planner != "switchyard" && planner != "deepseek") {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--planner must be switchyard or deepseek (got \"", planner, "\")")));
+  }
+  sy::eplb::PlannerOptions options;
+  options.policy = *policy;
+  options.current = current.empty() ? nullptr : &current;
   const auto t0 = std::chrono::steady_clock::now();
-  const auto plan = sy::eplb::DeepSeekPlan(*load, shape, *policy);
+  const auto plan = planner == "deepseek" ? sy::eplb::DeepSeekPlan(*load, shape, *policy)
+                                          : sy::eplb::Plan(*load, shape, options);
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   if (!plan.ok()) return Fail(plan.status());
 
   const sy::eplb::Score score = sy::eplb::ScorePlacement(*load, *plan, shape.num_workers);
   nlohmann::json out = {{"policy", sy::eplb::PolicyName(*policy)},
-                        {"algorithm", "deepseek"},
+                        {"planner", planner},
                         {"layers", layers},
                         {"experts", shape.num_logical},
                         {"physical", shape.num_physical},
