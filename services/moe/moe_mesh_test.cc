@@ -65,6 +65,41 @@ float MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
   return m;
 }
 
+// `n` connected inproc transports, ranks 0..n-1 (empty on failure).
+std::vector<std::unique_ptr<transport::Transport>> InprocMesh(int32_t n) {
+  auto fabric = std::make_shared<transport::inproc::Fabric>();
+  std::vector<std::unique_ptr<transport::Transport>> transports;
+  std::vector<transport::PeerAddress> peers;
+  for (int32_t r = 0; r < n; ++r) {
+    transport::TransportOptions to;
+    to.backend = "inproc";
+    to.rank = r;
+    to.fabric = fabric;
+    auto t = transport::CreateTransport(to);
+    if (!t.ok()) {
+      ADD_FAILURE() << t.status();
+      return {};
+    }
+    peers.push_back({r, (*t)->local_address()});
+    transports.push_back(*std::move(t));
+  }
+  for (auto& t : transports) {
+    if (absl::Status st = t->Connect(peers); !st.ok()) {
+      ADD_FAILURE() << st;
+      return {};
+    }
+  }
+  return transports;
+}
+
+std::vector<int32_t> MoeLayers(const model::ModelConfig& cfg) {
+  std::vector<int32_t> out;
+  for (int32_t l = 0; l < cfg.num_layers; ++l) {
+    if (cfg.layer_is_moe[l]) out.push_back(l);
+  }
+  return out;
+}
+
 struct MeshCase {
   std::string model;
   int32_t expert_workers;
@@ -90,10 +125,7 @@ TEST_P(MoeMeshTest, MatchesSingleProcessEngine) {
   ASSERT_TRUE(cfg.ok());
   auto ckpt = model::Checkpoint::Open(dir);
   ASSERT_TRUE(ckpt.ok());
-  std::vector<int32_t> moe_layers;
-  for (int32_t l = 0; l < cfg->num_layers; ++l) {
-    if (cfg->layer_is_moe[l]) moe_layers.push_back(l);
-  }
+  const std::vector<int32_t> moe_layers = MoeLayers(*cfg);
   eplb::PlacementOptions po;
   po.num_workers = mc.expert_workers;
   po.redundant = mc.redundant;
@@ -105,20 +137,8 @@ TEST_P(MoeMeshTest, MatchesSingleProcessEngine) {
   MeshRanks ranks;
   for (int32_t i = 0; i < num_aw; ++i) ranks.attention.push_back(i);
   for (int32_t i = 0; i < num_ew; ++i) ranks.experts.push_back(num_aw + i);
-  auto fabric = std::make_shared<transport::inproc::Fabric>();
-  std::vector<std::unique_ptr<transport::Transport>> transports;
-  std::vector<transport::PeerAddress> peers;
-  for (int32_t r = 0; r < num_aw + num_ew; ++r) {
-    transport::TransportOptions to;
-    to.backend = "inproc";
-    to.rank = r;
-    to.fabric = fabric;
-    auto t = transport::CreateTransport(to);
-    ASSERT_TRUE(t.ok()) << t.status();
-    peers.push_back({r, (*t)->local_address()});
-    transports.push_back(*std::move(t));
-  }
-  for (auto& t : transports) ASSERT_TRUE(t->Connect(peers).ok());
+  std::vector<std::unique_ptr<transport::Transport>> transports = InprocMesh(num_aw + num_ew);
+  ASSERT_EQ(transports.size(), static_cast<size_t>(num_aw + num_ew));
   const absl::Duration timeout = absl::Seconds(20);
 
   // Expert workers serve 2 steps each.
@@ -187,6 +207,51 @@ INSTANTIATE_TEST_SUITE_P(
              (info.param.order == eplb::PlacementOrder::kStrided ? "_strided" : "_contiguous");
     });
 
+// An attention worker and an expert worker that serve different placement
+// epochs fail the step on both sides with FailedPrecondition naming the
+// epochs (the expert worker computes nothing and answers at once, so the
+// attention worker does not wait out its timeout).
+TEST(MoeMeshEpochTest, MismatchedEpochsFailCleanly) {
+  const std::string dir = kDir + "qwen3_moe";
+  auto cfg = model::LoadModelConfig(dir);
+  ASSERT_TRUE(cfg.ok());
+  auto ckpt = model::Checkpoint::Open(dir);
+  ASSERT_TRUE(ckpt.ok());
+  const std::vector<int32_t> moe_layers = MoeLayers(*cfg);
+  eplb::PlacementOptions po;
+  po.num_workers = 1;
+  auto placement = eplb::InitialPlacement(moe_layers, static_cast<int32_t>(cfg->num_experts), po);
+  ASSERT_TRUE(placement.ok()) << placement.status();
+  eplb::Placement newer = *placement;
+  newer.epoch = placement->epoch + 1;
+
+  MeshRanks ranks{{0}, {1}};
+  std::vector<std::unique_ptr<transport::Transport>> transports = InprocMesh(2);
+  ASSERT_EQ(transports.size(), 2u);
+  const absl::Duration timeout = absl::Seconds(60);
+  absl::Status served;
+  std::thread ew([&] {
+    auto server = ExpertServer::Create(*cfg, *placement, 0, ranks, transports[1].get(), ckpt->get(),
+                                       0, timeout, kernels::Context{});
+    ASSERT_TRUE(server.ok()) << server.status();
+    served = (*server)->ServeStep();
+  });
+  RemoteExpertExecutor exec(*cfg, newer, ranks, transports[0].get(), timeout);
+  const absl::Time start = absl::Now();
+  const absl::Status ran = exec.RunEmptyStep();
+  const absl::Duration took = absl::Now() - start;
+  ew.join();
+  EXPECT_EQ(served.code(), absl::StatusCode::kFailedPrecondition) << served;
+  EXPECT_THAT(
+      std::string(served.message()),
+      ::testing::HasSubstr("dispatch for placement epoch " + std::to_string(newer.epoch) +
+                           ", this worker serves epoch " + std::to_string(placement->epoch)));
+  EXPECT_EQ(ran.code(), absl::StatusCode::kFailedPrecondition) << ran;
+  EXPECT_THAT(std::string(ran.message()), ::testing::HasSubstr("combine for placement epoch " +
+                                                               std::to_string(placement->epoch)));
+  EXPECT_LT(took, absl::Seconds(30));  // answered, not timed out
+}
+
 // Expert workers read only the experts of their own slots and attention
 // workers no expert at all: a copy of the checkpoint holding just the dense
 // tensors and worker 0's experts still loads for them, while worker 1, which
@@ -197,10 +262,7 @@ TEST(ExpertLoadingTest, WorkersReadOnlyTheirOwnWeights) {
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   auto full = model::Checkpoint::Open(src);
   ASSERT_TRUE(full.ok()) << full.status();
-  std::vector<int32_t> moe_layers;
-  for (int32_t l = 0; l < cfg->num_layers; ++l) {
-    if (cfg->layer_is_moe[l]) moe_layers.push_back(l);
-  }
+  const std::vector<int32_t> moe_layers = MoeLayers(*cfg);
   eplb::PlacementOptions po;
   po.num_workers = 2;
   auto placement = eplb::InitialPlacement(moe_layers, static_cast<int32_t>(cfg->num_experts), po);

@@ -80,7 +80,7 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
       // Replicas are equivalent; rotate through them to spread the load.
       const int32_t slot = replicas[(spread_ + t) % replicas.size()];
       const int32_t w = slot / spw;
-      slots_[w].push_back(slot % spw);
+      slots_[w].push_back(slot);  // global slot id: the receiver checks it is its own
       rows_[w].insert(rows_[w].end(), hidden + t * H, hidden + (t + 1) * H);
       row_token_[w].push_back(static_cast<int32_t>(t));
       row_weight_[w].push_back(topk_weights[t * top_k + k]);
@@ -89,7 +89,7 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
   ++spread_;
   std::vector<transport::SendItem> sends(num_ew);
   for (size_t w = 0; w < num_ew; ++w) {
-    EncodeDispatch(slots_[w], rows_[w], &send_[w]);
+    EncodeDispatch(placement_.epoch, slots_[w], rows_[w], &send_[w]);
     sends[w] = {ranks_.experts[w], send_[w].data(), send_[w].size()};
   }
   SY_RETURN_IF_ERROR(Annotate(
@@ -105,7 +105,9 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
     const float* rows = nullptr;
     uint32_t mesh_rows = 0;
     SY_RETURN_IF_ERROR(
-        DecodeCombine(recv_[w], static_cast<uint32_t>(row_token_[w].size()), H, &rows, &mesh_rows));
+        Annotate(DecodeCombine(recv_[w], placement_.epoch,
+                               static_cast<uint32_t>(row_token_[w].size()), H, &rows, &mesh_rows),
+                 absl::StrCat("from expert worker ", w)));
     mesh_rows_ += mesh_rows;
     for (size_t r = 0; r < row_token_[w].size(); ++r) {
       float* dst = out + static_cast<int64_t>(row_token_[w][r]) * H;
@@ -165,6 +167,7 @@ absl::Status ExpertServer::ServeStep() {
 absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   const int64_t H = cfg_.hidden_size, I = cfg_.moe_intermediate_size;
   const int32_t spw = placement_.slots_per_worker();
+  const int32_t slot_begin = worker_index_ * spw;
   SY_RETURN_IF_ERROR(
       Annotate(transport_->Exchange(StepTag(step_, moe_index, Phase::kDispatch), {},
                                     ranks_.attention, &recv_, timeout_),
@@ -182,8 +185,22 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   std::vector<DispatchView> views(num_aw);
   uint32_t mesh_rows = 0;
   for (size_t a = 0; a < num_aw; ++a) {
-    SY_RETURN_IF_ERROR(Annotate(DecodeDispatch(recv_[a], H, spw, &views[a]),
-                                absl::StrCat("from rank ", ranks_.attention[a])));
+    absl::Status st = Annotate(
+        DecodeDispatch(recv_[a], H, placement_.epoch, slot_begin, slot_begin + spw, &views[a]),
+        absl::StrCat("expert worker ", worker_index_, " from rank ", ranks_.attention[a]));
+    if (absl::IsFailedPrecondition(st)) {
+      // Another placement epoch: answer every attention worker with this
+      // worker's epoch and no rows, so they fail at once on the mismatch
+      // instead of waiting out the timeout; compute nothing.
+      for (size_t w = 0; w < num_aw; ++w) {
+        EncodeCombine(placement_.epoch, nullptr, 0, 0, H, &send_[w]);
+        sends[w] = {ranks_.attention[w], send_[w].data(), send_[w].size()};
+      }
+      (void)transport_->Exchange(StepTag(step_, moe_index, Phase::kCombine), sends, {}, &recv_,
+                                 timeout_);
+      return st;
+    }
+    SY_RETURN_IF_ERROR(st);
     mesh_rows += views[a].num_rows;
   }
   // The rows of every attention worker together, grouped by local slot
@@ -194,7 +211,9 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   const int64_t total = base[num_aw];
   std::fill(offsets.begin(), offsets.end(), 0);
   for (size_t a = 0; a < num_aw; ++a) {
-    for (uint32_t r = 0; r < views[a].num_rows; ++r) ++offsets[views[a].slots[r] + 1];
+    for (uint32_t r = 0; r < views[a].num_rows; ++r) {
+      ++offsets[views[a].slots[r] - slot_begin + 1];
+    }
   }
   for (int32_t i = 0; i < spw; ++i) {
     load_[moe_index][i] += offsets[i + 1];
@@ -204,7 +223,7 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1);
   for (size_t a = 0; a < num_aw; ++a) {
     for (uint32_t r = 0; r < views[a].num_rows; ++r) {
-      order[cursor[views[a].slots[r]]++] = static_cast<int32_t>(base[a] + r);
+      order[cursor[views[a].slots[r] - slot_begin]++] = static_cast<int32_t>(base[a] + r);
     }
   }
   gathered_.resize(static_cast<size_t>(total) * H);
@@ -226,7 +245,8 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
                 sizeof(float) * H);
   }
   for (size_t w = 0; w < num_aw; ++w) {
-    EncodeCombine(scattered_.data() + base[w] * H, views[w].num_rows, mesh_rows, H, &send_[w]);
+    EncodeCombine(placement_.epoch, scattered_.data() + base[w] * H, views[w].num_rows, mesh_rows,
+                  H, &send_[w]);
     sends[w] = {ranks_.attention[w], send_[w].data(), send_[w].size()};
   }
   return Annotate(
