@@ -58,6 +58,10 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   AttentionWorkerCore core(std::move(engine), mesh_exec, co);
   AttentionWorkerService service(&core);
   SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {&service}));
+  // Ready: the router may send requests (they queue in the engine); steps
+  // start once every worker has loaded.
+  mesh.heartbeat->SetReady();
+  SY_RETURN_IF_ERROR(cluster::WaitForReadyMesh(cfg, std::chrono::minutes(30)));
   server.SetServing({"switchyard.internal.v1.AttentionWorker"}, true);
   SY_LOG(INFO) << "attention worker " << index << " serving on " << listen;
 

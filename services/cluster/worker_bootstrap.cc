@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "grpcpp/grpcpp.h"
@@ -123,15 +124,56 @@ Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank) {
       ctx.set_deadline(std::chrono::system_clock::now() + period);
       pb::HeartbeatRequest req;
       req.set_rank(rank);
+      req.set_ready(ready_.load(std::memory_order_relaxed));
       pb::HeartbeatResponse resp;
       grpc::Status st = stub->Heartbeat(&ctx, req, &resp);
       if (!st.ok()) SY_LOG(DEBUG) << "heartbeat failed: " << st.error_message();
-      for (auto waited = std::chrono::milliseconds(0); waited < period && !stop_.load();
+      for (auto waited = std::chrono::milliseconds(0);
+           waited < period && !stop_.load() && !beat_now_.exchange(false);
            waited += std::chrono::milliseconds(20)) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
       }
     }
   });
+}
+
+void Heartbeat::SetReady() {
+  ready_.store(true, std::memory_order_relaxed);
+  beat_now_.store(true);
+}
+
+absl::Status WaitForReadyMesh(const ClusterConfig& cfg, std::chrono::milliseconds timeout) {
+  using Clock = std::chrono::steady_clock;
+  auto stub = pb::Coordinator::NewStub(
+      grpc::CreateChannel(cfg.coordinator.listen.address(), grpc::InsecureChannelCredentials()));
+  const auto deadline = Clock::now() + timeout;
+  auto next_log = Clock::now() + std::chrono::seconds(5);
+  pb::Mesh mesh;
+  while (true) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    pb::GetMeshRequest req;
+    req.set_wait_ready(true);
+    const auto asked = Clock::now();
+    grpc::Status st = stub->GetMesh(&ctx, req, &mesh);
+    if (st.ok() && mesh.ready()) return absl::OkStatus();
+    std::vector<int32_t> loading;
+    for (const pb::Member& m : mesh.members()) {
+      if (!m.ready() || !m.alive()) loading.push_back(m.rank());
+    }
+    if (Clock::now() > deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the mesh was not ready in time; not ready: ranks ", absl::StrJoin(loading, ", ")));
+    }
+    if (Clock::now() > next_log) {
+      SY_LOG(INFO) << "waiting for the mesh to be ready; still loading: ranks "
+                   << absl::StrJoin(loading, ", ");
+      next_log = Clock::now() + std::chrono::seconds(5);
+    }
+    if (Clock::now() - asked < std::chrono::milliseconds(100)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
 }
 
 Heartbeat::~Heartbeat() {

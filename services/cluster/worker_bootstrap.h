@@ -42,14 +42,27 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
                                     transport::Transport& transport,
                                     std::chrono::milliseconds timeout);
 
-// Sends a heartbeat every cfg.coordinator.heartbeat_ms until destroyed.
+// Waits until the coordinator reports the mesh ready (every worker alive and
+// loaded), logging every few seconds which ranks are still loading.
+// DeadlineExceeded after `timeout`, naming them.
+absl::Status WaitForReadyMesh(const ClusterConfig& cfg, std::chrono::milliseconds timeout);
+
+// Sends a heartbeat every cfg.coordinator.heartbeat_ms until destroyed,
+// carrying this worker's readiness once SetReady has been called.
 class Heartbeat {
  public:
   Heartbeat(const ClusterConfig& cfg, int32_t rank);
   ~Heartbeat();
+  // The worker has loaded what it serves; sent with the next heartbeat
+  // (which is sent at once).
+  void SetReady();
 
  private:
   std::atomic<bool> stop_{false};  // set by the destructor, polled by the thread
+  // Relaxed is enough: the flag only travels to the coordinator, nothing
+  // else in this process is ordered by it.
+  std::atomic<bool> ready_{false};
+  std::atomic<bool> beat_now_{false};
   std::thread thread_;
 };
 

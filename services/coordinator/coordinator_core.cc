@@ -20,6 +20,16 @@ bool CoordinatorCore::CompleteLocked() const {
   return true;
 }
 
+bool CoordinatorCore::ReadyLocked() const {
+  if (!CompleteLocked()) return false;
+  for (const auto* list : {&attention_, &experts_}) {
+    for (const MemberInfo& m : *list) {
+      if (!m.alive || !m.ready) return false;
+    }
+  }
+  return true;
+}
+
 std::vector<MemberInfo> CoordinatorCore::RegisteredLocked() const {
   std::vector<MemberInfo> out;
   for (const auto* list : {&attention_, &experts_}) {
@@ -56,6 +66,7 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
   m.transport_address = transport_address;
   m.name = name;
   m.alive = true;
+  m.ready = false;
   m.last_heartbeat = std::chrono::steady_clock::now();
   ++epoch_;
   SY_LOG(INFO) << "registered " << role_name << " worker " << index << " ('" << name << "') at "
@@ -67,9 +78,9 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
   return rank;
 }
 
-absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank) {
+absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank, bool ready) {
   bool found = false;
-  bool revived = false;
+  bool revived = false, became_ready = false;
   int64_t epoch = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -84,6 +95,11 @@ absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank) {
             SY_LOG(INFO) << "rank " << rank << " (" << m.grpc_address
                          << ") is sending heartbeats again; marked alive";
           }
+          if (ready && !m.ready) {
+            m.ready = true;
+            became_ready = true;
+            SY_LOG(INFO) << "rank " << rank << " (" << m.grpc_address << ") is ready";
+          }
           epoch = epoch_;
           found = true;
         }
@@ -91,7 +107,15 @@ absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank) {
     }
   }
   if (!found) return absl::NotFoundError(absl::StrCat("rank ", rank, " is not registered"));
-  if (revived) NotifyChange();
+  if (became_ready) {
+    bool mesh_ready;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      mesh_ready = ReadyLocked();
+    }
+    if (mesh_ready) SY_LOG(INFO) << "mesh ready at epoch " << epoch << ": every worker has loaded";
+  }
+  if (revived || became_ready) NotifyChange();
   return epoch;
 }
 
@@ -110,6 +134,7 @@ MeshView CoordinatorCore::GetMesh() const {
   MeshView v;
   v.epoch = epoch_;
   v.complete = CompleteLocked();
+  v.ready = ReadyLocked();
   v.members = RegisteredLocked();
   v.placement = placement_;
   return v;

@@ -31,12 +31,17 @@ struct MemberInfo {
   std::string transport_address;
   std::string name;
   bool alive = true;
+  // Loaded what it serves (reported in heartbeats; cleared by registering).
+  bool ready = false;
   std::chrono::steady_clock::time_point last_heartbeat;
 };
 
 struct MeshView {
   int64_t epoch = 0;
   bool complete = false;
+  // Complete, and every member alive and ready: the mesh may step. Workers
+  // start stepping, and the router serving, only then.
+  bool ready = false;
   std::vector<MemberInfo> members;  // ordered by rank
   eplb::Placement placement;
 };
@@ -57,8 +62,11 @@ class CoordinatorCore {
   // restart) replaces its transport address.
   absl::StatusOr<int32_t> Register(Role role, int32_t index, const std::string& grpc_address,
                                    const std::string& transport_address, const std::string& name);
-  // Records a heartbeat; NotFound for an unknown rank. Returns the epoch.
-  absl::StatusOr<int64_t> Heartbeat(int32_t rank);
+  // Records a heartbeat, and `ready` once the worker reports it (readiness
+  // is sticky until the worker registers again; the change listener runs
+  // when the mesh becomes ready). NotFound for an unknown rank. Returns the
+  // epoch.
+  absl::StatusOr<int64_t> Heartbeat(int32_t rank, bool ready = false);
   // The current mesh (never blocks).
   MeshView GetMesh() const;
   // `listener` runs after every epoch change, outside the core's lock, on the
@@ -72,6 +80,7 @@ class CoordinatorCore {
 
  private:
   bool CompleteLocked() const;
+  bool ReadyLocked() const;
   void NotifyChange();
   std::vector<MemberInfo> RegisteredLocked() const;
 

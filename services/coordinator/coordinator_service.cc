@@ -67,12 +67,14 @@ absl::StatusOr<eplb::Placement> PlacementFromProto(const pb::Placement& in) {
 void MeshToProto(const MeshView& mesh, pb::Mesh* out) {
   out->set_epoch(mesh.epoch);
   out->set_complete(mesh.complete);
+  out->set_ready(mesh.ready);
   for (const MemberInfo& m : mesh.members) {
     pb::Member* pm = out->add_members();
     pm->set_rank(m.rank);
     pm->set_role(m.role == Role::kAttention ? pb::ROLE_ATTENTION : pb::ROLE_EXPERT);
     pm->set_grpc_address(m.grpc_address);
     pm->set_transport_address(m.transport_address);
+    pm->set_ready(m.ready);
     pm->set_alive(m.alive);
     pm->set_last_heartbeat_unix_ms(0);
   }
@@ -148,7 +150,7 @@ void CoordinatorService::WaiterLoop() {
     const auto now = std::chrono::steady_clock::now();
     std::vector<ParkedCall> keep;
     for (ParkedCall& c : calls) {
-      if (!mesh.complete && !drain && now < c.answer_by) {
+      if (!(c.wait_ready ? mesh.ready : mesh.complete) && !drain && now < c.answer_by) {
         keep.push_back(c);
         continue;
       }
@@ -167,8 +169,8 @@ grpc::ServerUnaryReactor* CoordinatorService::GetMesh(grpc::CallbackServerContex
                                                       pb::Mesh* resp) {
   const auto start = std::chrono::steady_clock::now();
   MeshView mesh = core_->GetMesh();
-  if (req->wait_complete()) {
-    if (!mesh.complete) {
+  if (req->wait_complete() || req->wait_ready()) {
+    if (!(req->wait_ready() ? mesh.ready : mesh.complete)) {
       // Answer by max_mesh_wait_, or 50 ms before the caller gives up.
       auto answer_by = start + max_mesh_wait_;
       const auto caller_left = ctx->deadline() - std::chrono::system_clock::now();
@@ -179,7 +181,7 @@ grpc::ServerUnaryReactor* CoordinatorService::GetMesh(grpc::CallbackServerContex
       std::lock_guard<std::mutex> lock(mu_);
       if (!draining_) {
         grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-        parked_.push_back({reactor, resp, start, answer_by});
+        parked_.push_back({reactor, resp, start, answer_by, req->wait_ready()});
         changed_ = true;  // look again: the mesh may have completed since the check above
         cv_.notify_all();
         return reactor;
@@ -194,7 +196,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
                                                         const pb::HeartbeatRequest* req,
                                                         pb::HeartbeatResponse* resp) {
   const auto start = std::chrono::steady_clock::now();
-  auto epoch = core_->Heartbeat(req->rank());
+  auto epoch = core_->Heartbeat(req->rank(), req->ready());
   if (epoch.ok()) resp->set_epoch(*epoch);
   return Done(ctx, "Heartbeat", start, epoch.status());
 }

@@ -62,6 +62,7 @@ class CoordinatorService final : public pb::Coordinator::CallbackService {
     pb::Mesh* response;
     std::chrono::steady_clock::time_point start;
     std::chrono::steady_clock::time_point answer_by;
+    bool wait_ready = false;  // answer once the mesh is ready, not just complete
   };
   void WaiterLoop();
 

@@ -255,5 +255,56 @@ TEST_F(CoordinatorTest, HeartbeatsAndExpiry) {
   EXPECT_EQ(stub_->Heartbeat(&ctx2, hb, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
+// Ready means ready: a complete mesh is not ready until every worker has
+// reported (in a heartbeat) that it loaded what it serves; a parked
+// GetMesh(wait_ready) is answered when the last one does; readiness is
+// sticky across heartbeats and cleared by registering again.
+TEST_F(CoordinatorTest, ReadyOnlyOnceEveryWorkerHasLoaded) {
+  const std::vector<std::pair<pb::Role, int32_t>> workers = {
+      {pb::ROLE_ATTENTION, 0}, {pb::ROLE_ATTENTION, 1}, {pb::ROLE_EXPERT, 0}, {pb::ROLE_EXPERT, 1}};
+  std::vector<int32_t> ranks;
+  for (const auto& [role, index] : workers) {
+    pb::RegisterResponse r;
+    ASSERT_TRUE(Register(role, index, "w" + std::to_string(ranks.size()) + ":1", &r).ok());
+    ranks.push_back(r.rank());
+  }
+  auto heartbeat = [&](int32_t rank, bool ready) {
+    grpc::ClientContext ctx;
+    pb::HeartbeatRequest hb;
+    hb.set_rank(rank);
+    hb.set_ready(ready);
+    pb::HeartbeatResponse resp;
+    return stub_->Heartbeat(&ctx, hb, &resp);
+  };
+  pb::Mesh mesh = GetMesh(false);
+  EXPECT_TRUE(mesh.complete());
+  EXPECT_FALSE(mesh.ready());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(heartbeat(ranks[i], true).ok());
+  ASSERT_TRUE(heartbeat(ranks[0], false).ok());  // sticky
+  mesh = GetMesh(false);
+  EXPECT_FALSE(mesh.ready());
+  EXPECT_TRUE(mesh.members(0).ready());
+  EXPECT_FALSE(mesh.members(3).ready());
+  // The last expert worker finishes loading while a call waits for readiness.
+  std::thread loader([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_TRUE(heartbeat(ranks[3], true).ok());
+  });
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  pb::GetMeshRequest req;
+  req.set_wait_ready(true);
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(stub_->GetMesh(&ctx, req, &mesh).ok());
+  loader.join();
+  EXPECT_TRUE(mesh.ready());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  // A worker that registers again (a restart) is loading again.
+  pb::RegisterResponse r;
+  ASSERT_TRUE(Register(pb::ROLE_EXPERT, 1, "w3:1", &r).ok());
+  EXPECT_FALSE(GetMesh(false).ready());
+  EXPECT_FALSE(GetMesh(false).members(3).ready());
+}
+
 }  // namespace
 }  // namespace sy::coordinator

@@ -9,6 +9,10 @@
 #include "services/moe/remote_experts.h"
 
 namespace sy::expert_worker {
+namespace {
+// How long a worker waits for the others to load (large checkpoints).
+constexpr std::chrono::minutes kReadyTimeout{30};
+}  // namespace
 
 absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
                              transport::Transport& transport, const std::string& listen,
@@ -23,11 +27,23 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
   SY_ASSIGN_OR_RETURN(
       cluster::JoinedMesh mesh,
       cluster::JoinMesh(cfg, false, index, listen, transport, std::chrono::seconds(120)));
+  // Load the experts before the mesh may step: the workers and the router
+  // wait for every worker's readiness.
+  SY_LOG(INFO) << "expert worker " << index << ": loading the experts of "
+               << mesh.placement.slots_per_worker() << " slots x " << mesh.placement.layers.size()
+               << " MoE layers";
+  const auto load_start = std::chrono::steady_clock::now();
   SY_ASSIGN_OR_RETURN(
       std::unique_ptr<moe::ExpertServer> experts,
       moe::ExpertServer::Create(model, mesh.placement, index, mesh.ranks, &transport, ckpt.get(),
                                 cfg.model.dummy_seed, absl::Milliseconds(cfg.transport.timeout_ms),
                                 kernels::Context{}));
+  SY_LOG(INFO)
+      << "expert worker " << index << ": experts loaded in "
+      << std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count()
+      << " s; ready";
+  mesh.heartbeat->SetReady();
+  SY_RETURN_IF_ERROR(cluster::WaitForReadyMesh(cfg, kReadyTimeout));
   server.SetServing({}, true);
   SY_LOG(INFO) << "expert worker " << index << " serving " << mesh.placement.slots_per_worker()
                << " slots per layer";

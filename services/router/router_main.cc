@@ -60,8 +60,12 @@ void FollowCoordinator(const std::string& coordinator, sy::router::RouterServer*
     pb::Mesh mesh;
     if (stub->GetMesh(&ctx, req, &mesh).ok()) {
       std::vector<std::string> live;
-      // Workers serve only once the whole mesh has formed.
-      if (mesh.complete()) {
+      // Workers serve only once the whole mesh has formed and every worker
+      // has loaded what it serves (liveness aside: a dead worker's absence
+      // shows in the live list).
+      bool loaded = mesh.complete();
+      for (const pb::Member& m : mesh.members()) loaded = loaded && m.ready();
+      if (loaded) {
         for (const pb::Member& m : mesh.members()) {
           if (m.role() == pb::ROLE_ATTENTION && m.alive()) live.push_back(m.grpc_address());
         }
