@@ -15,7 +15,8 @@ LocalExpertExecutor::LocalExpertExecutor(const model::ModelConfig& cfg, const ke
       ctx_(ctx),
       dtype_(dtype),
       on_device_(ctx.device != kernels::Device::kCpu),
-      experts_(cfg.num_layers) {
+      experts_(cfg.num_layers),
+      host_ptrs_(cfg.num_layers) {
   if (on_device_) device_layers_.resize(cfg.num_layers);
 }
 
@@ -85,93 +86,71 @@ absl::StatusOr<std::unique_ptr<LocalExpertExecutor>> LocalExpertExecutor::Dummy(
   return ex;
 }
 
-absl::Status LocalExpertExecutor::GrowScratch(kernels::DeviceBuffer& b, int64_t bytes) {
-  SY_ASSIGN_OR_RETURN(const bool grew, b.Grow(ctx_, bytes));
-  scratch_generation_ += grew ? 1 : 0;
+absl::Status RoutedExperts::Grow(const kernels::Context& ctx, kernels::DeviceBuffer& b,
+                                 int64_t bytes) {
+  SY_ASSIGN_OR_RETURN(const bool grew, b.Grow(ctx, bytes));
+  generation_ += grew ? 1 : 0;
   return absl::OkStatus();
 }
 
-absl::Status LocalExpertExecutor::RunOnDevice(int64_t layer, const void* hidden, int64_t num_tokens,
-                                              const int32_t* topk_ids, const float* topk_weights,
-                                              int64_t top_k, void* out) {
-  const int64_t E = cfg_.num_experts, H = cfg_.hidden_size, I = cfg_.moe_intermediate_size;
-  const int64_t rows = num_tokens * top_k, es = kernels::DTypeSize(dtype_);
-  if (device_layers_[layer].gate_up.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " has no routed experts"));
-  }
+absl::Status RoutedExperts::Run(const kernels::Context& ctx, kernels::DType dtype, const void* x,
+                                int64_t num_tokens, const int32_t* ids, int64_t top_k,
+                                const float* weights, int64_t num_experts,
+                                const void* const* gate_up, const void* const* down, int64_t hidden,
+                                int64_t inter, void* out, std::vector<int64_t>* counts) {
   if (num_tokens == 0) return absl::OkStatus();
-  SY_RETURN_IF_ERROR(GrowScratch(d_gathered_, std::max<int64_t>(rows, 1) * H * es));
-  SY_RETURN_IF_ERROR(GrowScratch(d_expert_out_, std::max<int64_t>(rows, 1) * H * es));
-  SY_RETURN_IF_ERROR(GrowScratch(d_row_pos_, std::max<int64_t>(rows, 1) * 4));
-  SY_RETURN_IF_ERROR(GrowScratch(d_offsets_, (E + 1) * 8));
-  const DeviceLayer& d = device_layers_[layer];
-  const auto* ptrs = d.ptrs.as<const void*>();
-  SY_RETURN_IF_ERROR(kernels::MoePermute(ctx_, dtype_, hidden, num_tokens, H, topk_ids, top_k, E,
-                                         d_offsets_.as<int64_t>(), d_row_pos_.as<int32_t>(),
-                                         d_gathered_.data()));
-  SY_RETURN_IF_ERROR(kernels::GroupedExpertFfn(ctx_, dtype_, d_gathered_.data(),
-                                               d_offsets_.as<int64_t>(), E, rows, ptrs, ptrs + E, H,
-                                               I, d_expert_out_.data()));
-  return kernels::MoeCombine(ctx_, dtype_, d_expert_out_.data(), d_row_pos_.as<int32_t>(),
-                             topk_weights, num_tokens, top_k, H, out);
+  const int64_t rows = num_tokens * top_k, es = kernels::DTypeSize(dtype);
+  SY_RETURN_IF_ERROR(Grow(ctx, gathered_, rows * hidden * es));
+  SY_RETURN_IF_ERROR(Grow(ctx, expert_out_, rows * hidden * es));
+  SY_RETURN_IF_ERROR(Grow(ctx, row_pos_, rows * 4));
+  SY_RETURN_IF_ERROR(Grow(ctx, offsets_, (num_experts + 1) * 8));
+  SY_RETURN_IF_ERROR(kernels::MoePermute(ctx, dtype, x, num_tokens, hidden, ids, top_k, num_experts,
+                                         offsets_.as<int64_t>(), row_pos_.as<int32_t>(),
+                                         gathered_.data()));
+  SY_RETURN_IF_ERROR(kernels::GroupedExpertFfn(ctx, dtype, gathered_.data(), offsets_.as<int64_t>(),
+                                               num_experts, rows, gate_up, down, hidden, inter,
+                                               expert_out_.data()));
+  SY_RETURN_IF_ERROR(kernels::MoeCombine(ctx, dtype, expert_out_.data(), row_pos_.as<int32_t>(),
+                                         weights, num_tokens, top_k, hidden, out));
+  if (counts != nullptr) {
+    std::vector<int64_t> off(static_cast<size_t>(num_experts + 1));
+    SY_RETURN_IF_ERROR(
+        kernels::CopyToHost(ctx, off.data(), offsets_.data(), (num_experts + 1) * 8));
+    counts->resize(static_cast<size_t>(num_experts), 0);
+    for (int64_t e = 0; e < num_experts; ++e) (*counts)[e] += off[e + 1] - off[e];
+  }
+  return absl::OkStatus();
 }
 
-absl::Status LocalExpertExecutor::Run(int64_t layer, const void* hidden_v, int64_t num_tokens,
+absl::Status LocalExpertExecutor::Run(int64_t layer, const void* hidden, int64_t num_tokens,
                                       const int32_t* topk_ids, const float* topk_weights,
-                                      int64_t top_k, void* out_v) {
+                                      int64_t top_k, void* out) {
   if (layer < 0 || layer >= cfg_.num_layers) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " has no routed experts"));
   }
+  const int64_t E = cfg_.num_experts;
+  const void* const* gate_up;
+  const void* const* down;
   if (on_device_) {
-    return RunOnDevice(layer, hidden_v, num_tokens, topk_ids, topk_weights, top_k, out_v);
-  }
-  if (experts_[layer].empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " has no routed experts"));
-  }
-  const auto* hidden = static_cast<const float*>(hidden_v);
-  auto* out = static_cast<float*>(out_v);
-  const int64_t E = cfg_.num_experts, H = cfg_.hidden_size;
-  const int64_t rows = num_tokens * top_k;
-  // Counting sort of (token, k) pairs by expert.
-  offsets_.assign(E + 1, 0);
-  for (int64_t i = 0; i < rows; ++i) {
-    const int32_t e = topk_ids[i];
-    if (e < 0 || e >= E) {
-      return absl::InvalidArgumentError(absl::StrCat("expert id ", e, " out of range"));
+    if (device_layers_[layer].gate_up.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " has no routed experts"));
     }
-    ++offsets_[e + 1];
+    gate_up = device_layers_[layer].ptrs.as<const void*>();
+    down = gate_up + E;
+  } else {
+    if (experts_[layer].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " has no routed experts"));
+    }
+    std::vector<const void*>& ptrs = host_ptrs_[layer];
+    if (ptrs.empty()) {
+      for (int64_t e = 0; e < E; ++e) ptrs.push_back(experts_[layer][e].gate_up.ptr());
+      for (int64_t e = 0; e < E; ++e) ptrs.push_back(experts_[layer][e].down.ptr());
+    }
+    gate_up = ptrs.data();  // (MoePermute rejects ids outside [0, E) on the CPU)
+    down = gate_up + E;
   }
-  for (int64_t e = 0; e < E; ++e) offsets_[e + 1] += offsets_[e];
-  std::vector<int64_t> cursor(offsets_.begin(), offsets_.end() - 1);
-  row_token_.resize(rows);
-  row_weight_.resize(rows);
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t pos = cursor[topk_ids[i]]++;
-    row_token_[pos] = static_cast<int32_t>(i / top_k);
-    row_weight_[pos] = topk_weights[i];
-  }
-  gathered_.resize(rows * H);
-  SY_RETURN_IF_ERROR(kernels::Embedding(ctx_, kernels::DType::kF32, row_token_.data(), rows, hidden,
-                                        num_tokens, H, gathered_.data()));
-  gate_up_ptrs_.resize(E);
-  down_ptrs_.resize(E);
-  for (int64_t e = 0; e < E; ++e) {
-    gate_up_ptrs_[e] = experts_[layer][e].gate_up.ptr();
-    down_ptrs_[e] = experts_[layer][e].down.ptr();
-  }
-  expert_out_.resize(rows * H);
-  SY_RETURN_IF_ERROR(kernels::GroupedExpertFfn(
-      ctx_, kernels::DType::kF32, gathered_.data(), offsets_.data(), E, rows, gate_up_ptrs_.data(),
-      down_ptrs_.data(), H, cfg_.moe_intermediate_size, expert_out_.data()));
-  // Combine: weighted sum per token, in expert order (as the reference does).
-  std::memset(out, 0, sizeof(float) * num_tokens * H);
-  for (int64_t r = 0; r < rows; ++r) {
-    float* dst = out + static_cast<int64_t>(row_token_[r]) * H;
-    const float* src = expert_out_.data() + r * H;
-    const float w = row_weight_[r];
-    for (int64_t c = 0; c < H; ++c) dst[c] += w * src[c];
-  }
-  return absl::OkStatus();
+  return routed_.Run(ctx_, dtype_, hidden, num_tokens, topk_ids, top_k, topk_weights, E, gate_up,
+                     down, cfg_.hidden_size, cfg_.moe_intermediate_size, out);
 }
 
 }  // namespace sy::engine

@@ -38,6 +38,34 @@ class ExpertExecutor {
   virtual int64_t scratch_generation() const { return 0; }
 };
 
+// The routed-expert step on rows already in the context's memory, shared by
+// the local executor and the cluster's expert workers: sort the (token, k)
+// rows by expert (kernels::MoePermute), one grouped FFN over every expert
+// (kernels::GroupedExpertFfn), weighted combine back per token
+// (kernels::MoeCombine). Owns its scratch; one instance per thread.
+class RoutedExperts {
+ public:
+  // x: [num_tokens, hidden] of `dtype`; ids / weights: [num_tokens, top_k]
+  // expert ids in [0, num_experts) and combine weights; gate_up / down:
+  // [num_experts] weight pointers (context memory, as GroupedExpertFfn
+  // reads them). Writes out: [num_tokens, hidden]. With `counts` (host),
+  // adds the rows each expert received (copied back from the device on
+  // CUDA).
+  absl::Status Run(const kernels::Context& ctx, kernels::DType dtype, const void* x,
+                   int64_t num_tokens, const int32_t* ids, int64_t top_k, const float* weights,
+                   int64_t num_experts, const void* const* gate_up, const void* const* down,
+                   int64_t hidden, int64_t inter, void* out,
+                   std::vector<int64_t>* counts = nullptr);
+  // Bumped when scratch is reallocated.
+  int64_t generation() const { return generation_; }
+
+ private:
+  absl::Status Grow(const kernels::Context& ctx, kernels::DeviceBuffer& b, int64_t bytes);
+
+  int64_t generation_ = 0;
+  kernels::DeviceBuffer gathered_, expert_out_, row_pos_, offsets_;
+};
+
 // Runs every routed expert in this process (single-process engine, tests).
 class LocalExpertExecutor : public ExpertExecutor {
  public:
@@ -54,7 +82,7 @@ class LocalExpertExecutor : public ExpertExecutor {
 
   absl::Status Run(int64_t layer, const void* hidden, int64_t num_tokens, const int32_t* topk_ids,
                    const float* topk_weights, int64_t top_k, void* out) override;
-  int64_t scratch_generation() const override { return scratch_generation_; }
+  int64_t scratch_generation() const override { return routed_.generation(); }
 
  private:
   LocalExpertExecutor(const model::ModelConfig& cfg, const kernels::Context& ctx,
@@ -67,28 +95,17 @@ class LocalExpertExecutor : public ExpertExecutor {
     kernels::DeviceBuffer ptrs;     // [2, E] const void*: gate_up then down
   };
   absl::Status AddExpert(int64_t layer, int64_t expert, model::MlpWeights w);
-  absl::Status RunOnDevice(int64_t layer, const void* hidden, int64_t num_tokens,
-                           const int32_t* topk_ids, const float* topk_weights, int64_t top_k,
-                           void* out);
-  absl::Status GrowScratch(kernels::DeviceBuffer& b, int64_t bytes);
 
   model::ModelConfig cfg_;
   kernels::Context ctx_;
   kernels::DType dtype_;
   bool on_device_;
-  int64_t scratch_generation_ = 0;
+  RoutedExperts routed_;
   // Host path: experts_[layer][expert]; empty for dense layers.
   std::vector<std::vector<model::MlpWeights>> experts_;
   std::vector<DeviceLayer> device_layers_;
-  kernels::DeviceBuffer d_gathered_, d_expert_out_, d_row_pos_, d_offsets_;
-  // Scratch reused across calls.
-  std::vector<int64_t> offsets_;
-  std::vector<int32_t> row_token_;
-  std::vector<float> row_weight_;
-  std::vector<float> gathered_;
-  std::vector<float> expert_out_;
-  std::vector<const void*> gate_up_ptrs_;
-  std::vector<const void*> down_ptrs_;
+  // Host path: [layer] pointer arrays into experts_ (gate_up, then down).
+  std::vector<std::vector<const void*>> host_ptrs_;
 };
 
 }  // namespace sy::engine

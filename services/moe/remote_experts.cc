@@ -175,8 +175,6 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   const size_t num_aw = ranks_.attention.size();
   send_.resize(num_aw);
   std::vector<transport::SendItem> sends(num_aw);
-  std::vector<int64_t> offsets(spw + 1);
-  std::vector<int32_t> order;
   std::vector<const void*> gate_up(spw), down(spw);
   for (int32_t i = 0; i < spw; ++i) {
     gate_up[i] = slots_[moe_index][i].gate_up.ptr();
@@ -203,47 +201,28 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
     SY_RETURN_IF_ERROR(st);
     mesh_rows += views[a].num_rows;
   }
-  // The rows of every attention worker together, grouped by local slot
-  // (counting sort), so each expert runs one GEMM over all of the mesh's
-  // rows for it; then each worker's rows go back in its dispatch order.
+  // The rows of every attention worker together, then the routed-experts
+  // step shared with the single-process engine (engine::RoutedExperts): one
+  // grouped FFN per layer over the whole mesh's rows for each slot, outputs
+  // back in arrival order (top-k 1, weight 1: unweighted; the attention
+  // workers apply the router weights).
   std::vector<int64_t> base(num_aw + 1, 0);
   for (size_t a = 0; a < num_aw; ++a) base[a + 1] = base[a] + views[a].num_rows;
   const int64_t total = base[num_aw];
-  std::fill(offsets.begin(), offsets.end(), 0);
-  for (size_t a = 0; a < num_aw; ++a) {
-    for (uint32_t r = 0; r < views[a].num_rows; ++r) {
-      ++offsets[views[a].slots[r] - slot_begin + 1];
-    }
-  }
-  for (int32_t i = 0; i < spw; ++i) {
-    load_[moe_index][i] += offsets[i + 1];
-    offsets[i + 1] += offsets[i];
-  }
-  order.resize(static_cast<size_t>(total));
-  std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1);
-  for (size_t a = 0; a < num_aw; ++a) {
-    for (uint32_t r = 0; r < views[a].num_rows; ++r) {
-      order[cursor[views[a].slots[r] - slot_begin]++] = static_cast<int32_t>(base[a] + r);
-    }
-  }
   gathered_.resize(static_cast<size_t>(total) * H);
-  computed_.resize(static_cast<size_t>(total) * H);
+  local_slot_.resize(static_cast<size_t>(total));
+  for (size_t a = 0; a < num_aw; ++a) {
+    std::memcpy(gathered_.data() + base[a] * H, views[a].rows,
+                sizeof(float) * views[a].num_rows * H);
+    for (uint32_t r = 0; r < views[a].num_rows; ++r) {
+      local_slot_[base[a] + r] = views[a].slots[r] - slot_begin;
+    }
+  }
+  ones_.assign(static_cast<size_t>(total), 1.0f);
   scattered_.resize(static_cast<size_t>(total) * H);
-  size_t a = 0;
-  for (int64_t p = 0; p < total; ++p) {
-    const int64_t g = order[p];
-    a = static_cast<size_t>(std::upper_bound(base.begin(), base.end(), g) - base.begin() - 1);
-    std::memcpy(gathered_.data() + p * H, views[a].rows + (g - base[a]) * H, sizeof(float) * H);
-  }
-  if (total > 0) {
-    SY_RETURN_IF_ERROR(kernels::GroupedExpertFfn(ctx_, kernels::DType::kF32, gathered_.data(),
-                                                 offsets.data(), spw, total, gate_up.data(),
-                                                 down.data(), H, I, computed_.data()));
-  }
-  for (int64_t p = 0; p < total; ++p) {
-    std::memcpy(scattered_.data() + static_cast<int64_t>(order[p]) * H, computed_.data() + p * H,
-                sizeof(float) * H);
-  }
+  SY_RETURN_IF_ERROR(routed_.Run(ctx_, kernels::DType::kF32, gathered_.data(), total,
+                                 local_slot_.data(), 1, ones_.data(), spw, gate_up.data(),
+                                 down.data(), H, I, scattered_.data(), &load_[moe_index]));
   for (size_t w = 0; w < num_aw; ++w) {
     EncodeCombine(placement_.epoch, scattered_.data() + base[w] * H, views[w].num_rows, mesh_rows,
                   H, &send_[w]);

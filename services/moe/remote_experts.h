@@ -108,7 +108,11 @@ class ExpertServer {
   std::vector<std::vector<int64_t>> load_;
   std::vector<std::vector<uint8_t>> recv_;
   std::vector<std::vector<uint8_t>> send_;
-  std::vector<float> gathered_, computed_, scattered_;  // ServeLayer's scratch
+  // ServeLayer's scratch: rows in arrival order, their local slots, unit
+  // weights, outputs.
+  std::vector<float> gathered_, ones_, scattered_;
+  std::vector<int32_t> local_slot_;
+  engine::RoutedExperts routed_;
 };
 
 }  // namespace sy::moe
