@@ -12,6 +12,17 @@ int32_t Placement::MoeIndex(int32_t layer) const {
   return static_cast<int32_t>(it - layers.begin());
 }
 
+int32_t Placement::WorkerOfSlot(int32_t slot) const {
+  return static_cast<int32_t>(std::upper_bound(worker_begin.begin(), worker_begin.end(), slot) -
+                              worker_begin.begin()) -
+         1;
+}
+
+void Placement::SetEqualRanges() {
+  worker_begin.resize(static_cast<size_t>(num_workers) + 1);
+  for (int32_t w = 0; w <= num_workers; ++w) worker_begin[w] = w * (num_slots / num_workers);
+}
+
 void RebuildLog2Phy(Placement* p) {
   p->log2phy.assign(p->phy2log.size(), std::vector<std::vector<int32_t>>(p->num_logical));
   for (size_t l = 0; l < p->phy2log.size(); ++l) {
@@ -26,9 +37,17 @@ absl::Status Placement::Validate() const {
   if (num_logical <= 0 || num_workers <= 0 || num_slots < num_logical) {
     return absl::InvalidArgumentError("placement: bad sizes");
   }
-  if (num_slots % num_workers != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "placement: ", num_slots, " slots do not divide over ", num_workers, " expert workers"));
+  if (static_cast<int32_t>(worker_begin.size()) != num_workers + 1 || worker_begin.front() != 0 ||
+      worker_begin.back() != num_slots) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("placement: worker slot ranges must run from 0 to ", num_slots, " over ",
+                     num_workers, " expert workers"));
+  }
+  for (int32_t w = 0; w < num_workers; ++w) {
+    if (worker_begin[w + 1] <= worker_begin[w]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("placement: expert worker ", w, " holds no slots"));
+    }
   }
   if (phy2log.size() != layers.size() || log2phy.size() != layers.size()) {
     return absl::InvalidArgumentError("placement: layer count mismatch");
@@ -128,6 +147,7 @@ absl::StatusOr<Placement> InitialPlacement(const std::vector<int32_t>& layers, i
   p.num_logical = E;
   p.num_slots = E + R;
   p.num_workers = N;
+  p.SetEqualRanges();
   p.layers = layers;
   std::vector<int32_t> slots;
   for (int32_t w = 0; w < N; ++w)

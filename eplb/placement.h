@@ -2,8 +2,12 @@
 // holds, and which expert worker owns each slot.
 //
 // Per MoE layer there are P = E + R physical slots (E logical experts, R
-// redundant replicas), P / N consecutive slots on each of N expert workers:
-// worker w owns slots [w * P/N, (w + 1) * P/N). phy2log[layer][slot] is the
+// redundant replicas), a consecutive range of them on each of N expert
+// workers: worker w owns slots [worker_begin[w], worker_begin[w + 1]), the
+// same ranges in every layer. Workers may hold different numbers of slots
+// (a worker with more memory; a dead worker's slots dropped), none may hold
+// none. Slot ids are global: they name the same slot on every worker and on
+// the wire. phy2log[layer][slot] is the
 // logical expert of a slot; log2phy[layer][expert] lists the slots holding a
 // replica of it (equivalent copies; an attention worker may send a token to
 // any of them). Placements are immutable values; a new placement has a new
@@ -23,12 +27,18 @@ struct Placement {
   int32_t num_logical = 0;                    // E
   int32_t num_slots = 0;                      // P = E + R
   int32_t num_workers = 0;                    // N
+  std::vector<int32_t> worker_begin;          // [N + 1]: 0, ..., P
   std::vector<int32_t> layers;                // model layer index of each MoE layer, ascending
   std::vector<std::vector<int32_t>> phy2log;  // [moe layer][slot]
   std::vector<std::vector<std::vector<int32_t>>> log2phy;  // [moe layer][expert] -> slots
 
-  int32_t slots_per_worker() const { return num_workers > 0 ? num_slots / num_workers : 0; }
-  int32_t WorkerOfSlot(int32_t slot) const { return slot / slots_per_worker(); }
+  int32_t SlotBegin(int32_t worker) const { return worker_begin[worker]; }
+  int32_t SlotEnd(int32_t worker) const { return worker_begin[worker + 1]; }
+  int32_t NumSlotsOf(int32_t worker) const { return SlotEnd(worker) - SlotBegin(worker); }
+  // The worker owning a slot in [0, P).
+  int32_t WorkerOfSlot(int32_t slot) const;
+  // Sets worker_begin to N equal ranges (P must divide by N).
+  void SetEqualRanges();
   // Index into phy2log/log2phy of model layer `layer`, or -1 when not MoE.
   int32_t MoeIndex(int32_t layer) const;
   // Checks every invariant (sizes, every expert has a replica, log2phy is

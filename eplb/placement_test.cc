@@ -16,7 +16,8 @@ TEST(PlacementTest, ContiguousWithRedundantSlots) {
   auto p = InitialPlacement({0, 1, 2, 3}, 16, o);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->num_slots, 18);
-  EXPECT_EQ(p->slots_per_worker(), 6);
+  EXPECT_EQ(p->NumSlotsOf(0), 6);
+  EXPECT_EQ(p->SlotBegin(2), 12);
   // Experts 0-5 | 6-10 + replica | 11-15 + replica.
   EXPECT_THAT(p->phy2log[0],
               ElementsAre(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 11, 12, 13, 14, 15, 1));
@@ -72,6 +73,26 @@ TEST(PlacementTest, ValidateCatchesBrokenMaps) {
   EXPECT_FALSE(bad.Validate().ok());
   RebuildLog2Phy(&bad);
   EXPECT_THAT(bad.Validate().message(), HasSubstr("no replica of expert 1"));
+}
+
+TEST(PlacementTest, WorkersMayHoldDifferentSlotCounts) {
+  PlacementOptions o;
+  o.num_workers = 3;
+  o.redundant = 2;
+  auto p = InitialPlacement({0}, 16, o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  // The same 18 slots, split 4 / 6 / 8 (a worker with more memory).
+  p->worker_begin = {0, 4, 10, 18};
+  ASSERT_TRUE(p->Validate().ok()) << p->Validate();
+  EXPECT_EQ(p->NumSlotsOf(0), 4);
+  EXPECT_EQ(p->NumSlotsOf(2), 8);
+  EXPECT_EQ(p->WorkerOfSlot(3), 0);
+  EXPECT_EQ(p->WorkerOfSlot(4), 1);
+  EXPECT_EQ(p->WorkerOfSlot(17), 2);
+  p->worker_begin = {0, 4, 4, 18};
+  EXPECT_THAT(p->Validate().message(), HasSubstr("expert worker 1 holds no slots"));
+  p->worker_begin = {0, 4, 10, 17};
+  EXPECT_THAT(p->Validate().message(), HasSubstr("worker slot ranges must run from 0 to 18"));
 }
 
 }  // namespace

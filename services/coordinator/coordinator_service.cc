@@ -37,7 +37,7 @@ void PlacementToProto(const eplb::Placement& p, pb::Placement* out) {
   out->set_epoch(p.epoch);
   out->set_num_logical_experts(p.num_logical);
   out->set_num_slots(p.num_slots);
-  out->set_slots_per_worker(p.slots_per_worker());
+  out->mutable_worker_slot_begin()->Add(p.worker_begin.begin(), p.worker_begin.end());
   out->clear_layers();
   for (size_t l = 0; l < p.layers.size(); ++l) {
     pb::LayerPlacement* lp = out->add_layers();
@@ -51,10 +51,11 @@ absl::StatusOr<eplb::Placement> PlacementFromProto(const pb::Placement& in) {
   p.epoch = in.epoch();
   p.num_logical = in.num_logical_experts();
   p.num_slots = in.num_slots();
-  if (in.slots_per_worker() <= 0 || in.num_slots() % in.slots_per_worker() != 0) {
-    return absl::InvalidArgumentError("placement: bad slots_per_worker");
+  p.worker_begin.assign(in.worker_slot_begin().begin(), in.worker_slot_begin().end());
+  if (p.worker_begin.size() < 2) {
+    return absl::InvalidArgumentError("placement: worker_slot_begin needs at least 2 entries");
   }
-  p.num_workers = in.num_slots() / in.slots_per_worker();
+  p.num_workers = static_cast<int32_t>(p.worker_begin.size()) - 1;
   for (const auto& lp : in.layers()) {
     p.layers.push_back(lp.layer());
     p.phy2log.emplace_back(lp.phy2log().begin(), lp.phy2log().end());

@@ -108,6 +108,7 @@ TEST_F(CoordinatorTest, RanksMeshAndPlacement) {
   ASSERT_TRUE(placement.ok()) << placement.status();
   EXPECT_EQ(placement->phy2log, TestPlacement().phy2log);
   EXPECT_EQ(placement->num_workers, 2);
+  EXPECT_EQ(placement->worker_begin, TestPlacement().worker_begin);
   EXPECT_EQ(placement->layers, std::vector<int32_t>({1, 2, 3}));
 }
 

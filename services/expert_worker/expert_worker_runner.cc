@@ -30,7 +30,7 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
   // Load the experts before the mesh may step: the workers and the router
   // wait for every worker's readiness.
   SY_LOG(INFO) << "expert worker " << index << ": loading the experts of "
-               << mesh.placement.slots_per_worker() << " slots x " << mesh.placement.layers.size()
+               << mesh.placement.NumSlotsOf(index) << " slots x " << mesh.placement.layers.size()
                << " MoE layers";
   const auto load_start = std::chrono::steady_clock::now();
   SY_ASSIGN_OR_RETURN(
@@ -45,7 +45,7 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
   mesh.heartbeat->SetReady();
   SY_RETURN_IF_ERROR(cluster::WaitForReadyMesh(cfg, kReadyTimeout));
   server.SetServing({}, true);
-  SY_LOG(INFO) << "expert worker " << index << " serving " << mesh.placement.slots_per_worker()
+  SY_LOG(INFO) << "expert worker " << index << " serving " << mesh.placement.NumSlotsOf(index)
                << " slots per layer";
   absl::Status st;
   while (!should_stop()) {

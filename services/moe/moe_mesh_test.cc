@@ -105,6 +105,8 @@ struct MeshCase {
   int32_t expert_workers;
   int32_t redundant;
   eplb::PlacementOrder order;
+  // Non-empty: the workers' slot ranges instead of equal ones (same slots).
+  std::vector<int32_t> worker_begin = {};
 };
 
 class MoeMeshTest : public ::testing::TestWithParam<MeshCase> {};
@@ -132,6 +134,10 @@ TEST_P(MoeMeshTest, MatchesSingleProcessEngine) {
   po.order = mc.order;
   auto placement = eplb::InitialPlacement(moe_layers, static_cast<int32_t>(cfg->num_experts), po);
   ASSERT_TRUE(placement.ok()) << placement.status();
+  if (!mc.worker_begin.empty()) {
+    placement->worker_begin = mc.worker_begin;
+    ASSERT_TRUE(placement->Validate().ok()) << placement->Validate();
+  }
 
   const int32_t num_aw = 2, num_ew = mc.expert_workers;
   MeshRanks ranks;
@@ -200,11 +206,15 @@ INSTANTIATE_TEST_SUITE_P(
                       MeshCase{"qwen3_moe", 1, 0, eplb::PlacementOrder::kContiguous},
                       MeshCase{"qwen3_moe", 2, 4, eplb::PlacementOrder::kStrided},
                       MeshCase{"deepseek_v3", 3, 4, eplb::PlacementOrder::kStrided},
-                      MeshCase{"mixtral", 2, 2, eplb::PlacementOrder::kContiguous}),
+                      MeshCase{"mixtral", 2, 2, eplb::PlacementOrder::kContiguous},
+                      // Uneven slot counts: 2 / 5 / 11 of qwen3_moe's 18 slots.
+                      MeshCase{
+                          "qwen3_moe", 3, 2, eplb::PlacementOrder::kContiguous, {0, 2, 7, 18}}),
     [](const auto& info) {
       return info.param.model + "_ew" + std::to_string(info.param.expert_workers) + "_r" +
              std::to_string(info.param.redundant) +
-             (info.param.order == eplb::PlacementOrder::kStrided ? "_strided" : "_contiguous");
+             (info.param.order == eplb::PlacementOrder::kStrided ? "_strided" : "_contiguous") +
+             (info.param.worker_begin.empty() ? "" : "_uneven");
     });
 
 // An attention worker and an expert worker that serve different placement
@@ -267,10 +277,9 @@ TEST(ExpertLoadingTest, WorkersReadOnlyTheirOwnWeights) {
   po.num_workers = 2;
   auto placement = eplb::InitialPlacement(moe_layers, static_cast<int32_t>(cfg->num_experts), po);
   ASSERT_TRUE(placement.ok()) << placement.status();
-  const int32_t spw = placement->slots_per_worker();
   std::map<int64_t, std::set<int64_t>> worker0;  // layer -> experts
   for (size_t l = 0; l < placement->layers.size(); ++l) {
-    for (int32_t i = 0; i < spw; ++i) {
+    for (int32_t i = placement->SlotBegin(0); i < placement->SlotEnd(0); ++i) {
       worker0[placement->layers[l]].insert(placement->phy2log[l][i]);
     }
   }

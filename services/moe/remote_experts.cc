@@ -61,7 +61,6 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
                                             int64_t num_tokens, const int32_t* topk_ids,
                                             const float* topk_weights, int64_t top_k, float* out) {
   const int64_t H = cfg_.hidden_size;
-  const int32_t spw = placement_.slots_per_worker();
   const size_t num_ew = ranks_.experts.size();
   for (size_t w = 0; w < num_ew; ++w) {
     slots_[w].clear();
@@ -79,7 +78,7 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
       const auto& replicas = log2phy[e];
       // Replicas are equivalent; rotate through them to spread the load.
       const int32_t slot = replicas[(spread_ + t) % replicas.size()];
-      const int32_t w = slot / spw;
+      const int32_t w = placement_.WorkerOfSlot(slot);
       slots_[w].push_back(slot);  // global slot id: the receiver checks it is its own
       rows_[w].insert(rows_[w].end(), hidden + t * H, hidden + (t + 1) * H);
       row_token_[w].push_back(static_cast<int32_t>(t));
@@ -136,12 +135,12 @@ absl::StatusOr<std::unique_ptr<ExpertServer>> ExpertServer::Create(
   s->transport_ = transport;
   s->timeout_ = timeout;
   s->ctx_ = ctx;
-  const int32_t spw = placement.slots_per_worker();
+  const int32_t spw = placement.NumSlotsOf(worker_index);
   s->slots_.resize(placement.layers.size());
   s->load_.assign(placement.layers.size(), std::vector<int64_t>(spw, 0));
   for (size_t l = 0; l < placement.layers.size(); ++l) {
     for (int32_t i = 0; i < spw; ++i) {
-      const int32_t expert = placement.phy2log[l][worker_index * spw + i];
+      const int32_t expert = placement.phy2log[l][placement.SlotBegin(worker_index) + i];
       if (ckpt != nullptr) {
         SY_ASSIGN_OR_RETURN(model::MlpWeights w,
                             model::LoadExpert(cfg, *ckpt, placement.layers[l], expert));
@@ -166,8 +165,8 @@ absl::Status ExpertServer::ServeStep() {
 
 absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   const int64_t H = cfg_.hidden_size, I = cfg_.moe_intermediate_size;
-  const int32_t spw = placement_.slots_per_worker();
-  const int32_t slot_begin = worker_index_ * spw;
+  const int32_t spw = placement_.NumSlotsOf(worker_index_);
+  const int32_t slot_begin = placement_.SlotBegin(worker_index_);
   SY_RETURN_IF_ERROR(
       Annotate(transport_->Exchange(StepTag(step_, moe_index, Phase::kDispatch), {},
                                     ranks_.attention, &recv_, timeout_),
