@@ -205,6 +205,10 @@ struct ClusterOptions {
   int max_new_tokens = 4096;
   int max_logprobs = 20;
   int64_t max_num_seqs = 64;
+  std::string model_dir;             // overrides `model` (a directory of its own)
+  std::string load_format = "auto";  // or dummy
+  int64_t transport_timeout_ms = 30000;
+  int64_t max_idle_sleep_us = 0;  // 0: the default
 };
 
 class Cluster {
@@ -402,10 +406,12 @@ class Cluster {
   std::string YamlText() const {
     const ClusterOptions& o = options_;
     std::ostringstream y;
-    y << "model:\n  path: " << CaseDir(o.model) << "\n  load_format: auto\n";
+    y << "model:\n  path: " << (o.model_dir.empty() ? CaseDir(o.model) : o.model_dir)
+      << "\n  load_format: " << o.load_format << "\n";
     y << "topology:\n  attention_workers: " << o.attention_workers
       << "\n  expert_workers: " << o.expert_workers << "\n";
-    y << "transport:\n  backend: " << o.backend << "\n  timeout_ms: 30000\n";
+    y << "transport:\n  backend: " << o.backend << "\n  timeout_ms: " << o.transport_timeout_ms
+      << "\n";
     y << "placement:\n  redundant_experts: " << o.redundant_experts << "\n  order: " << o.order
       << "\n";
     if (!o.replicate.empty()) {
@@ -418,6 +424,7 @@ class Cluster {
     y << "router:\n  listen: " << api_address() << "\n";
     y << "attention_worker:\n  base_port: " << attention_base_
       << "\n  max_num_seqs: " << o.max_num_seqs << "\n  kv_block_size: 16\n";
+    if (o.max_idle_sleep_us > 0) y << "  max_idle_sleep_us: " << o.max_idle_sleep_us << "\n";
     y << "expert_worker:\n  base_port: " << expert_base_ << "\n";
     y << "limits:\n  max_queue: " << o.max_queue << "\n  max_new_tokens: " << o.max_new_tokens
       << "\n  max_logprobs: " << o.max_logprobs << "\n";
@@ -1662,6 +1669,29 @@ TEST(ClusterOverloadTest, BoundedQueueRefusesWithResourceExhaustedAndTheRestComp
   const StreamOutcome after = RunStream(cluster.stub(), requests[0]);
   ASSERT_TRUE(after.status.ok()) << after.status.error_message();
   ExpectSameGreedy(after.tokens, ref[0], "after the burst");
+}
+
+// Readiness means loaded: an expert worker that takes far longer to load its
+// experts (800 MB of dummy weights) than the transport timeout (200 ms) must
+// not make the first MoE step time out. Before the mesh had a ready state the
+// attention worker stepped as soon as the mesh was complete and its first
+// combine timed out.
+TEST(ClusterReadinessTest, SlowExpertLoadingDoesNotTimeOutTheFirstStep) {
+  ClusterOptions o;
+  o.model_dir = std::string(SY_SOURCE_DIR) + "/tests/data/configs/slow_experts";
+  o.load_format = "dummy";
+  o.attention_workers = 1;
+  o.expert_workers = 1;
+  o.transport_timeout_ms = 200;
+  o.max_idle_sleep_us = 20000;
+  Cluster cluster;
+  const absl::Status start = cluster.Start(o, "slow_experts");
+  ASSERT_TRUE(start.ok()) << start;
+  const StreamOutcome got =
+      RunStream(cluster.stub(), GreedyRequest({0, 7, 42, 9}, 8, std::nullopt));
+  ASSERT_TRUE(got.status.ok()) << got.status.error_code() << " " << got.status.error_message();
+  EXPECT_EQ(got.tokens.size(), 8u);
+  EXPECT_EQ(got.finish, v1::FINISH_REASON_LENGTH);
 }
 
 }  // namespace
