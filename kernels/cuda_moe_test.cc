@@ -30,7 +30,6 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/backend.h"
-#include "kernels/cuda/launch.h"
 #endif
 
 namespace sy::kernels {
@@ -504,8 +503,7 @@ TEST_P(CudaGroupedFfnTest, EveryPathMatchesCpu) {
                             cuda::GroupedFfnPath::kAuto}) {
       const std::string what = "path " + std::to_string(static_cast<int>(path));
       if (path == cuda::GroupedFfnPath::kSm90 &&
-          !(cuda::ComputeCapability(gpu()) == 90 &&
-            cuda::GroupedGemmSm90Supported(dtype(), experts, c.hidden, c.inter))) {
+          !cuda::GroupedFfnSm90Available(gpu(), dtype(), experts, c.hidden, c.inter)) {
         // Not this GPU, dtype or shape: a clear refusal, never a wrong result.
         const absl::Status st =
             cuda::GroupedExpertFfn(gpu(), dtype(), d_x.data(), d_off.as<int64_t>(), experts, rows,

@@ -241,14 +241,14 @@ absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,
 
 bool GroupedExpertFfnGraphSafe(const Context& ctx, DType dtype, int64_t num_experts,
                                int64_t num_rows, int64_t hidden, int64_t inter) {
-  if (ctx.device != Device::kCuda) return false;
-  if (num_rows <= kGroupedFfnSmallMRowsPerExpert * num_experts) return true;
+  if (ctx.device != Device::kCuda ||
+      !internal::CudaReady(ctx, dtype, "GroupedExpertFfnGraphSafe").ok()) {
+    return false;
+  }
 #if SY_WITH_CUDA
-  return ctx.backend != nullptr && cuda::ComputeCapability(ctx) == 90 &&
-         cuda::GroupedGemmSm90Supported(dtype, num_experts, hidden, inter);
+  return cuda::GroupedExpertFfnGraphSafe(ctx, dtype, num_experts, num_rows, hidden, inter);
 #else
-  (void)dtype, (void)hidden, (void)inter;
-  return false;
+  return false;  // (CudaReady is never OK without CUDA)
 #endif
 }
 

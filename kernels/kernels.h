@@ -148,9 +148,9 @@ absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,  /
 
 // True when GroupedExpertFfn with these sizes runs without host
 // synchronisation on `ctx`, so that it can be captured in a CUDA graph: on
-// CUDA up to kGroupedFfnSmallMRowsPerExpert rows per expert on average (the
-// small-M kernel) and, on Hopper in bf16, at any size (the wgmma grouped
-// GEMM). False on the CPU (no graphs there).
+// CUDA up to 2 rows per expert on average (the small-M kernel) and, on
+// Hopper in bf16, at any size (the wgmma grouped GEMM). False on the CPU (no
+// graphs there).
 bool GroupedExpertFfnGraphSafe(const Context& ctx, DType dtype, int64_t num_experts,
                                int64_t num_rows, int64_t hidden, int64_t inter);
 

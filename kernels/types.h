@@ -99,12 +99,6 @@ struct SampleParams {
   uint64_t step = 0;
 };
 
-// CUDA GroupedExpertFfn: up to this many rows per expert on average the
-// graph-capturable small-M kernel can run; above it, only the wgmma kernel on
-// Hopper in bf16 avoids host synchronisation (GroupedExpertFfnGraphSafe in
-// kernels.h, which the engine asks before capturing a decode step).
-inline constexpr int64_t kGroupedFfnSmallMRowsPerExpert = 2;
-
 // The uniform number in [0, 1) that sampling draws for (seed, step): a
 // splitmix64 hash of the pair, 24 bits of it. The same on every device, so a
 // seeded request samples the same tokens on the CPU and the GPU (up to the

@@ -84,6 +84,13 @@ absl::Status BatchedLinear(const Context& ctx, DType dtype, const void* x, int64
 // expert. An explicit path that cannot run the input (kSm90 on fp32 or
 // another GPU) is Unimplemented.
 enum class GroupedFfnPath { kAuto, kSmallM, kCublasGrouped, kCublasLoop, kSm90 };
+// Whether kSm90 can run these shapes on this GPU (Hopper, bf16, see
+// GroupedGemmSm90Supported).
+bool GroupedFfnSm90Available(const Context& ctx, DType dtype, int64_t num_experts, int64_t hidden,
+                             int64_t inter);
+// kernels::GroupedExpertFfnGraphSafe on CUDA.
+bool GroupedExpertFfnGraphSafe(const Context& ctx, DType dtype, int64_t num_experts,
+                               int64_t num_rows, int64_t hidden, int64_t inter);
 absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,
                               const int64_t* offsets, int64_t num_experts, int64_t num_rows,
                               const void* const* gate_up, const void* const* down, int64_t hidden,

@@ -22,13 +22,13 @@
 namespace sy::kernels::cuda {
 namespace {
 
-// kAuto takes the small-M kernel while rows <= kGroupedFfnSmallMRowsPerExpert
-// * num_experts (types.h). The grouped GEMM benchmark on an H200 put the
-// crossover there: at 1 row per expert on average the two paths tie, at 2-4
-// cuBLAS's grouped GEMM is 1.05-1.4x faster, at 8 it is 2-3.5x faster. While
-// a CUDA graph is being captured kAuto always takes the small-M kernel: the
-// cuBLAS paths synchronise with the host.
-constexpr int64_t kSmallMRowsPerExpert = kGroupedFfnSmallMRowsPerExpert;
+// Without the sm90 kernel, kAuto takes the small-M kernel while rows <=
+// kSmallMRowsPerExpert * num_experts. The grouped GEMM benchmark on an H200
+// put the crossover there: at 1 row per expert on average the two paths tie,
+// at 2-4 cuBLAS's grouped GEMM is 1.05-1.4x faster, at 8 it is 2-3.5x
+// faster. While a CUDA graph is being captured kAuto always takes the
+// small-M kernel: the cuBLAS paths synchronise with the host.
+constexpr int64_t kSmallMRowsPerExpert = 2;
 // kAuto's per-expert cuBLAS loop: at least this many rows per expert on
 // average and experts of at least this many weights per matrix.
 constexpr int64_t kLoopRowsPerExpert = 128;
@@ -181,6 +181,21 @@ absl::Status CublasFfn(const Context& ctx, DType dtype, const void* x, int64_t n
 
 }  // namespace
 
+bool GroupedFfnSm90Available(const Context& ctx, DType dtype, int64_t num_experts, int64_t hidden,
+                             int64_t inter) {
+  return ComputeCapability(ctx) == 90 &&
+         GroupedGemmSm90Supported(dtype, num_experts, hidden, inter);
+}
+
+bool GroupedExpertFfnGraphSafe(const Context& ctx, DType dtype, int64_t num_experts,
+                               int64_t num_rows, int64_t hidden, int64_t inter) {
+  // kAuto's choice without host synchronisation: the small-M kernel, or the
+  // sm90 kernel wherever it runs (the cuBLAS paths would be faster than a
+  // small-M kernel captured in their place).
+  return num_rows <= kSmallMRowsPerExpert * num_experts ||
+         GroupedFfnSm90Available(ctx, dtype, num_experts, hidden, inter);
+}
+
 absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,
                               const int64_t* offsets, int64_t num_experts, int64_t num_rows,
                               const void* const* gate_up, const void* const* down, int64_t hidden,
@@ -192,8 +207,7 @@ absl::Status GroupedExpertFfn(const Context& ctx, DType dtype, const void* x,
   if (num_rows == 0 || num_experts == 0 || hidden == 0) return absl::OkStatus();
   const int64_t elem = dtype == DType::kF32 ? 4 : 2;
   if (inter == 0) return cuda::Memset(ctx, out, 0, num_rows * hidden * elem);
-  const bool sm90_ok =
-      ComputeCapability(ctx) == 90 && GroupedGemmSm90Supported(dtype, num_experts, hidden, inter);
+  const bool sm90_ok = GroupedFfnSm90Available(ctx, dtype, num_experts, hidden, inter);
   if (path == GroupedFfnPath::kAuto && sm90_ok) {
     // H200, bf16 (switchyard-grouped-gemm-bench): the small-M kernel up to
     // half a row per expert on average (Qwen3-30B-A3B 4 tokens: 88 vs 100

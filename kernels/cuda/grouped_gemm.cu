@@ -302,10 +302,8 @@ cudaError_t LaunchSmallM(cudaStream_t stream, const T* x, const int64_t* offsets
   if (err != cudaSuccess) return err;
   cfg.gridDim = dim3(static_cast<unsigned>(CeilDiv(CeilDiv(hidden, 2), kWarps)),
                      static_cast<unsigned>(slots));
-  err = cudaLaunchKernelEx(&cfg, ExpertGemvKernel<T, false>, static_cast<const T*>(inter_buf),
-                           inter, offsets, num_experts, down, hidden, out);
-  if (err != cudaSuccess) return err;
-  return cudaGetLastError();
+  return cudaLaunchKernelEx(&cfg, ExpertGemvKernel<T, false>, static_cast<const T*>(inter_buf),
+                            inter, offsets, num_experts, down, hidden, out);
 }
 
 }  // namespace

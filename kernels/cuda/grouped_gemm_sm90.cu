@@ -190,7 +190,7 @@ struct Tile {
 
 // Tile t of the prefix `tiles` (inclusive prefix over experts, tiles[0] = 0).
 __device__ __forceinline__ Tile FindTile(const int32_t* tiles, int num_experts, int n_tiles,
-                                         int n_per_tile, int t, int bm = kBM) {
+                                         int n_per_tile, int t) {
   int lo = 0, hi = num_experts;  // tiles[lo] <= t < tiles[hi]
   while (hi - lo > 1) {
     const int mid = (lo + hi) >> 1;
@@ -201,7 +201,7 @@ __device__ __forceinline__ Tile FindTile(const int32_t* tiles, int num_experts, 
     }
   }
   const int local = t - tiles[lo];
-  return {lo, (local / n_tiles) * bm, (local % n_tiles) * n_per_tile};
+  return {lo, (local / n_tiles) * kBM, (local % n_tiles) * n_per_tile};
 }
 
 template <bool kFused, bool kTma>
@@ -338,16 +338,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         BarWait(empty0 + 8 * stage, phase ^ 1);
         const int kk = ks * kBK;
         const bool k_ok = kk + chunk * 8 < p.k;
-        {
-          // Rows past this expert's are zero-filled without a read.
-          const uint32_t sa = a_smem + stage * kABytes;
+        // Rows past this expert's are zero-filled without a read.
+        const uint32_t sa = a_smem + stage * kABytes;
 #pragma unroll
-          for (int j = 0; j < kBM / 16; ++j) {
-            const int r = r0 + 16 * j;
-            const bool ok = k_ok && r < rows_left;
-            CpAsync16(sa + j * 16 * 128, ok ? a + static_cast<int64_t>(r) * p.k + kk : p.a,
-                      ok ? 16 : 0);
-          }
+        for (int j = 0; j < kBM / 16; ++j) {
+          const int r = r0 + 16 * j;
+          const bool ok = k_ok && r < rows_left;
+          CpAsync16(sa + j * 16 * 128, ok ? a + static_cast<int64_t>(r) * p.k + kk : p.a,
+                    ok ? 16 : 0);
         }
         const uint32_t sb = b_smem + stage * kBBytes;
 #pragma unroll
@@ -513,37 +511,37 @@ EncodeTiledFn EncodeTiled() {
   return fn;
 }
 
+// A bf16 [rows, k] row-major tensor map with boxes of `box_rows` x 64 (one
+// stage's K), 128-byte swizzle (the layout wgmma reads), zeros past the
+// tensor's edges.
+bool EncodeBf16(EncodeTiledFn encode, CUtensorMap* map, const void* base, int64_t rows, int64_t k,
+                uint32_t box_rows) {
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k) * 2};
+  const cuuint32_t box[2] = {kBK, box_rows};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides,
+                box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 template <bool kFused, bool kTma>
 cudaError_t Launch(cudaStream_t stream, const Params& p, int num_sms) {
-  if (p.num_rows > (int64_t{1} << 31) - 1) return cudaErrorInvalidValue;
-  const EncodeTiledFn encode = EncodeTiled();
-  if (encode == nullptr) return cudaErrorNotSupported;
-  // The activations [num_rows, k] as a TMA tensor: boxes of 128 rows x 64
-  // (one stage), 128-byte swizzle (the layout wgmma reads), zeros past the
-  // last row and column.
-  CUtensorMap a_map{};
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(p.num_rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.k) * 2};
-  const cuuint32_t box[2] = {kBK, kBM};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  if (kTma && encode(&a_map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p.a), dims,
-                     strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
-    return cudaErrorInvalidValue;
-  }
-  // The template of every expert's weights [n_w, k]: the kernel replaces its
-  // global address (here the activations', for the alignment check only).
-  // Boxes of 64 x 128 (gate and up halves) or 64 x 256 rows.
-  CUtensorMap b_map{};
-  const int64_t n_w = kFused ? 2 * int64_t{p.n_out} : p.n_out;
-  const cuuint64_t b_dims[2] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(n_w)};
-  const cuuint32_t b_box[2] = {kBK, kFused ? kBN / 2 : kBN};
-  if (kTma && encode(&b_map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p.a), b_dims,
-                     strides, b_box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
-    return cudaErrorInvalidValue;
+  // kTma: the activations [num_rows, k], one box of 128 rows per stage; and
+  // the template of every expert's weights [n_w, k], whose global address
+  // the kernel replaces (here the activations', for the alignment check
+  // only), in boxes of 128 (gate and up halves) or 256 rows.
+  if (p.num_rows > (int64_t{1} << 31) - 1) return cudaErrorInvalidValue;  // rows are int
+  CUtensorMap a_map{}, b_map{};
+  if (kTma) {
+    const EncodeTiledFn encode = EncodeTiled();
+    if (encode == nullptr) return cudaErrorNotSupported;
+    const int64_t n_w = kFused ? 2 * int64_t{p.n_out} : p.n_out;
+    if (!EncodeBf16(encode, &a_map, p.a, p.num_rows, p.k, kBM) ||
+        !EncodeBf16(encode, &b_map, p.a, n_w, p.k, kFused ? kBN / 2 : kBN)) {
+      return cudaErrorInvalidValue;
+    }
   }
   const cudaError_t attr = cudaFuncSetAttribute(GroupedGemmSm90<kFused, kTma>,
                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -577,10 +575,10 @@ cudaError_t GroupedExpertFfnSm90(cudaStream_t stream, const void* x, const int64
                                  const void* const* down, int64_t hidden, int64_t inter,
                                  void* inter_buf, void* scratch, void* out,
                                  int num_multiprocessors) {
+  if (num_rows == 0 || num_experts == 0) return cudaSuccess;
   // TMA pays off once the GEMM is compute bound; where the weight reads
   // bound it (few rows per expert) cp.async keeps more of them in flight.
   const bool tma = num_rows >= kTmaRowsPerExpert * num_experts;
-  if (num_rows == 0 || num_experts == 0) return cudaSuccess;
   Params p{};
   p.offsets = offsets;
   p.num_rows = num_rows;

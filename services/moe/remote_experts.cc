@@ -152,6 +152,12 @@ absl::StatusOr<std::unique_ptr<ExpertServer>> ExpertServer::Create(
     SY_LOG(INFO) << "expert worker " << worker_index << ": loaded " << spw << " slots of layer "
                  << placement.layers[l] << " (" << l + 1 << "/" << placement.layers.size() << ")";
   }
+  // What the grouped FFN reads: per layer the gate_up then the down pointers.
+  s->weight_ptrs_.resize(placement.layers.size());
+  for (size_t l = 0; l < placement.layers.size(); ++l) {
+    for (const model::MlpWeights& w : s->slots_[l]) s->weight_ptrs_[l].push_back(w.gate_up.ptr());
+    for (const model::MlpWeights& w : s->slots_[l]) s->weight_ptrs_[l].push_back(w.down.ptr());
+  }
   return s;
 }
 
@@ -174,11 +180,6 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   const size_t num_aw = ranks_.attention.size();
   send_.resize(num_aw);
   std::vector<transport::SendItem> sends(num_aw);
-  std::vector<const void*> gate_up(spw), down(spw);
-  for (int32_t i = 0; i < spw; ++i) {
-    gate_up[i] = slots_[moe_index][i].gate_up.ptr();
-    down[i] = slots_[moe_index][i].down.ptr();
-  }
   std::vector<DispatchView> views(num_aw);
   uint32_t mesh_rows = 0;
   for (size_t a = 0; a < num_aw; ++a) {
@@ -217,11 +218,12 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
       local_slot_[base[a] + r] = views[a].slots[r] - slot_begin;
     }
   }
-  ones_.assign(static_cast<size_t>(total), 1.0f);
+  if (ones_.size() < static_cast<size_t>(total)) ones_.resize(static_cast<size_t>(total), 1.0f);
   scattered_.resize(static_cast<size_t>(total) * H);
+  const std::vector<const void*>& ptrs = weight_ptrs_[moe_index];
   SY_RETURN_IF_ERROR(routed_.Run(ctx_, kernels::DType::kF32, gathered_.data(), total,
-                                 local_slot_.data(), 1, ones_.data(), spw, gate_up.data(),
-                                 down.data(), H, I, scattered_.data(), &load_[moe_index]));
+                                 local_slot_.data(), 1, ones_.data(), spw, ptrs.data(),
+                                 ptrs.data() + spw, H, I, scattered_.data(), &load_[moe_index]));
   for (size_t w = 0; w < num_aw; ++w) {
     EncodeCombine(placement_.epoch, scattered_.data() + base[w] * H, views[w].num_rows, mesh_rows,
                   H, &send_[w]);

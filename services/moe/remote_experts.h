@@ -105,6 +105,7 @@ class ExpertServer {
   kernels::Context ctx_;
   uint64_t step_ = 0;
   std::vector<std::vector<model::MlpWeights>> slots_;  // [moe layer][local slot]
+  std::vector<std::vector<const void*>> weight_ptrs_;  // [moe layer]: gate_up, then down
   std::vector<std::vector<int64_t>> load_;
   std::vector<std::vector<uint8_t>> recv_;
   std::vector<std::vector<uint8_t>> send_;
