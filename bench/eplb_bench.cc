@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <numeric>
 #include <sstream>
 #include <string>
@@ -32,31 +33,6 @@ using sy::eplb::Phy2Log;
 
 double Mean(const std::vector<double>& v) {
   return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
-}
-
-// Replication bound per layer: mean / max(mean, min over replica counts of
-// the largest load per replica), the greedy counts attaining that minimum.
-std::vector<double> ReplicationBound(const LoadMatrix& load, const sy::eplb::PlanShape& s) {
-  std::vector<double> out;
-  for (const auto& row : load) {
-    std::vector<int32_t> count(row.size(), 1);
-    for (auto extra = static_cast<int32_t>(row.size()); extra < s.num_physical; ++extra) {
-      size_t best = 0;
-      for (size_t e = 1; e < row.size(); ++e) {
-        if (row[e] / count[e] > row[best] / count[best]) best = e;
-      }
-      ++count[best];
-    }
-    double minmax = 0.0, total = 0.0;
-    for (size_t e = 0; e < row.size(); ++e) {
-      minmax = std::max(minmax, row[e] / count[e]);
-      total += row[e];
-    }
-    const double mean = total / s.num_workers;
-    const double lb = std::max(mean, minmax);
-    out.push_back(lb > 0 ? mean / lb : 1.0);
-  }
-  return out;
 }
 
 template <typename Fn>
@@ -127,7 +103,7 @@ int Run(int argc, char** argv) {
     for (const auto policy : {sy::eplb::Policy::kGlobal, sy::eplb::Policy::kHierarchical}) {
       if (!sy::eplb::ValidateShape(shape, policy).ok()) continue;
       const std::vector<double> bound = policy == sy::eplb::Policy::kGlobal
-                                            ? ReplicationBound(load, shape)
+                                            ? sy::eplb::ReplicationBound(load, shape)
                                             : sy::eplb::HierarchicalBound(load, shape);
       Phy2Log ds, ours;
       const double ds_ms = TimeMs([&] { ds = *sy::eplb::DeepSeekPlan(load, shape, policy); }, 3);
@@ -191,44 +167,33 @@ int Run(int argc, char** argv) {
           sy::eplb::ScorePlacement(next, ours, shape.num_workers).balancedness, ms);
     }
     if (windows.size() >= 4) {
-      // Held out: plan window t from windows < t, on the last one alone or on
-      // their decayed average, score on window t.
-      for (const double decay : {0.0, 0.25, 0.5, 0.75}) {
+      // Held out: plan window t (t >= 3) from the windows before it, on their
+      // decayed average with the decay `choose` gives, score on window t.
+      auto held_out = [&](const std::function<double(const std::vector<LoadMatrix>&)>& choose) {
         double sum = 0.0;
-        int n = 0;
         for (size_t t = 3; t < windows.size(); ++t) {
           const std::vector<LoadMatrix> past(windows.begin(), windows.begin() + t);
-          const LoadMatrix basis =
-              decay == 0.0 ? past.back() : sy::eplb::DecayedAverage(past, decay);
-          const Phy2Log plan = *sy::eplb::Plan(basis, shape, sy::eplb::PlannerOptions{});
+          const Phy2Log plan =
+              *sy::eplb::Plan(sy::eplb::DecayedAverage(past, choose(past)), shape, {});
           sum += sy::eplb::ScorePlacement(windows[t], plan, shape.num_workers).balancedness;
-          ++n;
         }
+        return sum / static_cast<double>(windows.size() - 3);
+      };
+      for (const double decay : {0.0, 0.25, 0.5, 0.75}) {
         std::printf("%-34s held-out (global, windows 3..%zu): planned on %s -> balancedness %.4f\n",
                     name.c_str(), windows.size() - 1,
                     decay == 0.0 ? "the last window"
                                  : ("decayed average, decay " + std::to_string(decay)).c_str(),
-                    sum / n);
+                    held_out([decay](const std::vector<LoadMatrix>&) { return decay; }));
       }
       // ChooseDecay as the coordinator would use it: at each window, the
       // decay chosen on the windows before it.
-      double sum = 0.0;
-      int n = 0;
-      for (size_t t = 3; t < windows.size(); ++t) {
-        const std::vector<LoadMatrix> past(windows.begin(), windows.begin() + t);
-        const double decay = sy::eplb::ChooseDecay(past, shape, sy::eplb::Policy::kGlobal);
-        const Phy2Log plan =
-            *sy::eplb::Plan(decay > 0.0 ? sy::eplb::DecayedAverage(past, decay) : past.back(),
-                            shape, sy::eplb::PlannerOptions{});
-        sum += sy::eplb::ScorePlacement(windows[t], plan, shape.num_workers).balancedness;
-        ++n;
-      }
-      if (n > 0) {
-        std::printf(
-            "%-34s held-out (global, windows 3..%zu): decay chosen by ChooseDecay -> "
-            "balancedness %.4f\n",
-            name.c_str(), windows.size() - 1, sum / n);
-      }
+      std::printf(
+          "%-34s held-out (global, windows 3..%zu): decay chosen by ChooseDecay -> "
+          "balancedness %.4f\n",
+          name.c_str(), windows.size() - 1, held_out([&](const std::vector<LoadMatrix>& past) {
+            return sy::eplb::ChooseDecay(past, shape, sy::eplb::Policy::kGlobal);
+          }));
     }
   }
   return 0;

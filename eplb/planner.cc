@@ -15,7 +15,8 @@ namespace sy::eplb {
 namespace {
 
 // Indices of `w` by descending value, equal values by ascending index.
-std::vector<int32_t> SortDescending(const std::vector<float>& w) {
+template <typename T>
+std::vector<int32_t> SortDescending(const std::vector<T>& w) {
   std::vector<int32_t> order(w.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return w[a] > w[b]; });
@@ -29,8 +30,9 @@ struct Packing {
 
 // Items in descending weight each go to the lightest pack that still has
 // room (ties to the lower pack); every pack gets items / packs of them. Pack
-// weights accumulate in float32, in that order.
-Packing BalancedPacking(const std::vector<float>& w, int32_t num_packs) {
+// weights accumulate in T (float32 for DeepSeek's steps), in that order.
+template <typename T>
+Packing BalancedPacking(const std::vector<T>& w, int32_t num_packs) {
   const auto n = static_cast<int32_t>(w.size());
   const int32_t per_pack = n / num_packs;
   Packing out;
@@ -40,7 +42,7 @@ Packing BalancedPacking(const std::vector<float>& w, int32_t num_packs) {
     std::iota(out.pack.begin(), out.pack.end(), 0);
     return out;
   }
-  std::vector<float> pack_w(num_packs, 0.0f);
+  std::vector<T> pack_w(num_packs, T{0});
   std::vector<int32_t> pack_n(num_packs, 0);
   for (const int32_t item : SortDescending(w)) {
     int32_t best = -1;
@@ -60,9 +62,10 @@ struct Replication {
 };
 
 // Slots 0..num_log-1 hold experts 0..num_log-1; each further slot goes to
-// the expert with the largest load per replica (float32), ties to the lower
+// the expert with the largest load per replica (in T), ties to the lower
 // index.
-Replication Replicate(const std::vector<float>& w, int32_t num_phy) {
+template <typename T>
+Replication Replicate(const std::vector<T>& w, int32_t num_phy) {
   const auto num_log = static_cast<int32_t>(w.size());
   Replication out;
   out.phy2log.resize(num_phy);
@@ -70,9 +73,9 @@ Replication Replicate(const std::vector<float>& w, int32_t num_phy) {
   out.count.assign(num_log, 1);
   for (int32_t slot = num_log; slot < num_phy; ++slot) {
     int32_t best = 0;
-    float best_v = w[0] / static_cast<float>(out.count[0]);
+    T best_v = w[0] / static_cast<T>(out.count[0]);
     for (int32_t e = 1; e < num_log; ++e) {
-      const float v = w[e] / static_cast<float>(out.count[e]);
+      const T v = w[e] / static_cast<T>(out.count[e]);
       if (v > best_v) {
         best = e;
         best_v = v;
@@ -137,31 +140,9 @@ std::vector<int32_t> PlanLayer(const std::vector<float>& w, const PlanShape& s, 
 
 // ---- Switchyard's planner --------------------------------------------------
 
-// Items (weights) in descending order, equal weights by ascending index.
-std::vector<int32_t> SortDescending(const std::vector<double>& w) {
-  std::vector<int32_t> order(w.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return w[a] > w[b]; });
-  return order;
-}
-
-// Greedy packing as BalancedPacking, in double: returns the pack of each item.
+// Greedy packing as DeepSeek's, in double: the pack of each item.
 std::vector<int32_t> PackGreedy(const std::vector<double>& w, int32_t num_packs) {
-  const auto n = static_cast<int32_t>(w.size());
-  const int32_t per_pack = n / num_packs;
-  std::vector<int32_t> pack(n, 0);
-  std::vector<double> pack_w(num_packs, 0.0);
-  std::vector<int32_t> pack_n(num_packs, 0);
-  for (const int32_t item : SortDescending(w)) {
-    int32_t best = -1;
-    for (int32_t p = 0; p < num_packs; ++p) {
-      if (pack_n[p] < per_pack && (best < 0 || pack_w[p] < pack_w[best])) best = p;
-    }
-    pack[item] = best;
-    ++pack_n[best];
-    pack_w[best] += w[item];
-  }
-  return pack;
+  return BalancedPacking(w, num_packs).pack;
 }
 
 // Groups onto nodes, groups / nodes each, by exhaustive search for the
@@ -249,48 +230,8 @@ AssignmentSearch NodeLoadSearch(const std::vector<double>& w, int32_t nodes) {
       PackGreedy(w, nodes));
 }
 
-// Greedy, then swaps of one group between the heaviest node and another
-// while that lowers the heaviest (for more groups than the exact search
-// takes).
-std::vector<int32_t> GroupsBySwaps(const std::vector<double>& w, int32_t nodes) {
-  std::vector<int32_t> pack = PackGreedy(w, nodes);
-  std::vector<double> load(nodes, 0.0);
-  for (size_t g = 0; g < w.size(); ++g) load[pack[g]] += w[g];
-  for (int iter = 0; iter < 10000; ++iter) {
-    const auto h = static_cast<int32_t>(std::max_element(load.begin(), load.end()) - load.begin());
-    double best_max = load[h];
-    int32_t bi = -1, bk = -1;
-    for (size_t i = 0; i < w.size(); ++i) {
-      if (pack[i] != h) continue;
-      for (size_t k = 0; k < w.size(); ++k) {
-        if (pack[k] == h) continue;
-        const double d = w[i] - w[k];
-        if (d <= 0) continue;
-        const double m = std::max(load[h] - d, load[pack[k]] + d);
-        if (m < best_max * (1.0 - 1e-12)) {
-          best_max = m;
-          bi = static_cast<int32_t>(i);
-          bk = static_cast<int32_t>(k);
-        }
-      }
-    }
-    if (bi < 0) break;
-    const double d = w[bi] - w[bk];
-    load[h] -= d;
-    load[pack[bk]] += d;
-    std::swap(pack[bi], pack[bk]);
-  }
-  return pack;
-}
-
-std::vector<int32_t> GroupsToNodes(const std::vector<double>& w, int32_t nodes) {
-  if (nodes == 1) return std::vector<int32_t>(w.size(), 0);
-  if (static_cast<int32_t>(w.size()) <= kMaxExactGroups) return NodeLoadSearch(w, nodes).Solve();
-  return GroupsBySwaps(w, nodes);
-}
-
 // The heaviest load per replica once `slots` slots are shared out among
-// experts `w` by ReplicaCounts (declared below).
+// experts `w` by ReplicaCounts (defined below).
 double ReplicatedMax(const std::vector<double>& w, int32_t slots);
 
 // Groups onto nodes for the hierarchical plan, judged by what a node can
@@ -390,18 +331,24 @@ struct Swapper {
   }
 };
 
-// Replica counts: each extra slot to the expert with the largest load per
-// replica (ties to the lower index), in double.
+// Greedy, then the swaps above between nodes' groups (for more groups
+// than the exact search takes).
+std::vector<int32_t> GroupsBySwaps(const std::vector<double>& w, int32_t nodes) {
+  std::vector<int32_t> pack = PackGreedy(w, nodes);
+  Swapper{w, pack, nodes}.Run();
+  return pack;
+}
+
+// Groups onto nodes, the heaviest node as light as the search finds.
+std::vector<int32_t> GroupsToNodes(const std::vector<double>& w, int32_t nodes) {
+  if (nodes == 1) return std::vector<int32_t>(w.size(), 0);
+  if (static_cast<int32_t>(w.size()) <= kMaxExactGroups) return NodeLoadSearch(w, nodes).Solve();
+  return GroupsBySwaps(w, nodes);
+}
+
+// Replica counts as DeepSeek's, in double.
 std::vector<int32_t> ReplicaCounts(const std::vector<double>& w, int32_t slots) {
-  std::vector<int32_t> count(w.size(), 1);
-  for (auto extra = static_cast<int32_t>(w.size()); extra < slots; ++extra) {
-    size_t best = 0;
-    for (size_t e = 1; e < w.size(); ++e) {
-      if (w[e] / count[e] > w[best] / count[best]) best = e;
-    }
-    ++count[best];
-  }
-  return count;
+  return Replicate(w, slots).count;
 }
 
 double ReplicatedMax(const std::vector<double>& w, int32_t slots) {
@@ -410,6 +357,15 @@ double ReplicatedMax(const std::vector<double>& w, int32_t slots) {
   double m = 0.0;
   for (size_t e = 0; e < w.size(); ++e) m = std::max(m, w[e] / count[e]);
   return m;
+}
+
+// No placement of `slots` slots on `workers` balances a layer better: its
+// heaviest worker carries at least the mean, and at least the largest load
+// per replica of the best replica counts (which ReplicaCounts attains).
+double LayerReplicationBound(const std::vector<double>& w, int32_t slots, int32_t workers) {
+  const double mean = std::accumulate(w.begin(), w.end(), 0.0) / workers;
+  const double floor = std::max(mean, ReplicatedMax(w, slots));
+  return floor > 0 ? mean / floor : 1.0;
 }
 
 // A set of experts' replicas packed onto workers (greedy, then swaps).
@@ -484,7 +440,7 @@ void ImproveReplicaCounts(const std::vector<double>& w, int32_t workers, NodePac
 std::vector<int32_t> OurLayer(const std::vector<double>& w, const PlanShape& s, int32_t groups,
                               int32_t nodes) {
   const int32_t E = s.num_logical, P = s.num_physical;
-  const int32_t group_size = E / groups, log_per_node = E / nodes, phy_per_node = P / nodes;
+  const int32_t group_size = E / groups, phy_per_node = P / nodes;
   const int32_t workers_per_node = s.num_workers / nodes, per_worker = P / s.num_workers;
   const std::vector<double> group_w = GroupLoads(w, groups);
   std::vector<int32_t> node_of_group = GroupsToNodes(group_w, nodes);
@@ -514,7 +470,6 @@ std::vector<int32_t> OurLayer(const std::vector<double>& w, const PlanShape& s, 
       phy2log[n * phy_per_node + x * per_worker + fill[x]++] = experts[best.item_expert[i]];
     }
   }
-  (void)log_per_node;
   return phy2log;
 }
 
@@ -525,20 +480,20 @@ std::vector<int32_t> OurLayerFrom(const std::vector<double>& w, const PlanShape&
   const int32_t per_worker = P / W;
   // The from-scratch plan reaches the replication bound (to 1e-4 on the
   // DeepSeek-V3-like loads), so the bound stands in for it.
-  const double total = std::accumulate(w.begin(), w.end(), 0.0);
-  const double fresh = total > 0 ? total / W / std::max(total / W, ReplicatedMax(w, P)) : 1.0;
-  const double target = fresh - tolerance;
-  const double target_max = target > 0 ? total / W / target : 0.0;
+  const double target = LayerReplicationBound(w, P, W) - tolerance;
+  const double mean = std::accumulate(w.begin(), w.end(), 0.0) / W;
+  const double target_max = target > 0 ? mean / target : 0.0;
 
   const std::vector<int32_t> count = ReplicaCounts(w, P);
   // Keep each expert's current slots, up to its new replica count.
-  std::vector<int32_t> kept(E, 0), item_expert, item_worker, item_slot;
+  std::vector<int32_t> kept(E, 0), item_expert, item_worker;
   std::vector<double> item_w;
-  std::vector<std::vector<char>> held(W, std::vector<char>(E, 0));
+  // held[x * E + e]: worker x holds expert e now (moving it there is free).
+  std::vector<char> held(static_cast<size_t>(W) * E, 0);
   std::vector<int32_t> free_slots;
   for (int32_t slot = 0; slot < P; ++slot) {
     const int32_t e = current[slot];
-    held[slot / per_worker][e] = 1;
+    held[static_cast<size_t>(slot / per_worker) * E + e] = 1;
     if (kept[e] < count[e]) {
       ++kept[e];
       item_expert.push_back(e);
@@ -573,13 +528,9 @@ std::vector<int32_t> OurLayerFrom(const std::vector<double>& w, const PlanShape&
     item_worker.push_back(best);
     item_w.push_back(todo_w[t]);
   }
-  std::vector<char> held_flat(static_cast<size_t>(W) * E, 0);
-  for (int32_t x = 0; x < W; ++x) {
-    for (int32_t e = 0; e < E; ++e) held_flat[static_cast<size_t>(x) * E + e] = held[x][e];
-  }
   Swapper sw{item_w, item_worker, W};
   sw.target_max = target_max;
-  sw.held = &held_flat;
+  sw.held = &held;
   sw.item_expert = &item_expert;
   sw.num_experts = E;
   sw.Run();
@@ -763,10 +714,6 @@ Movement CountMovement(const Phy2Log& current, const Phy2Log& next, int32_t num_
   return m;
 }
 
-}  // namespace sy::eplb
-
-namespace sy::eplb {
-
 absl::StatusOr<Phy2Log> Plan(const LoadMatrix& load, const PlanShape& shape,
                              const PlannerOptions& options) {
   if (absl::Status st = ValidateShape(shape, options.policy); !st.ok()) return st;
@@ -794,32 +741,23 @@ absl::StatusOr<Phy2Log> Plan(const LoadMatrix& load, const PlanShape& shape,
 
 std::vector<double> HierarchicalBound(const LoadMatrix& load, const PlanShape& shape) {
   std::vector<double> out;
-  const int32_t group_size = shape.num_logical / shape.num_groups;
   for (const auto& row : load) {
-    std::vector<double> group_w(shape.num_groups, 0.0);
-    for (size_t e = 0; e < row.size(); ++e) group_w[e / group_size] += row[e];
+    const std::vector<double> group_w = GroupLoads(row, shape.num_groups);
     const double total = std::accumulate(group_w.begin(), group_w.end(), 0.0);
-    double best = 0.0;
-    if (shape.num_nodes == 1) {
-      best = total;
-    } else if (shape.num_groups <= kMaxExactGroups) {
-      AssignmentSearch search = NodeLoadSearch(group_w, shape.num_nodes);
-      search.Solve();
-      best = search.best_value();
-    } else {
-      const std::vector<int32_t> pack = GroupsBySwaps(group_w, shape.num_nodes);
-      std::vector<double> node(shape.num_nodes, 0.0);
-      for (size_t g = 0; g < group_w.size(); ++g) node[pack[g]] += group_w[g];
-      best = *std::max_element(node.begin(), node.end());
-    }
+    const double best =
+        MaxNodeLoad(group_w, GroupsToNodes(group_w, shape.num_nodes), shape.num_nodes);
     out.push_back(best > 0 ? total / shape.num_nodes / best : 1.0);
   }
   return out;
 }
 
-}  // namespace sy::eplb
-
-namespace sy::eplb {
+std::vector<double> ReplicationBound(const LoadMatrix& load, const PlanShape& shape) {
+  std::vector<double> out;
+  for (const auto& row : load) {
+    out.push_back(LayerReplicationBound(row, shape.num_physical, shape.num_workers));
+  }
+  return out;
+}
 
 std::vector<double> HierarchicalReplicationBound(const LoadMatrix& load, const PlanShape& shape) {
   std::vector<double> out;
@@ -843,10 +781,6 @@ std::vector<double> HierarchicalReplicationBound(const LoadMatrix& load, const P
   return out;
 }
 
-}  // namespace sy::eplb
-
-namespace sy::eplb {
-
 LoadMatrix DecayedAverage(const std::vector<LoadMatrix>& windows, double decay) {
   if (windows.empty()) return {};
   LoadMatrix out = windows.back();
@@ -865,10 +799,6 @@ LoadMatrix DecayedAverage(const std::vector<LoadMatrix>& windows, double decay) 
   return out;
 }
 
-}  // namespace sy::eplb
-
-namespace sy::eplb {
-
 double ChooseDecay(const std::vector<LoadMatrix>& windows, const PlanShape& shape, Policy policy,
                    const std::vector<double>& candidates) {
   if (windows.size() < 3 || candidates.empty()) return 0.0;
@@ -879,7 +809,7 @@ double ChooseDecay(const std::vector<LoadMatrix>& windows, const PlanShape& shap
     double score = 0.0;
     for (size_t t = 2; t < windows.size(); ++t) {
       const std::vector<LoadMatrix> past(windows.begin(), windows.begin() + t);
-      const auto plan = Plan(decay > 0.0 ? DecayedAverage(past, decay) : past.back(), shape, opt);
+      const auto plan = Plan(DecayedAverage(past, decay), shape, opt);
       if (!plan.ok()) return 0.0;
       score += ScorePlacement(windows[t], *plan, shape.num_workers).balancedness;
     }

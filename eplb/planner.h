@@ -103,6 +103,11 @@ absl::StatusOr<Phy2Log> Plan(const LoadMatrix& load, const PlanShape& shape,
 // (exact for up to kMaxExactGroups groups, else the best found).
 std::vector<double> HierarchicalBound(const LoadMatrix& load, const PlanShape& shape);
 
+// Per layer upper bound on the balancedness of any placement with P slots on
+// W workers: mean worker load over max(mean, the largest load per replica
+// of the best replica counts).
+std::vector<double> ReplicationBound(const LoadMatrix& load, const PlanShape& shape);
+
 // The same with each node's replication counted: a node's heaviest worker
 // carries at least max(node load / workers per node, the largest load per
 // replica once its P / N slots are replicated), minimised over whole-group
@@ -112,9 +117,9 @@ std::vector<double> HierarchicalBound(const LoadMatrix& load, const PlanShape& s
 std::vector<double> HierarchicalReplicationBound(const LoadMatrix& load, const PlanShape& shape);
 
 // What to plan the next window on: the average of past windows (oldest
-// first) with weight decay^age, age 0 for the newest. decay in (0, 1];
-// 1 is the plain mean, near 0 the newest window alone. Windows must share
-// one shape (ValidateLoad each first).
+// first) with weight decay^age, age 0 for the newest. decay in [0, 1]: 1 is
+// the plain mean, 0 the newest window alone. Windows must share one shape
+// (ValidateLoad each first).
 LoadMatrix DecayedAverage(const std::vector<LoadMatrix>& windows, double decay);
 
 // The decay to plan the next window with, chosen by replaying the past:

@@ -260,8 +260,7 @@ TEST(PlannerTest, MinimalMovementMovesNothingWhenTheCurrentPlanIsOptimal) {
 double HeldOut(const std::vector<LoadMatrix>& w, double decay) {
   const PlanShape shape{256, 288, 8, 4, 32};
   const std::vector<LoadMatrix> past(w.begin(), w.end() - 1);
-  const Phy2Log plan =
-      *Plan(decay > 0 ? DecayedAverage(past, decay) : past.back(), shape, PlannerOptions{});
+  const Phy2Log plan = *Plan(DecayedAverage(past, decay), shape, PlannerOptions{});
   return ScorePlacement(w.back(), plan, 32).balancedness;
 }
 
@@ -284,6 +283,7 @@ TEST(PlannerTest, DecayedAverageWeighsTheNewestMost) {
   EXPECT_NEAR(avg[0][0], 4.0 / 1.5, 1e-12);
   EXPECT_NEAR(avg[0][1], 4.0 / 1.5, 1e-12);
   EXPECT_EQ(DecayedAverage(w, 1.0)[0][0], 2.0);
+  EXPECT_EQ(DecayedAverage(w, 0.0), w.back());  // the newest window alone
 }
 
 TEST(PlannerTest, RejectsABadCurrentPlacement) {
