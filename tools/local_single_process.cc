@@ -39,21 +39,13 @@ int RunSingleProcessCluster(const cluster::ClusterConfig& cfg) {
   // Set once (shutdown or a failed role) and read by every role's loop.
   std::atomic<bool> stop{false};
   auto should_stop = [&stop] { return stop.load() || cluster::ShutdownRequested(); };
-  auto fabric = std::make_shared<transport::inproc::Fabric>();
   const int32_t A = cfg.topology.attention_workers, M = cfg.topology.expert_workers;
-  std::vector<std::unique_ptr<transport::Transport>> transports;
-  for (int32_t r = 0; r < A + M; ++r) {
-    transport::TransportOptions to;
-    to.backend = "inproc";
-    to.rank = r;
-    to.fabric = fabric;
-    auto t = transport::CreateTransport(to);
-    if (!t.ok()) {
-      std::cerr << "switchyard-local: " << t.status().message() << "\n";
-      return 1;
-    }
-    transports.push_back(*std::move(t));
+  auto created = transport::CreateInprocTransports(A + M);
+  if (!created.ok()) {
+    std::cerr << "switchyard-local: " << created.status().message() << "\n";
+    return 1;
   }
+  std::vector<std::unique_ptr<transport::Transport>> transports = *std::move(created);
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
   auto run = [&](std::string name, std::function<absl::Status()> fn) {

@@ -1,5 +1,6 @@
 #include "transport/registry.h"
 
+#include <memory>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -47,6 +48,19 @@ absl::StatusOr<std::unique_ptr<Transport>> CreateTransport(const TransportOption
   return absl::InvalidArgumentError(
       absl::StrCat("unknown transport backend '", options.backend,
                    "' (available: ", absl::StrJoin(AvailableTransportBackends(), ", "), ")"));
+}
+
+absl::StatusOr<std::vector<std::unique_ptr<Transport>>> CreateInprocTransports(int32_t n) {
+  TransportOptions options;
+  options.backend = "inproc";
+  options.fabric = std::make_shared<inproc::Fabric>();
+  std::vector<std::unique_ptr<Transport>> out;
+  for (int32_t r = 0; r < n; ++r) {
+    options.rank = r;
+    SY_ASSIGN_OR_RETURN(std::unique_ptr<Transport> t, CreateTransport(options));
+    out.push_back(std::move(t));
+  }
+  return out;
 }
 
 }  // namespace sy::transport

@@ -38,4 +38,8 @@ std::vector<std::string> AvailableTransportBackends();
 // backend's own construction error (e.g. UCX initialisation).
 absl::StatusOr<std::unique_ptr<Transport>> CreateTransport(const TransportOptions& options);
 
+// Ranks 0..n-1 of one in-process mesh on a fresh fabric (single-process
+// clusters, tests); not yet connected.
+absl::StatusOr<std::vector<std::unique_ptr<Transport>>> CreateInprocTransports(int32_t n);
+
 }  // namespace sy::transport

@@ -61,7 +61,7 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   // Ready: the router may send requests (they queue in the engine); steps
   // start once every worker has loaded.
   mesh.heartbeat->SetReady();
-  SY_RETURN_IF_ERROR(cluster::WaitForReadyMesh(cfg, std::chrono::minutes(30)));
+  SY_RETURN_IF_ERROR(cluster::WaitForReadyMesh(cfg, cluster::kReadyTimeout));
   server.SetServing({"switchyard.internal.v1.AttentionWorker"}, true);
   SY_LOG(INFO) << "attention worker " << index << " serving on " << listen;
 

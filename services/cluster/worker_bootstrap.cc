@@ -1,6 +1,7 @@
 #include "services/cluster/worker_bootstrap.h"
 
 #include <chrono>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -13,6 +14,39 @@ namespace sy::cluster {
 
 namespace pb = ::switchyard::internal::v1;
 using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Long-polls GetMesh (the coordinator holds the call until the mesh is
+// complete, or ready with `ready`, up to a second) until the mesh gets there
+// or `deadline` passes; `mesh` is the last answer. `progress` runs after each
+// answer that is not there yet.
+bool PollMesh(pb::Coordinator::Stub& stub, bool ready, Clock::time_point deadline, pb::Mesh* mesh,
+              const std::function<void(const pb::Mesh&)>& progress = {}) {
+  while (true) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    pb::GetMeshRequest req;
+    if (ready) {
+      req.set_wait_ready(true);
+    } else {
+      req.set_wait_complete(true);
+    }
+    const auto asked = Clock::now();
+    grpc::Status st = stub.GetMesh(&ctx, req, mesh);
+    if (st.ok() && (ready ? mesh->ready() : mesh->complete())) return true;
+    if (!st.ok()) SY_LOG(DEBUG) << "GetMesh: " << st.error_message();
+    if (Clock::now() > deadline) return false;
+    if (progress) progress(*mesh);
+    // An error, or an answer from a coordinator shutting down, comes back at
+    // once: pause before asking again.
+    if (Clock::now() - asked < std::chrono::milliseconds(100)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+}
+
+}  // namespace
 
 int32_t RankOf(const ClusterConfig& cfg, bool attention, int32_t index) {
   return attention ? index : cfg.topology.attention_workers + index;
@@ -74,26 +108,10 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
   out.heartbeat = std::make_unique<Heartbeat>(cfg, out.rank);
   SY_LOG(INFO) << "registered as rank " << out.rank << "; waiting for the mesh";
   pb::Mesh mesh;
-  while (true) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    pb::GetMeshRequest mreq;
-    mreq.set_wait_complete(true);
-    const auto asked = Clock::now();
-    grpc::Status st = stub->GetMesh(&ctx, mreq, &mesh);
-    if (st.ok() && mesh.complete()) break;
-    if (!st.ok()) SY_LOG(DEBUG) << "GetMesh: " << st.error_message();
-    // The coordinator normally holds the call until the mesh completes (up
-    // to a second); an error, or an answer from a coordinator shutting down,
-    // comes back at once: pause before asking again.
-    if (Clock::now() - asked < std::chrono::milliseconds(100)) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
-    if (Clock::now() > deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "the mesh did not complete in time (", mesh.members_size(), " of ",
-          cfg.topology.attention_workers + cfg.topology.expert_workers, " workers registered)"));
-    }
+  if (!PollMesh(*stub, /*ready=*/false, deadline, &mesh)) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "the mesh did not complete in time (", mesh.members_size(), " of ",
+        cfg.topology.attention_workers + cfg.topology.expert_workers, " workers registered)"));
   }
   SY_ASSIGN_OR_RETURN(out.placement, coordinator::PlacementFromProto(mesh.placement()));
   std::vector<transport::PeerAddress> peers;
@@ -143,37 +161,26 @@ void Heartbeat::SetReady() {
 }
 
 absl::Status WaitForReadyMesh(const ClusterConfig& cfg, std::chrono::milliseconds timeout) {
-  using Clock = std::chrono::steady_clock;
   auto stub = pb::Coordinator::NewStub(
       grpc::CreateChannel(cfg.coordinator.listen.address(), grpc::InsecureChannelCredentials()));
-  const auto deadline = Clock::now() + timeout;
+  auto not_ready = [](const pb::Mesh& mesh) {
+    std::vector<int32_t> ranks;
+    for (const pb::Member& m : mesh.members()) {
+      if (!m.ready() || !m.alive()) ranks.push_back(m.rank());
+    }
+    return absl::StrJoin(ranks, ", ");
+  };
   auto next_log = Clock::now() + std::chrono::seconds(5);
   pb::Mesh mesh;
-  while (true) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    pb::GetMeshRequest req;
-    req.set_wait_ready(true);
-    const auto asked = Clock::now();
-    grpc::Status st = stub->GetMesh(&ctx, req, &mesh);
-    if (st.ok() && mesh.ready()) return absl::OkStatus();
-    std::vector<int32_t> loading;
-    for (const pb::Member& m : mesh.members()) {
-      if (!m.ready() || !m.alive()) loading.push_back(m.rank());
-    }
-    if (Clock::now() > deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "the mesh was not ready in time; not ready: ranks ", absl::StrJoin(loading, ", ")));
-    }
-    if (Clock::now() > next_log) {
-      SY_LOG(INFO) << "waiting for the mesh to be ready; still loading: ranks "
-                   << absl::StrJoin(loading, ", ");
-      next_log = Clock::now() + std::chrono::seconds(5);
-    }
-    if (Clock::now() - asked < std::chrono::milliseconds(100)) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
+  if (PollMesh(*stub, /*ready=*/true, Clock::now() + timeout, &mesh, [&](const pb::Mesh& m) {
+        if (Clock::now() < next_log) return;
+        SY_LOG(INFO) << "waiting for the mesh to be ready; still loading: ranks " << not_ready(m);
+        next_log = Clock::now() + std::chrono::seconds(5);
+      })) {
+    return absl::OkStatus();
   }
+  return absl::DeadlineExceededError(
+      absl::StrCat("the mesh was not ready in time; not ready: ranks ", not_ready(mesh)));
 }
 
 Heartbeat::~Heartbeat() {

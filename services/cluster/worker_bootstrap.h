@@ -46,6 +46,8 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
 // loaded), logging every few seconds which ranks are still loading.
 // DeadlineExceeded after `timeout`, naming them.
 absl::Status WaitForReadyMesh(const ClusterConfig& cfg, std::chrono::milliseconds timeout);
+// How long a worker waits for the others to load (large checkpoints).
+inline constexpr std::chrono::minutes kReadyTimeout{30};
 
 // Sends a heartbeat every cfg.coordinator.heartbeat_ms until destroyed,
 // carrying this worker's readiness once SetReady has been called.

@@ -9,10 +9,6 @@
 #include "services/moe/remote_experts.h"
 
 namespace sy::expert_worker {
-namespace {
-// How long a worker waits for the others to load (large checkpoints).
-constexpr std::chrono::minutes kReadyTimeout{30};
-}  // namespace
 
 absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
                              transport::Transport& transport, const std::string& listen,
@@ -43,7 +39,7 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
       << std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count()
       << " s; ready";
   mesh.heartbeat->SetReady();
-  SY_RETURN_IF_ERROR(cluster::WaitForReadyMesh(cfg, kReadyTimeout));
+  SY_RETURN_IF_ERROR(cluster::WaitForReadyMesh(cfg, cluster::kReadyTimeout));
   server.SetServing({}, true);
   SY_LOG(INFO) << "expert worker " << index << " serving " << mesh.placement.NumSlotsOf(index)
                << " slots per layer";

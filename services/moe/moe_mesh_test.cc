@@ -67,37 +67,30 @@ float MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
 
 // `n` connected inproc transports, ranks 0..n-1 (empty on failure).
 std::vector<std::unique_ptr<transport::Transport>> InprocMesh(int32_t n) {
-  auto fabric = std::make_shared<transport::inproc::Fabric>();
-  std::vector<std::unique_ptr<transport::Transport>> transports;
-  std::vector<transport::PeerAddress> peers;
-  for (int32_t r = 0; r < n; ++r) {
-    transport::TransportOptions to;
-    to.backend = "inproc";
-    to.rank = r;
-    to.fabric = fabric;
-    auto t = transport::CreateTransport(to);
-    if (!t.ok()) {
-      ADD_FAILURE() << t.status();
-      return {};
-    }
-    peers.push_back({r, (*t)->local_address()});
-    transports.push_back(*std::move(t));
+  auto transports = transport::CreateInprocTransports(n);
+  if (!transports.ok()) {
+    ADD_FAILURE() << transports.status();
+    return {};
   }
-  for (auto& t : transports) {
+  std::vector<transport::PeerAddress> peers;
+  for (int32_t r = 0; r < n; ++r) peers.push_back({r, (*transports)[r]->local_address()});
+  for (auto& t : *transports) {
     if (absl::Status st = t->Connect(peers); !st.ok()) {
       ADD_FAILURE() << st;
       return {};
     }
   }
-  return transports;
+  return *std::move(transports);
 }
 
-std::vector<int32_t> MoeLayers(const model::ModelConfig& cfg) {
-  std::vector<int32_t> out;
+// The initial placement of the model's MoE layers.
+absl::StatusOr<eplb::Placement> InitialPlacementOf(const model::ModelConfig& cfg,
+                                                   const eplb::PlacementOptions& po) {
+  std::vector<int32_t> moe_layers;
   for (int32_t l = 0; l < cfg.num_layers; ++l) {
-    if (cfg.layer_is_moe[l]) out.push_back(l);
+    if (cfg.layer_is_moe[l]) moe_layers.push_back(l);
   }
-  return out;
+  return eplb::InitialPlacement(moe_layers, static_cast<int32_t>(cfg.num_experts), po);
 }
 
 struct MeshCase {
@@ -127,12 +120,11 @@ TEST_P(MoeMeshTest, MatchesSingleProcessEngine) {
   ASSERT_TRUE(cfg.ok());
   auto ckpt = model::Checkpoint::Open(dir);
   ASSERT_TRUE(ckpt.ok());
-  const std::vector<int32_t> moe_layers = MoeLayers(*cfg);
   eplb::PlacementOptions po;
   po.num_workers = mc.expert_workers;
   po.redundant = mc.redundant;
   po.order = mc.order;
-  auto placement = eplb::InitialPlacement(moe_layers, static_cast<int32_t>(cfg->num_experts), po);
+  auto placement = InitialPlacementOf(*cfg, po);
   ASSERT_TRUE(placement.ok()) << placement.status();
   if (!mc.worker_begin.empty()) {
     placement->worker_begin = mc.worker_begin;
@@ -227,10 +219,9 @@ TEST(MoeMeshEpochTest, MismatchedEpochsFailCleanly) {
   ASSERT_TRUE(cfg.ok());
   auto ckpt = model::Checkpoint::Open(dir);
   ASSERT_TRUE(ckpt.ok());
-  const std::vector<int32_t> moe_layers = MoeLayers(*cfg);
   eplb::PlacementOptions po;
   po.num_workers = 1;
-  auto placement = eplb::InitialPlacement(moe_layers, static_cast<int32_t>(cfg->num_experts), po);
+  auto placement = InitialPlacementOf(*cfg, po);
   ASSERT_TRUE(placement.ok()) << placement.status();
   eplb::Placement newer = *placement;
   newer.epoch = placement->epoch + 1;
@@ -272,10 +263,9 @@ TEST(ExpertLoadingTest, WorkersReadOnlyTheirOwnWeights) {
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   auto full = model::Checkpoint::Open(src);
   ASSERT_TRUE(full.ok()) << full.status();
-  const std::vector<int32_t> moe_layers = MoeLayers(*cfg);
   eplb::PlacementOptions po;
   po.num_workers = 2;
-  auto placement = eplb::InitialPlacement(moe_layers, static_cast<int32_t>(cfg->num_experts), po);
+  auto placement = InitialPlacementOf(*cfg, po);
   ASSERT_TRUE(placement.ok()) << placement.status();
   std::map<int64_t, std::set<int64_t>> worker0;  // layer -> experts
   for (size_t l = 0; l < placement->layers.size(); ++l) {
