@@ -416,6 +416,11 @@ std::vector<FfnCase> FfnCases() {
   std::vector<int64_t> one_token(128, 0);
   for (const int64_t e : {3, 17, 18, 40, 77, 90, 101, 127}) one_token[e] = 1;
   cases.push_back({"qwen3_one_token", 2048, 768, one_token});
+  // At most one row per expert on average, so the small-M path takes rows two
+  // at a time: one expert with 9 rows needs five passes (2, 2, 2, 2, 1).
+  std::vector<int64_t> few_rows = SpreadRows(128, 100, 5);
+  few_rows[64] = 9;
+  cases.push_back({"qwen3_few_rows_one_heavy", 2048, 768, few_rows});
   cases.push_back({"qwen3_64_tokens", 2048, 768, SpreadRows(128, 512, 2)});
   cases.push_back({"qwen3_192_tokens", 2048, 768, SpreadRows(128, 1536, 3)});
   std::vector<int64_t> skewed_real = SpreadRows(16, 40, 4);

@@ -98,19 +98,21 @@ __device__ __forceinline__ void DotRows(const T* w0, const T* w1, const T* a, in
     // Weight vectors in flight per lane: 2 * U.
     constexpr int U = R == 1 ? 4 : (R <= 4 ? 2 : 1);
     const int64_t nv = K / V;
-    int64_t i = lane;
-    for (; i + 32 * (U - 1) < nv; i += 32 * U) {
+    // Every load of a pass is issued before any is used, the last pass's
+    // out-of-range vectors as zeros: a short row (the down projection's K is
+    // the small intermediate size) costs one round trip to memory, not one
+    // per 32 vectors.
+    for (int64_t i = lane; i < nv; i += 32 * U) {
       uint4 wa[U], wb[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        wa[u] = LoadStream(w0 + (i + 32 * u) * V);
-        wb[u] = LoadStream(w1 + (i + 32 * u) * V);
-      }
       uint4 xv[U][R];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
+        const bool ok = i + 32 * u < nv;
+        wa[u] = ok ? LoadStream(w0 + (i + 32 * u) * V) : uint4{};
+        wb[u] = ok ? LoadStream(w1 + (i + 32 * u) * V) : uint4{};
 #pragma unroll
-        for (int r = 0; r < R; ++r) xv[u][r] = LoadCached(a + r * K + (i + 32 * u) * V);
+        for (int r = 0; r < R; ++r)
+          xv[u][r] = ok ? LoadCached(a + r * K + (i + 32 * u) * V) : uint4{};
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -126,21 +128,6 @@ __device__ __forceinline__ void DotRows(const T* w0, const T* w1, const T* a, in
             acc0[r] = fmaf(fa[q], fx[q], acc0[r]);
             acc1[r] = fmaf(fb[q], fx[q], acc1[r]);
           }
-        }
-      }
-    }
-    for (; i < nv; i += 32) {
-      float fa[V], fb[V];
-      Vec16<T>::Unpack(LoadStream(w0 + i * V), fa);
-      Vec16<T>::Unpack(LoadStream(w1 + i * V), fb);
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        float fx[V];
-        Vec16<T>::Unpack(LoadCached(a + r * K + i * V), fx);
-#pragma unroll
-        for (int q = 0; q < V; ++q) {
-          acc0[r] = fmaf(fa[q], fx[q], acc0[r]);
-          acc1[r] = fmaf(fb[q], fx[q], acc1[r]);
         }
       }
     }
@@ -182,12 +169,26 @@ __device__ __forceinline__ void RowPass(const T* w0, const T* w1, const T* a, in
   }
 }
 
+// RowPass for nr rows, 1 <= nr <= kMaxR (a compile-time R for each count).
+template <typename T, bool kGated, int R, int kMaxR>
+__device__ __forceinline__ void RowPassUpTo(int nr, const T* w0, const T* w1, const T* a, int64_t K,
+                                            bool vec, T* o, int64_t N, int64_t col, bool has1) {
+  if constexpr (R < kMaxR) {
+    if (nr > R) {
+      RowPassUpTo<T, kGated, R + 1, kMaxR>(nr, w0, w1, a, K, vec, o, N, col, has1);
+      return;
+    }
+  }
+  RowPass<T, kGated, R>(w0, w1, a, K, vec, o, N, col, has1);
+}
+
 // kGated: weights[e] is [2N, K] (gate rows, then up rows), out = silu(g) * u.
 // Otherwise weights[e] is [N, K] and out = w . a. act/out rows are the global
-// (sorted) rows: act [num_rows, K], out [num_rows, N]. Two blocks per SM
-// caps registers at 128 (uncapped, ptxas picks 80 and spills the fp32 kernel).
-template <typename T, bool kGated>
-__global__ void __launch_bounds__(kWarps * 32, 2)
+// (sorted) rows: act [num_rows, K], out [num_rows, N]; rows are taken kMaxR
+// at a time. Two blocks per SM cap registers at 128 (uncapped, ptxas picks
+// 80 and spills the fp32 kernel); with kMaxR = 2, three (85).
+template <typename T, bool kGated, int kMaxR>
+__global__ void __launch_bounds__(kWarps * 32, kMaxR == 2 ? 3 : 2)
     ExpertGemvKernel(const T* __restrict__ act, int64_t K, const int64_t* __restrict__ offsets,
                      int64_t num_experts, const void* const* __restrict__ weights, int64_t N,
                      T* __restrict__ out) {
@@ -247,37 +248,12 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   }
   const bool vec = K % Vec16<T>::kN == 0 &&
                    ((reinterpret_cast<uintptr_t>(w) | reinterpret_cast<uintptr_t>(act)) & 15u) == 0;
-  for (int64_t r0 = begin; r0 < end; r0 += kMaxRows) {
+  for (int64_t r0 = begin; r0 < end; r0 += kMaxR) {
     const int64_t left = end - r0;
-    const int nr = static_cast<int>(left < kMaxRows ? left : kMaxRows);
+    const int nr = static_cast<int>(left < kMaxR ? left : kMaxR);
     const T* a = act + r0 * K;
     T* o = out + r0 * N;
-    switch (nr) {
-      case 1:
-        RowPass<T, kGated, 1>(w0, w1, a, K, vec, o, N, col, has1);
-        break;
-      case 2:
-        RowPass<T, kGated, 2>(w0, w1, a, K, vec, o, N, col, has1);
-        break;
-      case 3:
-        RowPass<T, kGated, 3>(w0, w1, a, K, vec, o, N, col, has1);
-        break;
-      case 4:
-        RowPass<T, kGated, 4>(w0, w1, a, K, vec, o, N, col, has1);
-        break;
-      case 5:
-        RowPass<T, kGated, 5>(w0, w1, a, K, vec, o, N, col, has1);
-        break;
-      case 6:
-        RowPass<T, kGated, 6>(w0, w1, a, K, vec, o, N, col, has1);
-        break;
-      case 7:
-        RowPass<T, kGated, 7>(w0, w1, a, K, vec, o, N, col, has1);
-        break;
-      default:
-        RowPass<T, kGated, 8>(w0, w1, a, K, vec, o, N, col, has1);
-        break;
-    }
+    RowPassUpTo<T, kGated, 1, kMaxR>(nr, w0, w1, a, K, vec, o, N, col, has1);
   }
 }
 
@@ -297,13 +273,19 @@ cudaError_t LaunchSmallM(cudaStream_t stream, const T* x, const int64_t* offsets
   cfg.attrs = pdl;
   cfg.numAttrs = 1;
   cfg.gridDim = dim3(static_cast<unsigned>(CeilDiv(inter, kWarps)), static_cast<unsigned>(slots));
-  cudaError_t err = cudaLaunchKernelEx(&cfg, ExpertGemvKernel<T, true>, x, hidden, offsets,
-                                       num_experts, gate_up, inter, inter_buf);
+  // At most one row per expert on average (decode of a small batch): passes
+  // of at most 2 rows, which fit three blocks per SM, so more warps have
+  // weight loads in flight; an expert with more rows takes more passes.
+  const bool few = num_rows <= num_experts;
+  cudaError_t err = cudaLaunchKernelEx(
+      &cfg, few ? ExpertGemvKernel<T, true, 2> : ExpertGemvKernel<T, true, kMaxRows>, x, hidden,
+      offsets, num_experts, gate_up, inter, inter_buf);
   if (err != cudaSuccess) return err;
   cfg.gridDim = dim3(static_cast<unsigned>(CeilDiv(CeilDiv(hidden, 2), kWarps)),
                      static_cast<unsigned>(slots));
-  return cudaLaunchKernelEx(&cfg, ExpertGemvKernel<T, false>, static_cast<const T*>(inter_buf),
-                            inter, offsets, num_experts, down, hidden, out);
+  return cudaLaunchKernelEx(
+      &cfg, few ? ExpertGemvKernel<T, false, 2> : ExpertGemvKernel<T, false, kMaxRows>,
+      static_cast<const T*>(inter_buf), inter, offsets, num_experts, down, hidden, out);
 }
 
 }  // namespace

@@ -33,9 +33,10 @@
 // stores to global memory are 16-byte and coalesced; with few rows each
 // thread stores its own valid rows.
 //
-// Tiles: expert e has ceil(rows_e / 128) row tiles times the column tiles;
-// every block builds the prefix over experts in shared memory and walks tile
-// t = blockIdx.x, blockIdx.x + gridDim.x, ... (grid = the SM count, or fewer).
+// Tiles: expert e has ceil(rows_e / 128) row tiles times the column tiles,
+// numbered row tile fastest; every block builds the prefix over experts in
+// shared memory and walks tile t = blockIdx.x, blockIdx.x + gridDim.x, ...
+// (grid = the SM count, or fewer).
 // Rows of a tile past its expert's rows (zeros, or with TMA the next
 // expert's rows) are computed and never stored.
 #include <cuda.h>
@@ -200,8 +201,13 @@ __device__ __forceinline__ Tile FindTile(const int32_t* tiles, int num_experts, 
       hi = mid;
     }
   }
+  // Row tiles of one column tile are consecutive, so neighbouring blocks
+  // (which run at the same time) stream the same weight rows and share them
+  // in L2: an expert's weights (59 MB of gate_up for DeepSeek-V3) need not
+  // fit in L2 to be read from memory once.
   const int local = t - tiles[lo];
-  return {lo, (local / n_tiles) * kBM, (local % n_tiles) * n_per_tile};
+  const int m_tiles = (tiles[lo + 1] - tiles[lo]) / n_tiles;
+  return {lo, (local % m_tiles) * kBM, (local / m_tiles) * n_per_tile};
 }
 
 template <bool kFused, bool kTma>
