@@ -4,8 +4,11 @@
 // attention worker has no tokens.
 #include <unistd.h>
 
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <mutex>
 #include <regex>
 #include <set>
 #include <thread>
@@ -32,6 +35,16 @@ std::vector<std::vector<int32_t>> Prompts(const std::string& name) {
   std::vector<std::vector<int32_t>> out;
   for (const auto& p : j["prompts"]) out.push_back(p["prompt"].get<std::vector<int32_t>>());
   return out;
+}
+
+// A golden model's config and checkpoint.
+std::pair<absl::StatusOr<model::ModelConfig>, absl::StatusOr<std::unique_ptr<model::Checkpoint>>>
+OpenGolden(const std::string& name) {
+  auto cfg = model::LoadModelConfig(kDir + name);
+  EXPECT_TRUE(cfg.ok()) << cfg.status();
+  auto ckpt = model::Checkpoint::Open(kDir + name);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  return {std::move(cfg), std::move(ckpt)};
 }
 
 // Logits of prompt p (all rows) then of one decode token, from a runner.
@@ -83,6 +96,14 @@ std::vector<std::unique_ptr<transport::Transport>> InprocMesh(int32_t n) {
   return *std::move(transports);
 }
 
+// Attention workers on ranks 0..num_aw-1, expert workers after them.
+MeshRanks RanksOf(int32_t num_aw, int32_t num_ew) {
+  MeshRanks ranks;
+  for (int32_t i = 0; i < num_aw; ++i) ranks.attention.push_back(i);
+  for (int32_t i = 0; i < num_ew; ++i) ranks.experts.push_back(num_aw + i);
+  return ranks;
+}
+
 // The initial placement of the model's MoE layers.
 absl::StatusOr<eplb::Placement> InitialPlacementOf(const model::ModelConfig& cfg,
                                                    const eplb::PlacementOptions& po) {
@@ -132,9 +153,7 @@ TEST_P(MoeMeshTest, MatchesSingleProcessEngine) {
   }
 
   const int32_t num_aw = 2, num_ew = mc.expert_workers;
-  MeshRanks ranks;
-  for (int32_t i = 0; i < num_aw; ++i) ranks.attention.push_back(i);
-  for (int32_t i = 0; i < num_ew; ++i) ranks.experts.push_back(num_aw + i);
+  const MeshRanks ranks = RanksOf(num_aw, num_ew);
   std::vector<std::unique_ptr<transport::Transport>> transports = InprocMesh(num_aw + num_ew);
   ASSERT_EQ(transports.size(), static_cast<size_t>(num_aw + num_ew));
   const absl::Duration timeout = absl::Seconds(20);
@@ -209,16 +228,210 @@ INSTANTIATE_TEST_SUITE_P(
              (info.param.worker_begin.empty() ? "" : "_uneven");
     });
 
+// Logits of a prompt's prefill and then `decode` teacher-forced decode steps
+// (the prompt's tokens again), one mesh step each; `after_step(i)` runs
+// after step i.
+std::vector<std::vector<float>> RunSteps(engine::ModelRunner& runner,
+                                         const std::vector<int32_t>& prompt, int decode,
+                                         const std::function<void(int)>& after_step = {}) {
+  engine::KvCacheOptions kv;
+  kv.block_size = 8;
+  kv.max_tokens = 512;
+  auto cache = engine::KvCache::Create(runner.config(), kv);
+  EXPECT_TRUE(cache.ok());
+  auto blocks = (*cache)->allocator().Allocate(8 + (prompt.size() + decode) / 8);
+  EXPECT_TRUE(blocks.ok());
+  std::vector<std::vector<float>> out(decode + 1);
+  EXPECT_TRUE(
+      runner.Forward(engine::SingleSequenceBatch(prompt, 0, *blocks, 8), **cache, &out[0]).ok());
+  if (after_step) after_step(0);
+  for (int i = 1; i <= decode; ++i) {
+    const int32_t tok = prompt[static_cast<size_t>(i) % prompt.size()];
+    EXPECT_TRUE(runner
+                    .Forward(engine::SingleSequenceBatch({tok}, prompt.size() + i - 1, *blocks, 8),
+                             **cache, &out[i])
+                    .ok());
+    if (after_step) after_step(i);
+  }
+  return out;
+}
+
+// A re-placement while the mesh serves: the expert workers stage a new
+// placement (other experts on each worker, other slot counts) on their own
+// threads while their step loops run, the attention workers are offered it,
+// and the whole mesh switches at the step after the leader's announcement.
+// Every step's logits equal the single-process engine's, before, across and
+// after the switch, and every worker ends on the new epoch with nothing left
+// staged.
+TEST(MoeMeshSwitchTest, SwitchesPlacementBetweenStepsWithoutChangingResults) {
+  const std::string dir = kDir + "qwen3_moe";
+  auto prompts = Prompts("qwen3_moe");
+  engine::ModelSource src;
+  src.dir = dir;
+  auto local = engine::LoadModelRunner(src, kernels::Context{});
+  ASSERT_TRUE(local.ok());
+  const int kDecode = 6;
+  const auto ref0 = RunSteps(**local, prompts[0], kDecode);
+  const auto ref1 = RunSteps(**local, prompts[1], kDecode);
+
+  auto [cfg, ckpt] = OpenGolden("qwen3_moe");
+  ASSERT_TRUE(cfg.ok() && ckpt.ok());
+  eplb::PlacementOptions po;
+  po.num_workers = 3;
+  po.redundant = 2;
+  auto before = InitialPlacementOf(*cfg, po);
+  ASSERT_TRUE(before.ok()) << before.status();
+  po.order = eplb::PlacementOrder::kStrided;
+  po.replicate = {5, 9};
+  auto after = InitialPlacementOf(*cfg, po);
+  ASSERT_TRUE(after.ok()) << after.status();
+  after->epoch = before->epoch + 1;
+  after->worker_begin = {0, 4, 9, after->num_slots};
+  ASSERT_TRUE(after->Validate().ok()) << after->Validate();
+  ASSERT_NE(after->phy2log, before->phy2log);
+
+  const int32_t num_aw = 2, num_ew = 3;
+  const MeshRanks ranks = RanksOf(num_aw, num_ew);
+  std::vector<std::unique_ptr<transport::Transport>> transports = InprocMesh(num_aw + num_ew);
+  ASSERT_EQ(transports.size(), static_cast<size_t>(num_aw + num_ew));
+  const absl::Duration timeout = absl::Seconds(20);
+
+  std::vector<std::unique_ptr<ExpertServer>> servers(num_ew);
+  for (int32_t w = 0; w < num_ew; ++w) {
+    auto server = ExpertServer::Create(*cfg, *before, w, ranks, transports[num_aw + w].get(),
+                                       ckpt->get(), 0, timeout, kernels::Context{});
+    ASSERT_TRUE(server.ok()) << server.status();
+    servers[w] = *std::move(server);
+  }
+  std::vector<std::thread> ews;
+  for (int32_t w = 0; w < num_ew; ++w) {
+    ews.emplace_back([&, w] {
+      for (int s = 0; s <= kDecode; ++s) ASSERT_TRUE(servers[w]->ServeStep().ok()) << "step " << s;
+    });
+  }
+  // The attention workers pause after step 1 until the placement has been
+  // staged everywhere and offered to them: the leader announces the switch in
+  // step 2 and the mesh serves the new placement from step 3.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool offered = false;
+  int paused = 0;
+  std::vector<RemoteExpertExecutor*> execs(num_aw, nullptr);
+  std::vector<std::vector<std::vector<float>>> got(num_aw);
+  std::vector<std::thread> aws;
+  for (int32_t a = 0; a < num_aw; ++a) {
+    aws.emplace_back([&, a] {
+      auto dense = model::LoadDenseWeights(*cfg, **ckpt);
+      ASSERT_TRUE(dense.ok());
+      auto exec = std::make_unique<RemoteExpertExecutor>(*cfg, *before, ranks, transports[a].get(),
+                                                         timeout);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        execs[a] = exec.get();
+        cv.notify_all();
+      }
+      auto runner =
+          engine::ModelRunner::Create(*cfg, *std::move(dense), std::move(exec), kernels::Context{});
+      ASSERT_TRUE(runner.ok());
+      got[a] = RunSteps(**runner, prompts[a], kDecode, [&](int step) {
+        if (step != 1) return;
+        std::unique_lock<std::mutex> lock(mu);
+        ++paused;
+        cv.notify_all();
+        cv.wait(lock, [&] { return offered; });
+      });
+    });
+  }
+  // Stage on threads of their own while the expert workers' loops run.
+  std::vector<std::thread> stagers;
+  std::vector<absl::StatusOr<StageStats>> staged(num_ew, absl::UnknownError("not run"));
+  for (int32_t w = 0; w < num_ew; ++w) {
+    stagers.emplace_back([&, w] { staged[w] = servers[w]->Stage(*after); });
+  }
+  for (auto& t : stagers) t.join();
+  for (int32_t w = 0; w < num_ew; ++w) {
+    ASSERT_TRUE(staged[w].ok()) << staged[w].status();
+    EXPECT_EQ(servers[w]->staged_epoch(), after->epoch);
+    EXPECT_EQ(servers[w]->serving_epoch(), before->epoch);
+  }
+  // Some experts stay where they are (shared, not reloaded), others move.
+  int64_t kept = 0, fetched = 0;
+  for (const auto& st : staged) {
+    kept += st->kept_experts;
+    fetched += st->fetched_experts;
+  }
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(fetched, 0);
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return paused == num_aw; });
+    for (RemoteExpertExecutor* e : execs) {
+      EXPECT_EQ(e->serving_epoch(), before->epoch);
+      e->OfferPlacement(*after);
+    }
+    offered = true;
+    cv.notify_all();
+  }
+  for (auto& t : aws) t.join();
+  for (auto& t : ews) t.join();
+  const std::vector<std::vector<std::vector<float>>> refs = {ref0, ref1};
+  for (int32_t a = 0; a < num_aw; ++a) {
+    ASSERT_EQ(got[a].size(), refs[a].size());
+    for (size_t i = 0; i < got[a].size(); ++i) {
+      EXPECT_LT(MaxDiff(got[a][i], refs[a][i]), 1e-4) << "attention worker " << a << " step " << i;
+    }
+  }
+  for (const auto& s : servers) {
+    EXPECT_EQ(s->serving_epoch(), after->epoch);
+    EXPECT_EQ(s->staged_epoch(), 0);
+  }
+}
+
+// Staging that would exceed the memory limit fails with ResourceExhausted
+// and keeps nothing; one that fits is kept until dropped.
+TEST(MoeMeshSwitchTest, StagingRespectsTheMemoryLimit) {
+  auto [cfg, ckpt] = OpenGolden("qwen3_moe");
+  ASSERT_TRUE(cfg.ok() && ckpt.ok());
+  eplb::PlacementOptions po;
+  po.num_workers = 2;
+  auto before = InitialPlacementOf(*cfg, po);
+  ASSERT_TRUE(before.ok());
+  po.order = eplb::PlacementOrder::kStrided;
+  auto after = InitialPlacementOf(*cfg, po);
+  ASSERT_TRUE(after.ok());
+  after->epoch = before->epoch + 1;
+  auto server = ExpertServer::Create(*cfg, *before, 0, MeshRanks{}, nullptr, ckpt->get(), 0,
+                                     absl::Seconds(5), kernels::Context{});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int64_t serving = (*server)->expert_bytes();
+  ASSERT_GT(serving, 0);
+  (*server)->set_memory_limit(serving + 1);
+  auto refused = (*server)->Stage(*after);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_THAT(std::string(refused.status().message()),
+              ::testing::HasSubstr("staging placement epoch 2 needs"));
+  EXPECT_EQ((*server)->staged_epoch(), 0);
+  EXPECT_EQ((*server)->expert_bytes(), serving);
+  (*server)->set_memory_limit(0);
+  auto ok = (*server)->Stage(*after);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ((*server)->staged_epoch(), 2);
+  EXPECT_EQ((*server)->expert_bytes(), serving + ok->fetched_bytes);
+  // Staging an epoch that is not newer than the serving one is refused.
+  EXPECT_EQ((*server)->Stage(*before).status().code(), absl::StatusCode::kInvalidArgument);
+  (*server)->DropStaged(2);
+  EXPECT_EQ((*server)->staged_epoch(), 0);
+  EXPECT_EQ((*server)->expert_bytes(), serving);
+}
+
 // An attention worker and an expert worker that serve different placement
 // epochs fail the step on both sides with FailedPrecondition naming the
 // epochs (the expert worker computes nothing and answers at once, so the
 // attention worker does not wait out its timeout).
 TEST(MoeMeshEpochTest, MismatchedEpochsFailCleanly) {
-  const std::string dir = kDir + "qwen3_moe";
-  auto cfg = model::LoadModelConfig(dir);
-  ASSERT_TRUE(cfg.ok());
-  auto ckpt = model::Checkpoint::Open(dir);
-  ASSERT_TRUE(ckpt.ok());
+  auto [cfg, ckpt] = OpenGolden("qwen3_moe");
+  ASSERT_TRUE(cfg.ok() && ckpt.ok());
   eplb::PlacementOptions po;
   po.num_workers = 1;
   auto placement = InitialPlacementOf(*cfg, po);

@@ -2,15 +2,23 @@
 //
 // Dispatch (attention worker -> expert worker), one message per expert
 // worker per MoE layer per step:
-//   u32 magic 'SYD2', u32 num_rows, u64 placement epoch, then num_rows x i32
-//   global slot id (the slot of the layer's placement, not an index local to
-//   the worker), then num_rows x hidden floats (the token rows).
-// Combine (expert worker -> attention worker): u32 magic 'SYC2', u32
+//   u32 magic 'SYD3', u32 num_rows, i64 placement epoch, i64 next epoch,
+//   u64 switch step, then num_rows x i32 global slot id (the slot of the
+//   layer's placement, not an index local to the worker), then num_rows x
+//   hidden floats (the token rows).
+// Combine (expert worker -> attention worker): u32 magic 'SYC3', u32
 // num_rows, u32 mesh_rows (rows the expert worker received from all attention
-// workers for this layer: 0 means the whole mesh was idle), u64 placement
-// epoch, then num_rows x hidden floats: the unweighted expert outputs, in the
-// order of the dispatch rows. Host byte order (all ranks of one cluster run
-// the same build on the same architecture).
+// workers for this layer: 0 means the whole mesh was idle), u32 reserved, i64
+// placement epoch, i64 next epoch, u64 switch step, then num_rows x hidden
+// floats: the unweighted expert outputs, in the order of the dispatch rows.
+// Host byte order (all ranks of one cluster run the same build on the same
+// architecture).
+//
+// (next epoch, switch step) is the placement switch the sender knows of: the
+// whole mesh serves `next epoch` from mesh step `switch step` on (next epoch
+// 0: none). The leader attention worker sets it, every expert worker echoes
+// it in its combines, so every worker knows the switch before the step it
+// names (see ExpertServer and RemoteExpertExecutor).
 //
 // Both sides check the epoch on receipt: a worker that serves another
 // placement than the sender's answers with FailedPrecondition naming both
@@ -27,10 +35,17 @@
 
 namespace sy::moe {
 
-inline constexpr uint32_t kDispatchMagic = 0x32445953;  // "SYD2"
-inline constexpr uint32_t kCombineMagic = 0x32435953;   // "SYC2"
-inline constexpr size_t kDispatchHeader = 16;
-inline constexpr size_t kCombineHeader = 20;
+inline constexpr uint32_t kDispatchMagic = 0x33445953;  // "SYD3"
+inline constexpr uint32_t kCombineMagic = 0x33435953;   // "SYC3"
+inline constexpr size_t kDispatchHeader = 32;
+inline constexpr size_t kCombineHeader = 40;
+
+// A placement switch: the mesh serves `epoch` from mesh step `step` on.
+struct Switch {
+  int64_t epoch = 0;  // 0: no switch pending
+  uint64_t step = 0;
+  bool pending() const { return epoch != 0; }
+};
 
 enum class Phase : uint64_t { kDispatch = 1, kCombine = 2 };
 
@@ -44,17 +59,20 @@ inline uint64_t StepTag(uint64_t step, int32_t moe_index, Phase phase) {
 
 struct DispatchView {
   uint32_t num_rows = 0;
+  Switch next;
   const int32_t* slots = nullptr;  // [num_rows] global slot id
   const float* rows = nullptr;     // [num_rows, hidden]
 };
 
-inline void EncodeDispatch(int64_t epoch, const std::vector<int32_t>& slots,
+inline void EncodeDispatch(int64_t epoch, const Switch& next, const std::vector<int32_t>& slots,
                            const std::vector<float>& rows, std::vector<uint8_t>* out) {
   const uint32_t n = static_cast<uint32_t>(slots.size());
   out->resize(kDispatchHeader + n * sizeof(int32_t) + rows.size() * sizeof(float));
   std::memcpy(out->data(), &kDispatchMagic, 4);
   std::memcpy(out->data() + 4, &n, 4);
   std::memcpy(out->data() + 8, &epoch, 8);
+  std::memcpy(out->data() + 16, &next.epoch, 8);
+  std::memcpy(out->data() + 24, &next.step, 8);
   if (n > 0) {
     std::memcpy(out->data() + kDispatchHeader, slots.data(), n * sizeof(int32_t));
     std::memcpy(out->data() + kDispatchHeader + n * sizeof(int32_t), rows.data(),
@@ -81,6 +99,8 @@ inline absl::Status DecodeDispatch(const std::vector<uint8_t>& msg, int64_t hidd
   std::memcpy(&n, msg.data() + 4, 4);
   std::memcpy(&got_epoch, msg.data() + 8, 8);
   if (magic != kDispatchMagic) return absl::DataLossError("dispatch message has a bad magic");
+  std::memcpy(&view->next.epoch, msg.data() + 16, 8);
+  std::memcpy(&view->next.step, msg.data() + 24, 8);
   if (got_epoch != epoch) return EpochMismatch("dispatch", got_epoch, epoch);
   const size_t want =
       kDispatchHeader + static_cast<size_t>(n) * (sizeof(int32_t) + hidden * sizeof(float));
@@ -101,13 +121,17 @@ inline absl::Status DecodeDispatch(const std::vector<uint8_t>& msg, int64_t hidd
   return absl::OkStatus();
 }
 
-inline void EncodeCombine(int64_t epoch, const float* rows, uint32_t num_rows, uint32_t mesh_rows,
-                          int64_t hidden, std::vector<uint8_t>* out) {
+inline void EncodeCombine(int64_t epoch, const Switch& next, const float* rows, uint32_t num_rows,
+                          uint32_t mesh_rows, int64_t hidden, std::vector<uint8_t>* out) {
   out->resize(kCombineHeader + static_cast<size_t>(num_rows) * hidden * sizeof(float));
+  const uint32_t reserved = 0;
   std::memcpy(out->data(), &kCombineMagic, 4);
   std::memcpy(out->data() + 4, &num_rows, 4);
   std::memcpy(out->data() + 8, &mesh_rows, 4);
-  std::memcpy(out->data() + 12, &epoch, 8);
+  std::memcpy(out->data() + 12, &reserved, 4);
+  std::memcpy(out->data() + 16, &epoch, 8);
+  std::memcpy(out->data() + 24, &next.epoch, 8);
+  std::memcpy(out->data() + 32, &next.step, 8);
   if (num_rows > 0) {
     std::memcpy(out->data() + kCombineHeader, rows, num_rows * hidden * sizeof(float));
   }
@@ -115,7 +139,7 @@ inline void EncodeCombine(int64_t epoch, const float* rows, uint32_t num_rows, u
 
 inline absl::Status DecodeCombine(const std::vector<uint8_t>& msg, int64_t epoch,
                                   uint32_t expected_rows, int64_t hidden, const float** rows,
-                                  uint32_t* mesh_rows) {
+                                  uint32_t* mesh_rows, Switch* next) {
   if (msg.size() < kCombineHeader) {
     return absl::DataLossError("combine message shorter than its header");
   }
@@ -124,8 +148,10 @@ inline absl::Status DecodeCombine(const std::vector<uint8_t>& msg, int64_t epoch
   std::memcpy(&magic, msg.data(), 4);
   std::memcpy(&n, msg.data() + 4, 4);
   std::memcpy(mesh_rows, msg.data() + 8, 4);
-  std::memcpy(&got_epoch, msg.data() + 12, 8);
+  std::memcpy(&got_epoch, msg.data() + 16, 8);
   if (magic != kCombineMagic) return absl::DataLossError("combine message has a bad magic");
+  std::memcpy(&next->epoch, msg.data() + 24, 8);
+  std::memcpy(&next->step, msg.data() + 32, 8);
   if (got_epoch != epoch) return EpochMismatch("combine", got_epoch, epoch);
   if (n != expected_rows ||
       msg.size() != kCombineHeader + static_cast<size_t>(n) * hidden * sizeof(float)) {

@@ -1,7 +1,9 @@
 #include "services/moe/remote_experts.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -18,6 +20,9 @@ RemoteExpertExecutor::RemoteExpertExecutor(const model::ModelConfig& cfg, eplb::
       ranks_(std::move(ranks)),
       transport_(transport),
       timeout_(timeout) {
+  leader_ = !ranks_.attention.empty() && transport_ != nullptr &&
+            transport_->rank() == ranks_.attention[0];
+  serving_epoch_.store(placement_.epoch);
   const size_t n = ranks_.experts.size();
   slots_.resize(n);
   rows_.resize(n);
@@ -38,6 +43,7 @@ absl::Status RemoteExpertExecutor::Run(int64_t layer, const void* hidden_v, int6
   // A forward pass visits the MoE layers in increasing order: going back to
   // an earlier (or the same) layer starts the next step.
   if (moe_index <= last_moe_index_) ++step_;
+  if (last_moe_index_ < 0 || moe_index <= last_moe_index_) SY_RETURN_IF_ERROR(BeginStep());
   last_moe_index_ = moe_index;
   absl::Status st = Exchange(moe_index, hidden, num_tokens, topk_ids, topk_weights, top_k, out);
   if (moe_index == static_cast<int32_t>(placement_.layers.size()) - 1) {
@@ -47,6 +53,42 @@ absl::Status RemoteExpertExecutor::Run(int64_t layer, const void* hidden_v, int6
     mesh_rows_ = 0;
   }
   return st;
+}
+
+void RemoteExpertExecutor::OfferPlacement(eplb::Placement next) {
+  std::lock_guard<std::mutex> lock(offer_mu_);
+  offered_ = std::move(next);
+  offer_cv_.notify_all();
+}
+
+absl::Status RemoteExpertExecutor::BeginStep() {
+  if (switch_.pending() && step_ >= switch_.step) {
+    std::unique_lock<std::mutex> lock(offer_mu_);
+    const int64_t want = switch_.epoch;
+    if (!offer_cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout_),
+                            [&] { return offered_.has_value() && offered_->epoch == want; })) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("the mesh switches to placement epoch ", want, " at step ", switch_.step,
+                       ", but this attention worker was not given that placement in time"));
+    }
+    placement_ = std::move(*offered_);
+    offered_.reset();
+    lock.unlock();
+    SY_LOG(INFO) << "attention worker rank " << transport_->rank() << ": serving placement epoch "
+                 << placement_.epoch << " from step " << step_;
+    switch_ = Switch{};
+    serving_epoch_.store(placement_.epoch);
+  }
+  if (leader_ && !switch_.pending()) {
+    std::lock_guard<std::mutex> lock(offer_mu_);
+    if (offered_.has_value() && offered_->epoch > placement_.epoch) {
+      // Announced in this step's dispatches; every worker switches at the next.
+      switch_ = Switch{offered_->epoch, step_ + 1};
+      SY_LOG(INFO) << "leader: the mesh switches to placement epoch " << switch_.epoch
+                   << " at step " << switch_.step;
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status RemoteExpertExecutor::RunEmptyStep() {
@@ -88,7 +130,7 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
   ++spread_;
   std::vector<transport::SendItem> sends(num_ew);
   for (size_t w = 0; w < num_ew; ++w) {
-    EncodeDispatch(placement_.epoch, slots_[w], rows_[w], &send_[w]);
+    EncodeDispatch(placement_.epoch, switch_, slots_[w], rows_[w], &send_[w]);
     sends[w] = {ranks_.experts[w], send_[w].data(), send_[w].size()};
   }
   SY_RETURN_IF_ERROR(Annotate(
@@ -103,10 +145,16 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
   for (size_t w = 0; w < num_ew; ++w) {
     const float* rows = nullptr;
     uint32_t mesh_rows = 0;
-    SY_RETURN_IF_ERROR(
-        Annotate(DecodeCombine(recv_[w], placement_.epoch,
-                               static_cast<uint32_t>(row_token_[w].size()), H, &rows, &mesh_rows),
-                 absl::StrCat("from expert worker ", w)));
+    Switch next;
+    SY_RETURN_IF_ERROR(Annotate(
+        DecodeCombine(recv_[w], placement_.epoch, static_cast<uint32_t>(row_token_[w].size()), H,
+                      &rows, &mesh_rows, &next),
+        absl::StrCat("from expert worker ", w)));
+    // The leader's switch, echoed by the expert workers.
+    if (next.pending() && !switch_.pending() && next.epoch > placement_.epoch &&
+        next.step > step_) {
+      switch_ = next;
+    }
     mesh_rows_ += mesh_rows;
     for (size_t r = 0; r < row_token_[w].size(); ++r) {
       float* dst = out + static_cast<int64_t>(row_token_[w][r]) * H;
@@ -129,40 +177,179 @@ absl::StatusOr<std::unique_ptr<ExpertServer>> ExpertServer::Create(
   }
   std::unique_ptr<ExpertServer> s(new ExpertServer());
   s->cfg_ = cfg;
-  s->placement_ = placement;
   s->worker_index_ = worker_index;
   s->ranks_ = std::move(ranks);
   s->transport_ = transport;
   s->timeout_ = timeout;
   s->ctx_ = ctx;
-  const int32_t spw = placement.NumSlotsOf(worker_index);
-  s->slots_.resize(placement.layers.size());
-  s->load_.assign(placement.layers.size(), std::vector<int64_t>(spw, 0));
-  for (size_t l = 0; l < placement.layers.size(); ++l) {
-    for (int32_t i = 0; i < spw; ++i) {
-      const int32_t expert = placement.phy2log[l][placement.SlotBegin(worker_index) + i];
-      if (ckpt != nullptr) {
-        SY_ASSIGN_OR_RETURN(model::MlpWeights w,
-                            model::LoadExpert(cfg, *ckpt, placement.layers[l], expert));
-        s->slots_[l].push_back(std::move(w));
-      } else {
-        s->slots_[l].push_back(model::DummyExpert(cfg, placement.layers[l], expert, dummy_seed));
-      }
-    }
-    SY_LOG(INFO) << "expert worker " << worker_index << ": loaded " << spw << " slots of layer "
-                 << placement.layers[l] << " (" << l + 1 << "/" << placement.layers.size() << ")";
-  }
-  // What the grouped FFN reads: per layer the gate_up then the down pointers.
-  s->weight_ptrs_.resize(placement.layers.size());
-  for (size_t l = 0; l < placement.layers.size(); ++l) {
-    for (const model::MlpWeights& w : s->slots_[l]) s->weight_ptrs_[l].push_back(w.gate_up.ptr());
-    for (const model::MlpWeights& w : s->slots_[l]) s->weight_ptrs_[l].push_back(w.down.ptr());
-  }
+  s->ckpt_ = ckpt;
+  s->dummy_seed_ = dummy_seed;
+  StageStats stats;
+  SY_ASSIGN_OR_RETURN(s->cur_, s->Build(placement, nullptr, {}, &stats));
+  s->serving_epoch_.store(placement.epoch);
+  s->load_.assign(placement.layers.size(),
+                  std::vector<int64_t>(placement.NumSlotsOf(worker_index), 0));
   return s;
 }
 
+absl::StatusOr<model::MlpWeights> ExpertServer::Load(int32_t layer, int32_t expert) const {
+  if (ckpt_ != nullptr) return model::LoadExpert(cfg_, *ckpt_, layer, expert);
+  return model::DummyExpert(cfg_, layer, expert, dummy_seed_);
+}
+
+namespace {
+int64_t WeightBytes(const model::MlpWeights& w) {
+  return static_cast<int64_t>(sizeof(float)) * (w.gate_up.numel() + w.down.numel());
+}
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<ExpertServer::Generation>> ExpertServer::Build(
+    const eplb::Placement& placement, const Generation* reuse, const ExpertFetcher& fetch,
+    StageStats* stats) {
+  if (worker_index_ >= placement.num_workers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("placement epoch ", placement.epoch, " has ", placement.num_workers,
+                     " expert workers; this is worker ", worker_index_));
+  }
+  auto gen = std::make_shared<Generation>();
+  gen->placement = placement;
+  const int32_t n = placement.NumSlotsOf(worker_index_), begin = placement.SlotBegin(worker_index_);
+  gen->slots.resize(placement.layers.size());
+  gen->ptrs.resize(placement.layers.size());
+  const auto start = std::chrono::steady_clock::now();
+  for (size_t l = 0; l < placement.layers.size(); ++l) {
+    const int32_t layer = placement.layers[l];
+    // The experts this worker serves in this layer now.
+    std::vector<std::pair<int32_t, std::shared_ptr<const model::MlpWeights>>> held;
+    if (reuse != nullptr) {
+      const int32_t rl = reuse->placement.MoeIndex(layer);
+      if (rl >= 0) {
+        const int32_t rb = reuse->placement.SlotBegin(worker_index_);
+        for (size_t i = 0; i < reuse->slots[rl].size(); ++i) {
+          held.emplace_back(reuse->placement.phy2log[rl][rb + i], reuse->slots[rl][i]);
+        }
+      }
+    }
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t expert = placement.phy2log[l][begin + i];
+      std::shared_ptr<const model::MlpWeights> w;
+      for (const auto& [e, p] : held) {
+        if (e == expert) {
+          w = p;
+          break;
+        }
+      }
+      if (w != nullptr) {
+        ++stats->kept_experts;
+      } else {
+        absl::StatusOr<model::MlpWeights> loaded =
+            fetch ? fetch(layer, expert) : Load(layer, expert);
+        if (!loaded.ok()) {
+          return Annotate(loaded.status(),
+                          absl::StrCat("loading expert ", expert, " of layer ", layer,
+                                       " for placement epoch ", placement.epoch));
+        }
+        ++stats->fetched_experts;
+        stats->fetched_bytes += WeightBytes(*loaded);
+        w = std::make_shared<const model::MlpWeights>(*std::move(loaded));
+        held.emplace_back(expert, w);  // a second replica on this worker shares it
+      }
+      gen->slots[l].push_back(std::move(w));
+    }
+    // What the grouped FFN reads: the gate_up then the down pointers.
+    for (const auto& w : gen->slots[l]) gen->ptrs[l].push_back(w->gate_up.ptr());
+    for (const auto& w : gen->slots[l]) gen->ptrs[l].push_back(w->down.ptr());
+    if (reuse == nullptr) {
+      SY_LOG(INFO) << "expert worker " << worker_index_ << ": loaded " << n << " slots of layer "
+                   << layer << " (" << l + 1 << "/" << placement.layers.size() << ")";
+    }
+  }
+  stats->epoch = placement.epoch;
+  stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return gen;
+}
+
+absl::StatusOr<StageStats> ExpertServer::Stage(const eplb::Placement& next,
+                                               const ExpertFetcher& fetch) {
+  std::shared_ptr<Generation> cur;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cur = cur_;
+    if (staged_ != nullptr && staged_->placement.epoch == next.epoch) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("placement epoch ", next.epoch, " is already staged"));
+    }
+  }
+  if (next.epoch <= cur->placement.epoch) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot stage placement epoch ", next.epoch,
+                                                   ": this worker serves epoch ",
+                                                   cur->placement.epoch));
+  }
+  if (auto st = next.Validate(); !st.ok()) return st;
+  StageStats stats;
+  SY_ASSIGN_OR_RETURN(std::shared_ptr<Generation> gen, Build(next, cur.get(), fetch, &stats));
+  const int64_t limit = memory_limit_.load();
+  const int64_t serving = expert_bytes();
+  if (limit > 0 && serving + stats.fetched_bytes > limit) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "staging placement epoch ", next.epoch, " needs ", stats.fetched_bytes,
+        " bytes of expert weights beside the ", serving, " serving; the limit is ", limit));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  staged_ = std::move(gen);
+  SY_LOG(INFO) << "expert worker " << worker_index_ << ": staged placement epoch " << next.epoch
+               << " (" << stats.fetched_experts << " experts loaded, " << stats.fetched_bytes
+               << " bytes, " << stats.kept_experts << " kept, " << stats.seconds << " s)";
+  return stats;
+}
+
+void ExpertServer::DropStaged(int64_t epoch) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (staged_ != nullptr && staged_->placement.epoch == epoch) {
+    staged_.reset();
+    SY_LOG(INFO) << "expert worker " << worker_index_ << ": dropped staged placement epoch "
+                 << epoch;
+  }
+}
+
+int64_t ExpertServer::staged_epoch() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return staged_ != nullptr ? staged_->placement.epoch : 0;
+}
+
+int64_t ExpertServer::expert_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::set<const model::MlpWeights*> seen;
+  int64_t bytes = 0;
+  for (const Generation* g : {cur_.get(), staged_.get()}) {
+    if (g == nullptr) continue;
+    for (const auto& layer : g->slots) {
+      for (const auto& w : layer) {
+        if (seen.insert(w.get()).second) bytes += WeightBytes(*w);
+      }
+    }
+  }
+  return bytes;
+}
+
 absl::Status ExpertServer::ServeStep() {
-  for (int32_t i = 0; i < static_cast<int32_t>(placement_.layers.size()); ++i) {
+  if (switch_.pending() && step_ >= switch_.step) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (staged_ == nullptr || staged_->placement.epoch != switch_.epoch) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "expert worker ", worker_index_, ": the mesh switches to placement epoch ", switch_.epoch,
+          " at step ", switch_.step, ", which this worker has not staged"));
+    }
+    cur_ = std::move(staged_);  // the old generation's unshared experts are freed here
+    staged_.reset();
+    load_.assign(cur_->placement.layers.size(),
+                 std::vector<int64_t>(cur_->placement.NumSlotsOf(worker_index_), 0));
+    serving_epoch_.store(cur_->placement.epoch);
+    SY_LOG(INFO) << "expert worker " << worker_index_ << ": serving placement epoch "
+                 << cur_->placement.epoch << " from step " << step_;
+    switch_ = Switch{};
+  }
+  for (int32_t i = 0; i < static_cast<int32_t>(cur_->placement.layers.size()); ++i) {
     SY_RETURN_IF_ERROR(ServeLayer(i));
   }
   ++step_;
@@ -171,8 +358,9 @@ absl::Status ExpertServer::ServeStep() {
 
 absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   const int64_t H = cfg_.hidden_size, I = cfg_.moe_intermediate_size;
-  const int32_t spw = placement_.NumSlotsOf(worker_index_);
-  const int32_t slot_begin = placement_.SlotBegin(worker_index_);
+  const eplb::Placement& placement = cur_->placement;
+  const int32_t spw = placement.NumSlotsOf(worker_index_);
+  const int32_t slot_begin = placement.SlotBegin(worker_index_);
   SY_RETURN_IF_ERROR(
       Annotate(transport_->Exchange(StepTag(step_, moe_index, Phase::kDispatch), {},
                                     ranks_.attention, &recv_, timeout_),
@@ -184,14 +372,26 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   uint32_t mesh_rows = 0;
   for (size_t a = 0; a < num_aw; ++a) {
     absl::Status st = Annotate(
-        DecodeDispatch(recv_[a], H, placement_.epoch, slot_begin, slot_begin + spw, &views[a]),
+        DecodeDispatch(recv_[a], H, placement.epoch, slot_begin, slot_begin + spw, &views[a]),
         absl::StrCat("expert worker ", worker_index_, " from rank ", ranks_.attention[a]));
+    if (a == 0 && views[a].next.pending() && !switch_.pending()) {
+      // The leader announces a switch: it must be to the staged placement,
+      // at a later step.
+      const Switch next = views[a].next;
+      if (next.step <= step_ || next.epoch <= placement.epoch || staged_epoch() != next.epoch) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "expert worker ", worker_index_, ": the leader announces placement epoch ", next.epoch,
+            " from step ", next.step, " at step ", step_, ", but this worker serves epoch ",
+            placement.epoch, " and has staged epoch ", staged_epoch()));
+      }
+      switch_ = next;
+    }
     if (absl::IsFailedPrecondition(st)) {
       // Another placement epoch: answer every attention worker with this
       // worker's epoch and no rows, so they fail at once on the mismatch
       // instead of waiting out the timeout; compute nothing.
       for (size_t w = 0; w < num_aw; ++w) {
-        EncodeCombine(placement_.epoch, nullptr, 0, 0, H, &send_[w]);
+        EncodeCombine(placement.epoch, switch_, nullptr, 0, 0, H, &send_[w]);
         sends[w] = {ranks_.attention[w], send_[w].data(), send_[w].size()};
       }
       (void)transport_->Exchange(StepTag(step_, moe_index, Phase::kCombine), sends, {}, &recv_,
@@ -220,13 +420,13 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   }
   if (ones_.size() < static_cast<size_t>(total)) ones_.resize(static_cast<size_t>(total), 1.0f);
   scattered_.resize(static_cast<size_t>(total) * H);
-  const std::vector<const void*>& ptrs = weight_ptrs_[moe_index];
+  const std::vector<const void*>& ptrs = cur_->ptrs[moe_index];
   SY_RETURN_IF_ERROR(routed_.Run(ctx_, kernels::DType::kF32, gathered_.data(), total,
                                  local_slot_.data(), 1, ones_.data(), spw, ptrs.data(),
                                  ptrs.data() + spw, H, I, scattered_.data(), &load_[moe_index]));
   for (size_t w = 0; w < num_aw; ++w) {
-    EncodeCombine(placement_.epoch, scattered_.data() + base[w] * H, views[w].num_rows, mesh_rows,
-                  H, &send_[w]);
+    EncodeCombine(placement.epoch, switch_, scattered_.data() + base[w] * H, views[w].num_rows,
+                  mesh_rows, H, &send_[w]);
     sends[w] = {ranks_.attention[w], send_[w].data(), send_[w].size()};
   }
   return Annotate(

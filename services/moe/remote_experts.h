@@ -11,12 +11,32 @@
 // Every attention worker takes part in every step, with or without tokens
 // (RunEmptyStep), so the expert workers can wait for all of them; a step is
 // one engine forward pass, and each MoE layer of it is one dispatch and one
-// combine exchange tagged (step, layer, phase). Neither class is
-// thread-safe: the worker's step loop drives it.
+// combine exchange tagged (step, layer, phase). Every worker counts the same
+// mesh steps.
+//
+// Switching placements (re-placement): an expert worker first stages the
+// next placement's weights beside the serving ones (Stage, from any thread;
+// experts it already holds are shared, not copied). Once every expert worker
+// has staged, each attention worker is offered the committed placement
+// (OfferPlacement, any thread). The leader (attention worker 0) then
+// announces in the dispatches of its next step k "epoch e+1 from step k+1";
+// every expert worker sees it in step k and echoes it in its combines, so
+// every attention worker knows it by the end of step k. All of them serve
+// step k+1 with the new placement, expert workers drop the old generation,
+// and no step ever mixes two placements (the epoch check on every message
+// would fail it).
+//
+// Neither class is thread-safe except where noted: the worker's step loop
+// drives it.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -27,6 +47,7 @@
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
+#include "services/moe/moe_wire.h"
 #include "transport/transport.h"
 
 namespace sy::moe {
@@ -38,9 +59,17 @@ struct MeshRanks {
 
 class RemoteExpertExecutor : public engine::ExpertExecutor {
  public:
-  // `transport` must outlive this object.
+  // `transport` must outlive this object. The attention worker of rank
+  // ranks.attention[0] leads placement switches.
   RemoteExpertExecutor(const model::ModelConfig& cfg, eplb::Placement placement, MeshRanks ranks,
                        transport::Transport* transport, absl::Duration timeout);
+
+  // A committed placement with a newer epoch (any thread): the mesh switches
+  // to it at a step the leader picks; a later offer replaces an earlier one
+  // that has not been switched to.
+  void OfferPlacement(eplb::Placement next);
+  // The epoch this worker serves (any thread).
+  int64_t serving_epoch() const { return serving_epoch_.load(); }
 
   // Host fp32 activations (the attention worker runs on the CPU).
   absl::Status Run(int64_t layer, const void* hidden, int64_t num_tokens, const int32_t* topk_ids,
@@ -56,10 +85,20 @@ class RemoteExpertExecutor : public engine::ExpertExecutor {
   absl::Status Exchange(int32_t moe_index, const float* hidden, int64_t num_tokens,
                         const int32_t* topk_ids, const float* topk_weights, int64_t top_k,
                         float* out);
+  // At the first MoE layer of a step: switches when the step is the agreed
+  // one (waiting up to the timeout for the offered placement), and on the
+  // leader schedules a switch to an offered placement for the next step.
+  absl::Status BeginStep();
 
   model::ModelConfig cfg_;
   eplb::Placement placement_;
   MeshRanks ranks_;
+  bool leader_ = false;
+  Switch switch_;  // the switch this worker knows of (pending or none)
+  std::atomic<int64_t> serving_epoch_{0};
+  std::mutex offer_mu_;
+  std::condition_variable offer_cv_;
+  std::optional<eplb::Placement> offered_;  // guarded by offer_mu_
   transport::Transport* transport_;
   absl::Duration timeout_;
   uint64_t step_ = 0;
@@ -76,36 +115,89 @@ class RemoteExpertExecutor : public engine::ExpertExecutor {
   std::vector<std::vector<uint8_t>> recv_;
 };
 
+// Loads the weights of (model layer, logical expert): from the checkpoint,
+// dummy weights, or a peer.
+using ExpertFetcher =
+    std::function<absl::StatusOr<model::MlpWeights>(int32_t layer, int32_t expert)>;
+
+// What staging a placement took.
+struct StageStats {
+  int64_t epoch = 0;
+  int64_t fetched_experts = 0;  // (layer, slot)s whose expert this worker did not hold
+  int64_t fetched_bytes = 0;
+  int64_t kept_experts = 0;  // shared with the serving generation
+  double seconds = 0.0;
+};
+
 class ExpertServer {
  public:
   // Loads the experts of worker `worker_index`'s slots (checkpoint, or dummy
-  // weights when `ckpt` is null).
+  // weights when `ckpt` is null; `ckpt` must outlive the server, which loads
+  // staged experts from it too).
   static absl::StatusOr<std::unique_ptr<ExpertServer>> Create(
       const model::ModelConfig& cfg, const eplb::Placement& placement, int32_t worker_index,
       MeshRanks ranks, transport::Transport* transport, const model::Checkpoint* ckpt,
       uint64_t dummy_seed, absl::Duration timeout, const kernels::Context& ctx);
 
-  // Serves one whole step (every MoE layer). Errors (a peer gone, a timeout,
+  // Serves one whole step (every MoE layer), first switching to the staged
+  // generation when this is the agreed step. Errors (a peer gone, a timeout,
   // a malformed message) leave the mesh unusable.
   absl::Status ServeStep();
   uint64_t step() const { return step_; }
-  // Tokens routed to each local slot so far: [moe layer][local slot].
+  // Tokens routed to each local slot of the serving generation so far:
+  // [moe layer][local slot] (reset at a switch).
   const std::vector<std::vector<int64_t>>& slot_load() const { return load_; }
 
+  // Any thread, while ServeStep runs: builds the generation of placement
+  // `next` (a newer epoch) beside the serving one. Experts this worker
+  // already serves in the same layer are shared, the others loaded through
+  // `fetch` (the checkpoint or dummy weights without one). ResourceExhausted
+  // when the serving and the new weights together would exceed the memory
+  // limit; the staged generation is then not kept.
+  absl::StatusOr<StageStats> Stage(const eplb::Placement& next, const ExpertFetcher& fetch = {});
+  // Forgets a staged generation of `epoch` (an aborted re-placement).
+  void DropStaged(int64_t epoch);
+  // Bytes of expert weights the serving and a staged generation may hold
+  // together (0: no limit). Any thread.
+  void set_memory_limit(int64_t bytes) { memory_limit_.store(bytes); }
+  // Any thread.
+  int64_t serving_epoch() const { return serving_epoch_.load(); }
+  int64_t staged_epoch() const;
+  // Bytes of distinct expert weights held now (serving and staged). Any thread.
+  int64_t expert_bytes() const;
+
  private:
+  struct Generation {
+    eplb::Placement placement;
+    // [moe layer][local slot]; shared between generations where unchanged.
+    std::vector<std::vector<std::shared_ptr<const model::MlpWeights>>> slots;
+    std::vector<std::vector<const void*>> ptrs;  // [moe layer]: gate_up, then down
+  };
+
   ExpertServer() = default;
   absl::Status ServeLayer(int32_t moe_index);
+  absl::StatusOr<std::shared_ptr<Generation>> Build(const eplb::Placement& placement,
+                                                    const Generation* reuse,
+                                                    const ExpertFetcher& fetch, StageStats* stats);
+  absl::StatusOr<model::MlpWeights> Load(int32_t layer, int32_t expert) const;
 
   model::ModelConfig cfg_;
-  eplb::Placement placement_;
   int32_t worker_index_ = 0;
   MeshRanks ranks_;
   transport::Transport* transport_ = nullptr;
   absl::Duration timeout_;
   kernels::Context ctx_;
+  const model::Checkpoint* ckpt_ = nullptr;
+  uint64_t dummy_seed_ = 0;
   uint64_t step_ = 0;
-  std::vector<std::vector<model::MlpWeights>> slots_;  // [moe layer][local slot]
-  std::vector<std::vector<const void*>> weight_ptrs_;  // [moe layer]: gate_up, then down
+  // The serving generation: replaced only by the step thread, under mu_;
+  // the step thread reads it without the lock.
+  std::shared_ptr<Generation> cur_;
+  std::shared_ptr<Generation> staged_;  // guarded by mu_
+  mutable std::mutex mu_;
+  std::atomic<int64_t> serving_epoch_{0};
+  std::atomic<int64_t> memory_limit_{0};
+  Switch switch_;  // step thread
   std::vector<std::vector<int64_t>> load_;
   std::vector<std::vector<uint8_t>> recv_;
   std::vector<std::vector<uint8_t>> send_;
