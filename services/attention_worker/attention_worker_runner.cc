@@ -13,8 +13,11 @@
 #include "services/attention_worker/peer_waker.h"
 #include "services/cluster/grpc_server.h"
 #include "services/cluster/worker_bootstrap.h"
+#include "services/coordinator/coordinator_service.h"
 
 namespace sy::attention_worker {
+
+namespace pb = ::switchyard::internal::v1;
 
 absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index,
                                 transport::Transport& transport, const std::string& listen,
@@ -58,6 +61,29 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   AttentionWorkerCore core(std::move(engine), mesh_exec, co);
   AttentionWorkerService service(&core);
   SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {&service}));
+  // Re-placements: a committed placement goes to the executor, which
+  // switches at the step the leader announces; heartbeats report the epoch
+  // served.
+  mesh.heartbeat->SetReporter(
+      [mesh_exec](pb::HeartbeatRequest* req) {
+        req->set_serving_epoch(mesh_exec->serving_epoch());
+      },
+      [mesh_exec] { return mesh_exec->serving_epoch(); });
+  int64_t offered_epoch = 0;  // watcher thread only
+  cluster::MeshWatcher watcher(cfg, [&](const pb::Mesh& m) {
+    if (!m.has_next() || m.next().state() != pb::Transition::STATE_COMMITTED ||
+        m.next().epoch() <= offered_epoch) {
+      return;
+    }
+    absl::StatusOr<eplb::Placement> next = coordinator::PlacementFromProto(m.next().placement());
+    if (!next.ok()) {
+      SY_LOG(ERROR) << "attention worker " << index << ": committed placement epoch "
+                    << m.next().epoch() << " is invalid: " << next.status();
+      return;
+    }
+    offered_epoch = next->epoch;
+    mesh_exec->OfferPlacement(*std::move(next));
+  });
   // Ready: the router may send requests (they queue in the engine); steps
   // start once every worker has loaded.
   mesh.heartbeat->SetReady();
@@ -78,6 +104,7 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   server.SetServing({"switchyard.internal.v1.AttentionWorker"}, false);
   core.Stop();
   loop.join();
+  mesh.heartbeat->SetReporter({}, {});
   server.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   SY_LOG(INFO) << "attention worker " << index << " stopped";
   if (!loop_status.ok() && !should_stop()) return Annotate(loop_status, "step loop");

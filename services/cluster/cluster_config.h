@@ -64,6 +64,9 @@ struct AttentionWorkerOptions {
 
 struct ExpertWorkerOptions {
   int32_t base_port = 50300;
+  // Bytes of expert weights a worker may hold, serving and staged together
+  // (0: no limit); staging a re-placement beyond it fails and is aborted.
+  int64_t memory_limit_bytes = 0;
 };
 
 struct CoordinatorOptions {

@@ -137,17 +137,27 @@ Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank) {
   thread_ = std::thread([this, address, period, rank] {
     auto stub =
         pb::Coordinator::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    int64_t sent_news = 0;
+    auto news = [this] {
+      std::lock_guard<std::mutex> lock(reporter_mu_);
+      return news_ ? news_() : int64_t{0};
+    };
     while (!stop_.load()) {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + period);
       pb::HeartbeatRequest req;
       req.set_rank(rank);
       req.set_ready(ready_.load(std::memory_order_relaxed));
+      sent_news = news();
+      {
+        std::lock_guard<std::mutex> lock(reporter_mu_);
+        if (reporter_) reporter_(&req);
+      }
       pb::HeartbeatResponse resp;
       grpc::Status st = stub->Heartbeat(&ctx, req, &resp);
       if (!st.ok()) SY_LOG(DEBUG) << "heartbeat failed: " << st.error_message();
       for (auto waited = std::chrono::milliseconds(0);
-           waited < period && !stop_.load() && !beat_now_.exchange(false);
+           waited < period && !stop_.load() && !beat_now_.exchange(false) && news() == sent_news;
            waited += std::chrono::milliseconds(20)) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
       }
@@ -158,6 +168,45 @@ Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank) {
 void Heartbeat::SetReady() {
   ready_.store(true, std::memory_order_relaxed);
   beat_now_.store(true);
+}
+
+void Heartbeat::SetReporter(Reporter reporter, NewsProbe news) {
+  std::lock_guard<std::mutex> lock(reporter_mu_);
+  reporter_ = std::move(reporter);
+  news_ = std::move(news);
+}
+
+MeshWatcher::MeshWatcher(const ClusterConfig& cfg, std::function<void(const pb::Mesh&)> on_change) {
+  const std::string address = cfg.coordinator.listen.address();
+  thread_ = std::thread([this, address, on_change = std::move(on_change)] {
+    auto stub =
+        pb::Coordinator::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    int64_t version = 0;
+    while (!stop_.load()) {
+      grpc::ClientContext ctx;
+      // Short enough that the destructor does not wait long for the poll.
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1500));
+      pb::GetMeshRequest req;
+      req.set_newer_than_version(std::max<int64_t>(version, 1));
+      pb::Mesh mesh;
+      const auto asked = Clock::now();
+      grpc::Status st = stub->GetMesh(&ctx, req, &mesh);
+      if (st.ok() && mesh.version() > version) {
+        version = mesh.version();
+        on_change(mesh);
+        continue;
+      }
+      if (!st.ok()) SY_LOG(DEBUG) << "watching the mesh: " << st.error_message();
+      if (Clock::now() - asked < std::chrono::milliseconds(100)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      }
+    }
+  });
+}
+
+MeshWatcher::~MeshWatcher() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
 }
 
 absl::Status WaitForReadyMesh(const ClusterConfig& cfg, std::chrono::milliseconds timeout) {

@@ -5,7 +5,9 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -50,14 +52,24 @@ absl::Status WaitForReadyMesh(const ClusterConfig& cfg, std::chrono::millisecond
 inline constexpr std::chrono::minutes kReadyTimeout{30};
 
 // Sends a heartbeat every cfg.coordinator.heartbeat_ms until destroyed,
-// carrying this worker's readiness once SetReady has been called.
+// carrying this worker's readiness once SetReady has been called and what
+// its reporter adds (epochs, staging outcome, load).
 class Heartbeat {
  public:
+  // Fills the worker's part of a heartbeat (called on the heartbeat thread).
+  using Reporter = std::function<void(::switchyard::internal::v1::HeartbeatRequest*)>;
+  // A value that changes whenever the worker has news the coordinator waits
+  // for (a switched or staged epoch): a change sends a heartbeat at once.
+  using NewsProbe = std::function<int64_t()>;
+
   Heartbeat(const ClusterConfig& cfg, int32_t rank);
   ~Heartbeat();
   // The worker has loaded what it serves; sent with the next heartbeat
   // (which is sent at once).
   void SetReady();
+  void SetReporter(Reporter reporter, NewsProbe news);
+  // Sends the next heartbeat now.
+  void BeatNow() { beat_now_.store(true); }
 
  private:
   std::atomic<bool> stop_{false};  // set by the destructor, polled by the thread
@@ -65,6 +77,23 @@ class Heartbeat {
   // else in this process is ordered by it.
   std::atomic<bool> ready_{false};
   std::atomic<bool> beat_now_{false};
+  std::mutex reporter_mu_;
+  Reporter reporter_;  // guarded by reporter_mu_
+  NewsProbe news_;     // guarded by reporter_mu_
+  std::thread thread_;
+};
+
+// The worker's control channel: long-polls the coordinator's mesh (GetMesh
+// with newer_than_version) on a thread of its own and calls `on_change` with
+// every new version, until destroyed. Errors are retried (logged at debug).
+class MeshWatcher {
+ public:
+  MeshWatcher(const ClusterConfig& cfg,
+              std::function<void(const ::switchyard::internal::v1::Mesh&)> on_change);
+  ~MeshWatcher();
+
+ private:
+  std::atomic<bool> stop_{false};
   std::thread thread_;
 };
 

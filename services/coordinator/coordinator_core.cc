@@ -9,7 +9,10 @@ CoordinatorCore::CoordinatorCore(const CoordinatorOptions& options, eplb::Placem
     : options_(options),
       attention_(options.attention_workers),
       experts_(options.expert_workers),
-      placement_(std::move(placement)) {}
+      placement_(std::move(placement)) {
+  if (placement_.epoch <= 0) placement_.epoch = 1;
+  epoch_ = placement_.epoch;
+}
 
 bool CoordinatorCore::CompleteLocked() const {
   for (const auto* list : {&attention_, &experts_}) {
@@ -68,9 +71,11 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
   m.alive = true;
   m.ready = false;
   m.last_heartbeat = std::chrono::steady_clock::now();
-  ++epoch_;
+  m.serving_epoch = 0;
+  m.staged_epoch = 0;
+  ++version_;
   SY_LOG(INFO) << "registered " << role_name << " worker " << index << " ('" << name << "') at "
-               << grpc_address << " as rank " << m.rank << " (epoch " << epoch_ << ")";
+               << grpc_address << " as rank " << m.rank << " (version " << version_ << ")";
   if (CompleteLocked()) SY_LOG(INFO) << "mesh complete at epoch " << epoch_;
   const int32_t rank = m.rank;
   lock.unlock();
@@ -78,45 +83,189 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
   return rank;
 }
 
-absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank, bool ready) {
-  bool found = false;
-  bool revived = false, became_ready = false;
+absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank, const HeartbeatInfo& info) {
+  bool found = false, changed = false, became_ready = false, mesh_ready = false;
   int64_t epoch = 0;
+  int32_t expert_index = -1;
+  std::vector<std::pair<eplb::Placement, LoadSample>> samples;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto* list : {&attention_, &experts_}) {
-      for (MemberInfo& m : *list) {
-        if (m.rank == rank && rank >= 0) {
-          m.last_heartbeat = std::chrono::steady_clock::now();
-          if (!m.alive) {
-            m.alive = true;
-            ++epoch_;
-            revived = true;
-            SY_LOG(INFO) << "rank " << rank << " (" << m.grpc_address
-                         << ") is sending heartbeats again; marked alive";
-          }
-          if (ready && !m.ready) {
-            m.ready = true;
-            became_ready = true;
-            SY_LOG(INFO) << "rank " << rank << " (" << m.grpc_address << ") is ready";
-          }
-          epoch = epoch_;
-          found = true;
+      for (size_t i = 0; i < list->size(); ++i) {
+        MemberInfo& m = (*list)[i];
+        if (m.rank != rank || rank < 0) continue;
+        found = true;
+        if (list == &experts_) expert_index = static_cast<int32_t>(i);
+        m.last_heartbeat = std::chrono::steady_clock::now();
+        if (!m.alive) {
+          m.alive = true;
+          changed = true;
+          SY_LOG(INFO) << "rank " << rank << " (" << m.grpc_address
+                       << ") is sending heartbeats again; marked alive";
+        }
+        if (info.ready && !m.ready) {
+          m.ready = true;
+          changed = became_ready = true;
+          SY_LOG(INFO) << "rank " << rank << " (" << m.grpc_address << ") is ready";
+        }
+        if (info.serving_epoch != m.serving_epoch || info.staged_epoch != m.staged_epoch) {
+          m.serving_epoch = info.serving_epoch;
+          m.staged_epoch = info.staged_epoch;
+          changed = true;
+        }
+        if (next_.has_value() && info.failed_epoch == next_->placement.epoch &&
+            next_->failure.empty()) {
+          next_->failure = absl::StrCat("expert worker ", i, ": ", info.failure);
+          SY_LOG(WARNING) << "staging placement epoch " << info.failed_epoch << " failed on "
+                          << next_->failure;
+          changed = true;
         }
       }
     }
+    if (found && expert_index >= 0) {
+      for (const LoadSample& ls : info.load) {
+        const eplb::Placement* p = nullptr;
+        if (ls.epoch == placement_.epoch) {
+          p = &placement_;
+        } else if (previous_.has_value() && ls.epoch == previous_->epoch) {
+          p = &*previous_;
+        } else if (next_.has_value() && ls.epoch == next_->placement.epoch) {
+          p = &next_->placement;
+        }
+        if (p != nullptr) samples.emplace_back(*p, ls);
+      }
+    }
+    if (found && MaybeFinishLocked()) changed = true;
+    if (changed) ++version_;
+    mesh_ready = became_ready && ReadyLocked();
+    epoch = epoch_;
   }
   if (!found) return absl::NotFoundError(absl::StrCat("rank ", rank, " is not registered"));
-  if (became_ready) {
-    bool mesh_ready;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      mesh_ready = ReadyLocked();
+  if (mesh_ready) SY_LOG(INFO) << "mesh ready at epoch " << epoch << ": every worker has loaded";
+  if (!samples.empty()) {
+    std::lock_guard<std::mutex> lock(sink_mu_);
+    if (load_sink_) {
+      for (const auto& [p, ls] : samples) load_sink_(p, expert_index, ls);
     }
-    if (mesh_ready) SY_LOG(INFO) << "mesh ready at epoch " << epoch << ": every worker has loaded";
   }
-  if (revived || became_ready) NotifyChange();
+  if (changed) NotifyChange();
   return epoch;
+}
+
+void CoordinatorCore::SetLoadSink(LoadSink sink) {
+  std::lock_guard<std::mutex> lock(sink_mu_);
+  load_sink_ = std::move(sink);
+}
+
+bool CoordinatorCore::MaybeFinishLocked() {
+  if (!next_.has_value() || next_->state != TransitionState::kCommitted) return false;
+  const int64_t e = next_->placement.epoch;
+  for (const auto* list : {&attention_, &experts_}) {
+    for (const MemberInfo& m : *list) {
+      if (m.serving_epoch != e) return false;
+    }
+  }
+  previous_ = std::move(placement_);
+  placement_ = std::move(next_->placement);
+  epoch_ = e;
+  finished_epoch_ = e;
+  next_.reset();
+  SY_LOG(INFO) << "every worker serves placement epoch " << e << ": re-placement complete";
+  return true;
+}
+
+absl::StatusOr<int64_t> CoordinatorCore::BeginTransition(eplb::Placement next) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (next_.has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "a re-placement to epoch ", next_->placement.epoch, " is already in progress"));
+  }
+  if (!ReadyLocked()) {
+    return absl::FailedPreconditionError(
+        "the mesh is not ready (a worker is missing, dead or loading)");
+  }
+  if (next.layers != placement_.layers || next.num_logical != placement_.num_logical ||
+      next.num_workers != options_.expert_workers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the new placement does not fit the mesh: it has ", next.layers.size(), " MoE layers, ",
+        next.num_logical, " experts and ", next.num_workers, " expert workers; the mesh has ",
+        placement_.layers.size(), ", ", placement_.num_logical, " and ", options_.expert_workers));
+  }
+  next.epoch = epoch_ + 1;
+  eplb::RebuildLog2Phy(&next);
+  if (auto st = next.Validate(); !st.ok()) return st;
+  next_ = Transition{std::move(next), TransitionState::kStaging, {}};
+  const int64_t e = next_->placement.epoch;
+  ++version_;
+  SY_LOG(INFO) << "re-placement to epoch " << e << ": expert workers staging";
+  lock.unlock();
+  NotifyChange();
+  return e;
+}
+
+absl::Status CoordinatorCore::CommitTransition(int64_t epoch) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!next_.has_value() || next_->placement.epoch != epoch) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no re-placement to epoch ", epoch, " is in progress"));
+  }
+  const TransitionProgress p = ProgressLocked();
+  if (!p.failure.empty() || p.staged < p.expert_workers) {
+    return absl::FailedPreconditionError(absl::StrCat("epoch ", epoch, " is staged on ", p.staged,
+                                                      " of ", p.expert_workers, " expert workers",
+                                                      p.failure.empty() ? "" : "; ", p.failure));
+  }
+  next_->state = TransitionState::kCommitted;
+  ++version_;
+  SY_LOG(INFO) << "re-placement to epoch " << epoch << " committed: the mesh switches";
+  lock.unlock();
+  NotifyChange();
+  return absl::OkStatus();
+}
+
+absl::Status CoordinatorCore::AbortTransition(int64_t epoch, const std::string& why) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!next_.has_value() || next_->placement.epoch != epoch) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no re-placement to epoch ", epoch, " is in progress"));
+  }
+  if (next_->state == TransitionState::kCommitted) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the re-placement to epoch ", epoch, " is committed; it cannot be aborted"));
+  }
+  next_.reset();
+  ++version_;
+  SY_LOG(WARNING) << "re-placement to epoch " << epoch << " aborted: " << why << "; epoch "
+                  << epoch_ << " keeps serving";
+  lock.unlock();
+  NotifyChange();
+  return absl::OkStatus();
+}
+
+TransitionProgress CoordinatorCore::ProgressLocked() const {
+  TransitionProgress p;
+  p.epoch = next_->placement.epoch;
+  p.state = next_->state;
+  p.failure = next_->failure;
+  p.expert_workers = static_cast<int32_t>(experts_.size());
+  for (const MemberInfo& m : experts_) {
+    if (m.staged_epoch == p.epoch || m.serving_epoch == p.epoch) ++p.staged;
+  }
+  return p;
+}
+
+std::optional<TransitionProgress> CoordinatorCore::Progress(int64_t epoch) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (next_.has_value() && next_->placement.epoch == epoch) return ProgressLocked();
+  if (finished_epoch_ == epoch && epoch_ >= epoch) {
+    TransitionProgress p;
+    p.epoch = epoch;
+    p.state = TransitionState::kCommitted;
+    p.expert_workers = p.staged = static_cast<int32_t>(experts_.size());
+    p.done = true;
+    return p;
+  }
+  return std::nullopt;
 }
 
 void CoordinatorCore::SetChangeListener(std::function<void()> listener) {
@@ -137,6 +286,8 @@ MeshView CoordinatorCore::GetMesh() const {
   v.ready = ReadyLocked();
   v.members = RegisteredLocked();
   v.placement = placement_;
+  v.version = version_;
+  if (next_.has_value()) v.next = TransitionView{next_->placement, next_->state};
   return v;
 }
 
@@ -154,7 +305,7 @@ std::vector<int32_t> CoordinatorCore::ExpireSilent(std::chrono::steady_clock::ti
     }
   }
   if (!expired.empty()) {
-    ++epoch_;
+    ++version_;
     lock.unlock();
     NotifyChange();
   }
@@ -164,6 +315,11 @@ std::vector<int32_t> CoordinatorCore::ExpireSilent(std::chrono::steady_clock::ti
 int64_t CoordinatorCore::epoch() const {
   std::lock_guard<std::mutex> lock(mu_);
   return epoch_;
+}
+
+int64_t CoordinatorCore::version() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return version_;
 }
 
 }  // namespace sy::coordinator

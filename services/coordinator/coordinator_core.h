@@ -1,12 +1,24 @@
 // The coordinator's state machine, free of gRPC types: membership, rank
-// assignment, the expert placement and liveness.
+// assignment, the expert placement, re-placements and liveness.
 //
 // Ranks follow from each worker's index within its role, so a worker knows
 // its rank (and can build its transport) before registering: attention
 // worker i is rank i, expert worker j is rank A + j. The mesh is complete once A attention and M
-// expert workers have registered. The coordinator is the single source of truth: each change of
-// membership or placement bumps the epoch and calls the change listener (which is how the gRPC
-// front answers the GetMesh calls waiting for a complete mesh without blocking a handler thread).
+// expert workers have registered. The coordinator is the single source of truth.
+//
+// Two counters: the epoch versions the serving (membership, placement) pair
+// and is what every data-plane message carries; it advances when a
+// re-placement completes. The version counts every change of anything a
+// worker may watch (registrations, liveness, readiness, a re-placement's
+// state); each change calls the change listener (which is how the gRPC front
+// answers the long-polling GetMesh calls without blocking a handler thread).
+//
+// A re-placement (BeginTransition .. done): expert workers stage the next
+// placement and report it in heartbeats (staged_epoch, or a failure);
+// CommitTransition once all have; the mesh switches on the data plane and
+// workers report serving the new epoch; when every worker does, the core
+// makes it the serving placement and epoch by itself. AbortTransition drops
+// it before the commit.
 // Thread-safe: gRPC handler threads call every method concurrently.
 #pragma once
 
@@ -14,6 +26,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,17 +46,55 @@ struct MemberInfo {
   bool alive = true;
   // Loaded what it serves (reported in heartbeats; cleared by registering).
   bool ready = false;
+  int64_t serving_epoch = 0;  // reported in heartbeats
+  int64_t staged_epoch = 0;   // expert workers
   std::chrono::steady_clock::time_point last_heartbeat;
 };
 
-struct MeshView {
+// Tokens per local slot of an expert worker's range in placement `epoch`.
+struct LoadSample {
   int64_t epoch = 0;
+  int64_t steps = 0;
+  std::vector<std::vector<int64_t>> slot_tokens;  // [moe layer][local slot]
+};
+
+// What a worker reports in a heartbeat.
+struct HeartbeatInfo {
+  bool ready = false;
+  int64_t serving_epoch = 0;
+  int64_t staged_epoch = 0;
+  int64_t failed_epoch = 0;  // staging this epoch failed with `failure`
+  std::string failure;
+  std::vector<LoadSample> load;
+};
+
+enum class TransitionState { kStaging, kCommitted };
+
+struct TransitionView {
+  eplb::Placement placement;  // placement.epoch: the next epoch
+  TransitionState state = TransitionState::kStaging;
+};
+
+// How far the re-placement in progress has come.
+struct TransitionProgress {
+  int64_t epoch = 0;
+  TransitionState state = TransitionState::kStaging;
+  int32_t staged = 0;  // expert workers that staged it
+  int32_t expert_workers = 0;
+  std::string failure;  // the first staging failure ("expert worker 1: ...")
+  bool done = false;    // every worker serves it: it is the serving placement now
+};
+
+struct MeshView {
+  int64_t epoch = 0;    // serving epoch (== placement.epoch)
+  int64_t version = 0;  // changes with anything in the view
   bool complete = false;
   // Complete, and every member alive and ready: the mesh may step. Workers
   // start stepping, and the router serving, only then.
   bool ready = false;
   std::vector<MemberInfo> members;  // ordered by rank
   eplb::Placement placement;
+  std::optional<TransitionView> next;  // a re-placement in progress
 };
 
 struct CoordinatorOptions {
@@ -64,9 +115,34 @@ class CoordinatorCore {
                                    const std::string& transport_address, const std::string& name);
   // Records a heartbeat, and `ready` once the worker reports it (readiness
   // is sticky until the worker registers again; the change listener runs
-  // when the mesh becomes ready). NotFound for an unknown rank. Returns the
-  // epoch.
-  absl::StatusOr<int64_t> Heartbeat(int32_t rank, bool ready = false);
+  // when the mesh becomes ready), the epochs it serves and has staged, a
+  // staging failure, and hands its load samples to the load sink. NotFound
+  // for an unknown rank. Returns the serving epoch.
+  absl::StatusOr<int64_t> Heartbeat(int32_t rank, const HeartbeatInfo& info);
+  absl::StatusOr<int64_t> Heartbeat(int32_t rank, bool ready = false) {
+    HeartbeatInfo info;
+    info.ready = ready;
+    return Heartbeat(rank, info);
+  }
+  // Receives every load sample with the placement of its epoch and the
+  // reporting expert worker's index (outside the core's lock).
+  using LoadSink =
+      std::function<void(const eplb::Placement&, int32_t expert_worker, const LoadSample&)>;
+  void SetLoadSink(LoadSink sink);
+
+  // Starts re-placing to `next` (its epoch is set to the serving epoch + 1,
+  // returned). FailedPrecondition while another is in progress or the mesh
+  // is not ready; InvalidArgument when `next` does not fit the mesh (layers,
+  // experts, expert workers) or breaks an invariant.
+  absl::StatusOr<int64_t> BeginTransition(eplb::Placement next);
+  // Every expert worker has staged `epoch`: hand it to the attention
+  // workers. FailedPrecondition otherwise.
+  absl::Status CommitTransition(int64_t epoch);
+  // Drops a re-placement that is still staging (workers drop what they
+  // staged). FailedPrecondition once committed.
+  absl::Status AbortTransition(int64_t epoch, const std::string& why);
+  // The re-placement in progress, or the last one when it completed (done).
+  std::optional<TransitionProgress> Progress(int64_t epoch) const;
   // The current mesh (never blocks).
   MeshView GetMesh() const;
   // `listener` runs after every epoch change, outside the core's lock, on the
@@ -77,19 +153,36 @@ class CoordinatorCore {
   std::vector<int32_t> ExpireSilent(std::chrono::steady_clock::time_point now);
 
   int64_t epoch() const;
+  int64_t version() const;
 
  private:
+  struct Transition {
+    eplb::Placement placement;
+    TransitionState state = TransitionState::kStaging;
+    std::string failure;
+  };
+
   bool CompleteLocked() const;
   bool ReadyLocked() const;
   void NotifyChange();
   std::vector<MemberInfo> RegisteredLocked() const;
+  TransitionProgress ProgressLocked() const;
+  // Makes a committed transition the serving placement once every worker
+  // serves it; true when it did.
+  bool MaybeFinishLocked();
 
   const CoordinatorOptions options_;
   mutable std::mutex mu_;
   std::mutex listener_mu_;  // guards listener_ only; never held with mu_
   std::function<void()> listener_;
+  std::mutex sink_mu_;  // guards load_sink_ only; never held with mu_
+  LoadSink load_sink_;
   int64_t epoch_ = 1;
-  std::vector<MemberInfo> attention_;  // [index]; rank -1 until registered
+  int64_t version_ = 1;
+  std::optional<Transition> next_;
+  std::optional<eplb::Placement> previous_;  // the placement before the last switch
+  int64_t finished_epoch_ = 0;               // the last transition that completed
+  std::vector<MemberInfo> attention_;        // [index]; rank -1 until registered
   std::vector<MemberInfo> experts_;
   eplb::Placement placement_;
 };

@@ -80,6 +80,19 @@ void MeshToProto(const MeshView& mesh, pb::Mesh* out) {
     pm->set_last_heartbeat_unix_ms(0);
   }
   PlacementToProto(mesh.placement, out->mutable_placement());
+  out->set_version(mesh.version);
+  if (mesh.next.has_value()) {
+    pb::Transition* t = out->mutable_next();
+    t->set_epoch(mesh.next->placement.epoch);
+    PlacementToProto(mesh.next->placement, t->mutable_placement());
+    t->set_state(mesh.next->state == TransitionState::kCommitted ? pb::Transition::STATE_COMMITTED
+                                                                 : pb::Transition::STATE_STAGING);
+  }
+}
+
+bool CoordinatorService::Satisfied(const ParkedCall& c, const MeshView& mesh) {
+  if (c.newer_than_version > 0) return mesh.version > c.newer_than_version;
+  return c.wait_ready ? mesh.ready : mesh.complete;
 }
 
 grpc::ServerUnaryReactor* CoordinatorService::Register(grpc::CallbackServerContext* ctx,
@@ -151,7 +164,7 @@ void CoordinatorService::WaiterLoop() {
     const auto now = std::chrono::steady_clock::now();
     std::vector<ParkedCall> keep;
     for (ParkedCall& c : calls) {
-      if (!(c.wait_ready ? mesh.ready : mesh.complete) && !drain && now < c.answer_by) {
+      if (!Satisfied(c, mesh) && !drain && now < c.answer_by) {
         keep.push_back(c);
         continue;
       }
@@ -170,8 +183,9 @@ grpc::ServerUnaryReactor* CoordinatorService::GetMesh(grpc::CallbackServerContex
                                                       pb::Mesh* resp) {
   const auto start = std::chrono::steady_clock::now();
   MeshView mesh = core_->GetMesh();
-  if (req->wait_complete() || req->wait_ready()) {
-    if (!(req->wait_ready() ? mesh.ready : mesh.complete)) {
+  if (req->wait_complete() || req->wait_ready() || req->newer_than_version() > 0) {
+    ParkedCall call{nullptr, resp, start, start, req->wait_ready(), req->newer_than_version()};
+    if (!Satisfied(call, mesh)) {
       // Answer by max_mesh_wait_, or 50 ms before the caller gives up.
       auto answer_by = start + max_mesh_wait_;
       const auto caller_left = ctx->deadline() - std::chrono::system_clock::now();
@@ -181,11 +195,12 @@ grpc::ServerUnaryReactor* CoordinatorService::GetMesh(grpc::CallbackServerContex
       }
       std::lock_guard<std::mutex> lock(mu_);
       if (!draining_) {
-        grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-        parked_.push_back({reactor, resp, start, answer_by, req->wait_ready()});
+        call.reactor = ctx->DefaultReactor();
+        call.answer_by = answer_by;
+        parked_.push_back(call);
         changed_ = true;  // look again: the mesh may have completed since the check above
         cv_.notify_all();
-        return reactor;
+        return call.reactor;
       }
     }
   }
@@ -197,8 +212,26 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
                                                         const pb::HeartbeatRequest* req,
                                                         pb::HeartbeatResponse* resp) {
   const auto start = std::chrono::steady_clock::now();
-  auto epoch = core_->Heartbeat(req->rank(), req->ready());
-  if (epoch.ok()) resp->set_epoch(*epoch);
+  HeartbeatInfo info;
+  info.ready = req->ready();
+  info.serving_epoch = req->serving_epoch();
+  info.staged_epoch = req->staged_epoch();
+  info.failed_epoch = req->failed_epoch();
+  info.failure = req->failure();
+  for (const pb::LoadReport& r : req->load()) {
+    LoadSample ls;
+    ls.epoch = r.epoch();
+    ls.steps = r.steps();
+    for (const pb::LayerLoad& l : r.layers()) {
+      ls.slot_tokens.emplace_back(l.slot_tokens().begin(), l.slot_tokens().end());
+    }
+    info.load.push_back(std::move(ls));
+  }
+  auto epoch = core_->Heartbeat(req->rank(), info);
+  if (epoch.ok()) {
+    resp->set_epoch(*epoch);
+    resp->set_version(core_->version());
+  }
   return Done(ctx, "Heartbeat", start, epoch.status());
 }
 

@@ -24,10 +24,11 @@ void MeshToProto(const MeshView& mesh, pb::Mesh* out);
 
 // Borrows the core, which must outlive it.
 //
-// GetMesh with wait_complete is a long poll: the call is parked (no handler
+// GetMesh with wait_complete, wait_ready or newer_than_version is a long
+// poll: the call is parked (no handler
 // thread blocks; gRPC's callback threads are few and a blocked one stops the
 // server from accepting connections) and answered by a waiter thread as soon
-// as the mesh is complete, or with the incomplete mesh after at most
+// as the mesh is complete (ready, or newer), or with the mesh as it is after at most
 // `max_mesh_wait` or shortly before the caller's deadline.
 class CoordinatorService final : public pb::Coordinator::CallbackService {
  public:
@@ -62,8 +63,10 @@ class CoordinatorService final : public pb::Coordinator::CallbackService {
     pb::Mesh* response;
     std::chrono::steady_clock::time_point start;
     std::chrono::steady_clock::time_point answer_by;
-    bool wait_ready = false;  // answer once the mesh is ready, not just complete
+    bool wait_ready = false;         // answer once the mesh is ready, not just complete
+    int64_t newer_than_version = 0;  // > 0: answer once the version is greater
   };
+  static bool Satisfied(const ParkedCall& c, const MeshView& mesh);
   void WaiterLoop();
 
   CoordinatorCore* core_;

@@ -245,11 +245,11 @@ TEST_F(CoordinatorTest, HeartbeatsAndExpiry) {
   hb.set_rank(r.rank());
   pb::HeartbeatResponse resp;
   ASSERT_TRUE(stub_->Heartbeat(&ctx, hb, &resp).ok());
-  const int64_t epoch = resp.epoch();
+  const int64_t version = resp.version();
   EXPECT_TRUE(core_->ExpireSilent(std::chrono::steady_clock::now()).empty());
   auto later = std::chrono::steady_clock::now() + std::chrono::seconds(1);
   EXPECT_THAT(core_->ExpireSilent(later), ::testing::ElementsAre(r.rank()));
-  EXPECT_GT(core_->epoch(), epoch);
+  EXPECT_GT(core_->version(), version);
   EXPECT_FALSE(GetMesh(false).members(0).alive());
   grpc::ClientContext ctx2;
   hb.set_rank(77);

@@ -1,14 +1,19 @@
 #include "services/expert_worker/expert_worker_runner.h"
 
+#include <mutex>
+
 #include "common/log.h"
 #include "common/status.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "services/cluster/grpc_server.h"
 #include "services/cluster/worker_bootstrap.h"
+#include "services/coordinator/coordinator_service.h"
 #include "services/moe/remote_experts.h"
 
 namespace sy::expert_worker {
+
+namespace pb = ::switchyard::internal::v1;
 
 absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
                              transport::Transport& transport, const std::string& listen,
@@ -38,6 +43,63 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
       << "expert worker " << index << ": experts loaded in "
       << std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count()
       << " s; ready";
+  experts->set_memory_limit(cfg.expert_worker.memory_limit_bytes);
+  // Re-placements: the coordinator's mesh carries the placement to stage;
+  // heartbeats report the outcome, the epochs and the load.
+  std::mutex report_mu;
+  int64_t failed_epoch = 0;  // guarded by report_mu
+  std::string failure;       // guarded by report_mu
+  moe::ExpertServer* server_ptr = experts.get();
+  mesh.heartbeat->SetReporter(
+      [&](pb::HeartbeatRequest* req) {
+        req->set_serving_epoch(server_ptr->serving_epoch());
+        req->set_staged_epoch(server_ptr->staged_epoch());
+        {
+          std::lock_guard<std::mutex> lock(report_mu);
+          req->set_failed_epoch(failed_epoch);
+          req->set_failure(failure);
+        }
+        for (moe::ExpertServer::LoadDelta& d : server_ptr->TakeLoad()) {
+          pb::LoadReport* r = req->add_load();
+          r->set_epoch(d.epoch);
+          r->set_steps(d.steps);
+          for (const auto& layer : d.slot_tokens) {
+            r->add_layers()->mutable_slot_tokens()->Add(layer.begin(), layer.end());
+          }
+        }
+      },
+      [&] {
+        std::lock_guard<std::mutex> lock(report_mu);
+        return server_ptr->serving_epoch() * 1000003 + server_ptr->staged_epoch() * 1009 +
+               failed_epoch;
+      });
+  cluster::MeshWatcher watcher(cfg, [&](const pb::Mesh& m) {
+    const int64_t staged = server_ptr->staged_epoch();
+    const bool staging = m.has_next() && m.next().state() == pb::Transition::STATE_STAGING;
+    if (staged != 0 && (!m.has_next() || m.next().epoch() != staged) &&
+        staged > server_ptr->serving_epoch()) {
+      server_ptr->DropStaged(staged);  // aborted
+    }
+    if (!staging || m.next().epoch() == server_ptr->staged_epoch()) return;
+    {
+      std::lock_guard<std::mutex> lock(report_mu);
+      if (failed_epoch == m.next().epoch()) return;  // reported; the coordinator aborts it
+    }
+    absl::StatusOr<eplb::Placement> next = coordinator::PlacementFromProto(m.next().placement());
+    absl::Status st = next.status();
+    if (next.ok()) {
+      SY_LOG(INFO) << "expert worker " << index << ": staging placement epoch " << next->epoch;
+      st = server_ptr->Stage(*next).status();
+    }
+    if (!st.ok()) {
+      SY_LOG(WARNING) << "expert worker " << index << ": staging placement epoch "
+                      << m.next().epoch() << " failed: " << st;
+      std::lock_guard<std::mutex> lock(report_mu);
+      failed_epoch = m.next().epoch();
+      failure = st.ToString();
+    }
+    mesh.heartbeat->BeatNow();
+  });
   mesh.heartbeat->SetReady();
   SY_RETURN_IF_ERROR(cluster::WaitForReadyMesh(cfg, cluster::kReadyTimeout));
   server.SetServing({}, true);
@@ -49,6 +111,7 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
     if (!st.ok()) break;
   }
   server.SetServing({}, false);
+  mesh.heartbeat->SetReporter({}, {});
   server.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   SY_LOG(INFO) << "expert worker " << index << " stopped after " << experts->step() << " steps";
   // Peers going away during a shutdown is expected.

@@ -353,7 +353,32 @@ absl::Status ExpertServer::ServeStep() {
     SY_RETURN_IF_ERROR(ServeLayer(i));
   }
   ++step_;
+  {
+    std::lock_guard<std::mutex> lock(load_mu_);
+    if (pending_load_.empty() || pending_load_.back().epoch != cur_->placement.epoch) {
+      LoadDelta d;
+      d.epoch = cur_->placement.epoch;
+      d.slot_tokens.resize(load_.size());
+      for (size_t l = 0; l < load_.size(); ++l) d.slot_tokens[l].assign(load_[l].size(), 0);
+      pending_load_.push_back(std::move(d));
+    }
+    LoadDelta& d = pending_load_.back();
+    ++d.steps;
+    for (size_t l = 0; l < load_.size(); ++l) {
+      for (size_t i = 0; i < load_[l].size(); ++i) {
+        d.slot_tokens[l][i] += load_[l][i];
+        load_[l][i] = 0;
+      }
+    }
+  }
   return absl::OkStatus();
+}
+
+std::vector<ExpertServer::LoadDelta> ExpertServer::TakeLoad() {
+  std::lock_guard<std::mutex> lock(load_mu_);
+  std::vector<LoadDelta> out;
+  out.swap(pending_load_);
+  return out;
 }
 
 absl::Status ExpertServer::ServeLayer(int32_t moe_index) {

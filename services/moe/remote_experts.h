@@ -144,9 +144,14 @@ class ExpertServer {
   // a malformed message) leave the mesh unusable.
   absl::Status ServeStep();
   uint64_t step() const { return step_; }
-  // Tokens routed to each local slot of the serving generation so far:
-  // [moe layer][local slot] (reset at a switch).
-  const std::vector<std::vector<int64_t>>& slot_load() const { return load_; }
+  // Tokens each local slot received since the previous call, per placement
+  // epoch served meanwhile (oldest first). Any thread.
+  struct LoadDelta {
+    int64_t epoch = 0;
+    int64_t steps = 0;
+    std::vector<std::vector<int64_t>> slot_tokens;  // [moe layer][local slot]
+  };
+  std::vector<LoadDelta> TakeLoad();
 
   // Any thread, while ServeStep runs: builds the generation of placement
   // `next` (a newer epoch) beside the serving one. Experts this worker
@@ -197,8 +202,10 @@ class ExpertServer {
   mutable std::mutex mu_;
   std::atomic<int64_t> serving_epoch_{0};
   std::atomic<int64_t> memory_limit_{0};
-  Switch switch_;  // step thread
-  std::vector<std::vector<int64_t>> load_;
+  Switch switch_;                           // step thread
+  std::vector<std::vector<int64_t>> load_;  // this step's, [moe layer][local slot]
+  std::mutex load_mu_;
+  std::vector<LoadDelta> pending_load_;  // guarded by load_mu_
   std::vector<std::vector<uint8_t>> recv_;
   std::vector<std::vector<uint8_t>> send_;
   // ServeLayer's scratch: rows in arrival order, their local slots, unit
