@@ -69,6 +69,7 @@
 #include "nlohmann/json.hpp"
 #include "services/api/convert.h"
 #include "switchyard/internal/v1/cluster.grpc.pb.h"
+#include "switchyard/v1/admin.grpc.pb.h"
 #include "switchyard/v1/generate.grpc.pb.h"
 
 namespace sy::e2e {
@@ -209,6 +210,8 @@ struct ClusterOptions {
   std::string load_format = "auto";  // or dummy
   int64_t transport_timeout_ms = 30000;
   int64_t max_idle_sleep_us = 0;  // 0: the default
+  int64_t expert_memory_limit_bytes = 0;
+  std::string eplb_yaml;  // the eplb section's keys, one "key: value" per line
 };
 
 class Cluster {
@@ -426,6 +429,15 @@ class Cluster {
       << "\n  max_num_seqs: " << o.max_num_seqs << "\n  kv_block_size: 16\n";
     if (o.max_idle_sleep_us > 0) y << "  max_idle_sleep_us: " << o.max_idle_sleep_us << "\n";
     y << "expert_worker:\n  base_port: " << expert_base_ << "\n";
+    if (o.expert_memory_limit_bytes > 0) {
+      y << "  memory_limit_bytes: " << o.expert_memory_limit_bytes << "\n";
+    }
+    if (!o.eplb_yaml.empty()) {
+      y << "eplb:\n";
+      for (absl::string_view line : absl::StrSplit(o.eplb_yaml, '\n', absl::SkipEmpty())) {
+        y << "  " << line << "\n";
+      }
+    }
     y << "limits:\n  max_queue: " << o.max_queue << "\n  max_new_tokens: " << o.max_new_tokens
       << "\n  max_logprobs: " << o.max_logprobs << "\n";
     return y.str();
@@ -1695,4 +1707,187 @@ TEST(ClusterReadinessTest, SlowExpertLoadingDoesNotTimeOutTheFirstStep) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------
+// EPLB: the cluster measures its expert load, rebalances by itself and keeps
+// serving across the switch.
+
+v1::StatusResponse AdminStatus(const Cluster& cluster) {
+  auto stub = v1::Admin::NewStub(
+      grpc::CreateChannel(cluster.coordinator_address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::StatusResponse s;
+  const grpc::Status st = stub->Status(&ctx, v1::StatusRequest(), &s);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return s;
+}
+
+// Streams of golden prompt 0 (the same prompt: a load skewed to the experts
+// it routes to), `per_round` at a time, round after round until `stop`;
+// every stream must finish OK with the golden tokens.
+struct SkewedLoad {
+  // Stops and joins the client thread however the test ends.
+  ~SkewedLoad() { Join(); }
+  void Start(Cluster& cluster, const GoldenPrompt& g, int per_round) {
+    thread = std::thread([this, &cluster, g, per_round] { Run(cluster, g, per_round); });
+  }
+  void Join() {
+    stop.store(true);
+    if (thread.joinable()) thread.join();
+  }
+
+  std::thread thread;
+  std::atomic<bool> stop{false};
+  std::atomic<int> streams{0};
+  std::atomic<int> failures{0};
+  std::mutex mu;
+  std::string first_failure;  // guarded by mu
+
+  void Run(Cluster& cluster, const GoldenPrompt& g, int per_round) {
+    while (!stop.load()) {
+      std::vector<v1::GenerateRequest> requests(per_round, GreedyRequest(g.prompt, 24, {}));
+      for (const StreamOutcome& o : RunStreams(cluster.stub(), requests)) {
+        ++streams;
+        if (!o.status.ok() || o.tokens != g.greedy) {
+          ++failures;
+          std::lock_guard<std::mutex> lock(mu);
+          if (first_failure.empty()) {
+            first_failure = o.status.ok() ? "tokens differ from the goldens"
+                                          : std::to_string(o.status.error_code()) + " " +
+                                                o.status.error_message();
+          }
+        }
+      }
+    }
+  }
+};
+
+class EplbClusterTest : public ::testing::TestWithParam<std::string> {};
+
+// A workload skewed to a few experts shows low balancedness; the threshold
+// trigger rebalances by itself while streams run; balancedness rises, the
+// epoch advances in `switchyard-admin status`, and every stream (those
+// across the switch too) finishes with the golden tokens.
+TEST_P(EplbClusterTest, SkewedLoadRebalancesByItselfWhileServing) {
+  ClusterOptions o;
+  o.backend = GetParam();
+  o.redundant_experts = 2;
+  o.eplb_yaml =
+      "enabled: true\nthreshold: 0.97\nmin_gain: 0.01\ncheck_ms: 200\nmin_window_steps: 200\n"
+      "window_seconds: 20\n";
+  Cluster cluster;
+  ASSERT_TRUE(cluster.Start(o, "eplb-" + o.backend).ok());
+  const std::vector<GoldenPrompt> golden = LoadGolden("qwen3_moe");
+  ASSERT_FALSE(golden.empty());
+  SkewedLoad load;
+  load.Start(cluster, golden[0], 8);
+  // Wait for the first committed rebalance.
+  const auto t0 = Clock::now();
+  v1::StatusResponse s;
+  double before = -1;
+  while (Clock::now() - t0 < std::chrono::seconds(60)) {
+    s = AdminStatus(cluster);
+    if (s.has_balancedness() && s.epoch() == 1) before = s.balancedness();  // the last one
+    if (s.epoch() > 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GT(s.epoch(), 1) << "no rebalance within 60 s\n" << cluster.Logs();
+  ASSERT_GT(before, 0) << "no balancedness measured before the rebalance";
+  // Serve on the new placement until its own balancedness is measured.
+  const int streams_at_switch = load.streams.load();
+  double after = -1;
+  while (Clock::now() - t0 < std::chrono::seconds(90)) {
+    const v1::StatusResponse now = AdminStatus(cluster);
+    if (now.has_balancedness() && now.epoch() == s.epoch() && now.window_steps() > 0 &&
+        load.streams.load() >= streams_at_switch + 16) {
+      after = now.balancedness();
+      s = now;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  load.Join();
+  ASSERT_GT(after, 0) << "no balancedness measured after the rebalance";
+  EXPECT_EQ(load.failures.load(), 0) << load.first_failure;
+  EXPECT_GT(load.streams.load(), streams_at_switch);
+  ASSERT_GE(s.rebalances_size(), 1);
+  const v1::RebalanceRecord& r = s.rebalances(s.rebalances_size() - 1);
+  EXPECT_EQ(r.outcome(), "committed") << r.reason();
+  EXPECT_EQ(r.trigger(), "threshold");
+  EXPECT_GT(r.moved_experts(), 0);
+  EXPECT_GT(r.balancedness_after(), r.balancedness_before());
+  EXPECT_GT(after, before) << "measured balancedness before " << before << ", after " << after;
+  for (const auto& m : s.members()) EXPECT_EQ(m.serving_epoch(), s.epoch()) << m.rank();
+  // The CLI reports the same epoch and the placement it serves.
+  const ToolRun cli = RunTool("switchyard-admin", "status --addr " + cluster.coordinator_address());
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  const nlohmann::json j = nlohmann::json::parse(cli.out);
+  EXPECT_EQ(j["epoch"].get<int64_t>(), s.epoch());
+  EXPECT_EQ(j["placement"].size(), static_cast<size_t>(s.placement_size()));
+  EXPECT_FALSE(j["balancedness"].is_null());
+  EXPECT_EQ(j["rebalances"].back()["outcome"], "committed");
+  Progress(
+      "%s: balancedness %.3f -> %.3f (predicted %.3f -> %.3f), %lld experts moved in %.2f s, "
+      "%d streams, none failed",
+      o.backend.c_str(), before, after, r.balancedness_before(), r.balancedness_after(),
+      static_cast<long long>(r.moved_experts()), r.seconds(), load.streams.load());
+}
+
+// An operator's rebalance whose staging cannot fit (expert workers may hold
+// no more than they serve) aborts: `switchyard-admin rebalance` exits 1
+// naming the staging failure, the epoch stays, and serving goes on.
+TEST_P(EplbClusterTest, StagingFailureAbortsAndTheOldPlacementKeepsServing) {
+  const nlohmann::json c = LoadConfigJson("qwen3_moe");
+  const int64_t expert_bytes =
+      3 * c.at("hidden_size").get<int64_t>() * c.at("moe_intermediate_size").get<int64_t>() * 4;
+  const int64_t layers = c.at("num_hidden_layers").get<int64_t>();
+  ClusterOptions o;
+  o.backend = GetParam();
+  o.redundant_experts = 2;
+  const int64_t slots = (NumExperts("qwen3_moe") + o.redundant_experts) / o.expert_workers;
+  // Room for what each worker serves and half an expert more.
+  o.expert_memory_limit_bytes = slots * layers * expert_bytes + expert_bytes / 2;
+  Cluster cluster;
+  ASSERT_TRUE(cluster.Start(o, "eplb-abort-" + o.backend).ok());
+  const std::vector<GoldenPrompt> golden = LoadGolden("qwen3_moe");
+  ASSERT_FALSE(golden.empty());
+  SkewedLoad load;
+  load.Start(cluster, golden[0], 4);
+  // Load in the window first (the planner needs it).
+  const auto t0 = Clock::now();
+  while (Clock::now() - t0 < std::chrono::seconds(30) && AdminStatus(cluster).window_steps() < 20) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const ToolRun run =
+      RunTool("switchyard-admin", "rebalance --addr " + cluster.coordinator_address());
+  const int streams_at_abort = load.streams.load();
+  while (load.streams.load() < streams_at_abort + 8 &&
+         Clock::now() - t0 < std::chrono::seconds(60)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  load.Join();
+  EXPECT_EQ(run.exit_code, 1) << run.out << run.err;
+  const nlohmann::json j = nlohmann::json::parse(run.out);
+  EXPECT_EQ(j["outcome"], "aborted");
+  EXPECT_THAT(j["reason"].get<std::string>(), ::testing::HasSubstr("staging epoch 2 failed"));
+  EXPECT_THAT(j["reason"].get<std::string>(), ::testing::HasSubstr("RESOURCE_EXHAUSTED"));
+  EXPECT_EQ(j["epoch"].get<int64_t>(), 1);
+  const v1::StatusResponse s = AdminStatus(cluster);
+  EXPECT_EQ(s.epoch(), 1);
+  ASSERT_GE(s.rebalances_size(), 1);
+  EXPECT_EQ(s.rebalances(s.rebalances_size() - 1).outcome(), "aborted");
+  for (const auto& m : s.members()) {
+    EXPECT_EQ(m.serving_epoch(), 1) << m.rank();
+    EXPECT_EQ(m.staged_epoch(), 0) << m.rank();
+  }
+  EXPECT_EQ(load.failures.load(), 0) << load.first_failure;
+  EXPECT_GE(load.streams.load(), streams_at_abort + 8);
+  Progress("%s: rebalance aborted (%s); %d streams served, none failed", o.backend.c_str(),
+           j["reason"].get<std::string>().c_str(), load.streams.load());
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, EplbClusterTest, ::testing::Values("ucx", "inproc"),
+                         [](const auto& info) { return info.param; });
+
 }  // namespace sy::e2e

@@ -212,7 +212,40 @@ absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,
     return absl::OkStatus();
   }));
   SY_RETURN_IF_ERROR(ParseSection(top, "expert_worker", [&](Section& s) -> absl::Status {
-    return s.ReadMin("base_port", 0, &c.expert_worker.base_port);
+    SY_RETURN_IF_ERROR(s.ReadMin("base_port", 0, &c.expert_worker.base_port));
+    return s.ReadMin<int64_t>("memory_limit_bytes", 0, &c.expert_worker.memory_limit_bytes);
+  }));
+  SY_RETURN_IF_ERROR(ParseSection(top, "eplb", [&](Section& s) -> absl::Status {
+    auto& e = c.eplb;
+    SY_RETURN_IF_ERROR(s.Read("enabled", &e.enabled));
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("window_steps", 1, &e.window_steps));
+    SY_RETURN_IF_ERROR(s.Read("window_seconds", &e.window_seconds));
+    if (!(e.window_seconds > 0)) return s.Error("window_seconds", "must be > 0");
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("min_window_steps", 1, &e.min_window_steps));
+    SY_RETURN_IF_ERROR(s.Read("interval_seconds", &e.interval_seconds));
+    if (!(e.interval_seconds >= 0)) return s.Error("interval_seconds", "must be >= 0");
+    SY_RETURN_IF_ERROR(s.Read("threshold", &e.threshold));
+    if (!(e.threshold >= 0 && e.threshold <= 1)) return s.Error("threshold", "must be in [0, 1]");
+    SY_RETURN_IF_ERROR(s.Read("min_gain", &e.min_gain));
+    if (!(e.min_gain >= 0 && e.min_gain <= 1)) return s.Error("min_gain", "must be in [0, 1]");
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("check_ms", 10, &e.check_ms));
+    SY_RETURN_IF_ERROR(s.Read("policy", &e.policy));
+    if (e.policy != "global" && e.policy != "hierarchical") {
+      return s.Error("policy", "must be global or hierarchical");
+    }
+    SY_RETURN_IF_ERROR(s.Read("planner", &e.planner));
+    if (e.planner != "switchyard" && e.planner != "deepseek") {
+      return s.Error("planner", "must be switchyard or deepseek");
+    }
+    SY_RETURN_IF_ERROR(s.ReadMin("nodes", 1, &e.nodes));
+    SY_RETURN_IF_ERROR(s.ReadMin("groups", 1, &e.groups));
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("stage_timeout_ms", 100, &e.stage_timeout_ms));
+    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_staging_bytes", 0, &e.max_staging_bytes));
+    if (c.topology.expert_workers % e.nodes != 0) {
+      return s.Error("nodes", absl::StrCat("must divide topology.expert_workers (",
+                                           c.topology.expert_workers, ")"));
+    }
+    return absl::OkStatus();
   }));
   SY_RETURN_IF_ERROR(ParseSection(top, "limits", [&](Section& s) -> absl::Status {
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_queue", 1, &c.limits.max_queue));

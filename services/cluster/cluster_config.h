@@ -75,6 +75,27 @@ struct CoordinatorOptions {
   int64_t worker_timeout_ms = 10000;  // no heartbeat this long: member is dead
 };
 
+// Expert-parallel load balancing (EPLB): the load window, the triggers and
+// the planner the coordinator re-places experts with.
+struct EplbOptions {
+  bool enabled = false;                // automatic rebalancing (Admin Rebalance works either way)
+  int64_t window_steps = 2000;         // the load window: at most this many recent mesh steps,
+  double window_seconds = 60.0;        // and nothing older than this
+  int64_t min_window_steps = 20;       // no automatic rebalance on fewer steps of load
+  double interval_seconds = 0.0;       // periodic trigger (0: none)
+  double threshold = 0.9;              // threshold trigger: balancedness below this,
+  double min_gain = 0.02;              // and the plan would raise it by at least this
+  int64_t check_ms = 2000;             // how often the triggers are evaluated
+  std::string policy = "global";       // global | hierarchical
+  std::string planner = "switchyard";  // switchyard | deepseek
+  int32_t nodes = 1;                   // hierarchical: nodes the expert workers are spread over
+  int32_t groups = 1;                  // hierarchical: expert groups
+  int64_t stage_timeout_ms = 120000;   // staging longer than this aborts the re-placement
+  // Extra expert bytes one expert worker may stage at a time (0: no bound);
+  // a re-placement that needs more runs as several, a few layers each.
+  int64_t max_staging_bytes = 0;
+};
+
 struct RouterOptions {
   ServiceAddress listen{"127.0.0.1", 50051};
 };
@@ -90,6 +111,7 @@ struct ClusterConfig {
   AttentionWorkerOptions attention_worker;
   ExpertWorkerOptions expert_worker;
   LimitOptions limits;
+  EplbOptions eplb;
 };
 
 absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,

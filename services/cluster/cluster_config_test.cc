@@ -32,9 +32,25 @@ attention_worker:
   max_num_seqs: 32
 expert_worker:
   base_port: 7200
+  memory_limit_bytes: 1000000
 limits:
   max_queue: 64
   max_new_tokens: 256
+eplb:
+  enabled: true
+  window_steps: 500
+  window_seconds: 30
+  min_window_steps: 10
+  interval_seconds: 120
+  threshold: 0.85
+  min_gain: 0.05
+  check_ms: 500
+  policy: hierarchical
+  planner: deepseek
+  nodes: 3
+  groups: 4
+  stage_timeout_ms: 9000
+  max_staging_bytes: 4096
 )";
 
 TEST(ClusterConfigTest, ParsesEveryKey) {
@@ -55,6 +71,22 @@ TEST(ClusterConfigTest, ParsesEveryKey) {
   EXPECT_EQ(c->expert_worker.base_port, 7200);
   EXPECT_EQ(c->limits.max_queue, 64);
   EXPECT_EQ(c->limits.max_new_tokens, 256);
+  EXPECT_EQ(c->expert_worker.memory_limit_bytes, 1000000);
+  const EplbOptions& e = c->eplb;
+  EXPECT_TRUE(e.enabled);
+  EXPECT_EQ(e.window_steps, 500);
+  EXPECT_EQ(e.window_seconds, 30.0);
+  EXPECT_EQ(e.min_window_steps, 10);
+  EXPECT_EQ(e.interval_seconds, 120.0);
+  EXPECT_EQ(e.threshold, 0.85);
+  EXPECT_EQ(e.min_gain, 0.05);
+  EXPECT_EQ(e.check_ms, 500);
+  EXPECT_EQ(e.policy, "hierarchical");
+  EXPECT_EQ(e.planner, "deepseek");
+  EXPECT_EQ(e.nodes, 3);
+  EXPECT_EQ(e.groups, 4);
+  EXPECT_EQ(e.stage_timeout_ms, 9000);
+  EXPECT_EQ(e.max_staging_bytes, 4096);
 }
 
 TEST(ClusterConfigTest, DefaultsForMissingSections) {
@@ -85,6 +117,15 @@ TEST(ClusterConfigTest, ErrorsNameKeyAndFile) {
       {"model: {path: /m}\ntransport: {timeout_ms: 100}\n"
        "attention_worker: {max_idle_sleep_us: 50000}\n",
        "attention_worker.max_idle_sleep_us must be under half of transport.timeout_ms (100 ms)"},
+      {"model: {path: /m}\neplb: {enabled: maybe}\n", "eplb.enabled has an invalid value"},
+      {"model: {path: /m}\neplb: {threshold: 1.5}\n", "eplb.threshold must be in [0, 1]"},
+      {"model: {path: /m}\neplb: {policy: local}\n", "eplb.policy must be global or hierarchical"},
+      {"model: {path: /m}\neplb: {planner: magic}\n", "eplb.planner"},
+      {"model: {path: /m}\ntopology: {expert_workers: 3}\neplb: {nodes: 2}\n",
+       "eplb.nodes must divide topology.expert_workers (3)"},
+      {"model: {path: /m}\neplb: {window_seconds: 0}\n", "eplb.window_seconds must be > 0"},
+      {"model: {path: /m}\nexpert_worker: {memory_limit_bytes: -1}\n",
+       "expert_worker.memory_limit_bytes must be >= 0"},
       {"model: {path: /m\n", "not valid YAML"},
       {"- a\n- b\n", "top level must be a mapping"},
   };

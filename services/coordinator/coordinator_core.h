@@ -51,9 +51,11 @@ struct MemberInfo {
   std::chrono::steady_clock::time_point last_heartbeat;
 };
 
-// Tokens per local slot of an expert worker's range in placement `epoch`.
+// Tokens per local slot of an expert worker's range in placement `epoch`,
+// over mesh steps [first_step, first_step + steps).
 struct LoadSample {
   int64_t epoch = 0;
+  int64_t first_step = 0;
   int64_t steps = 0;
   std::vector<std::vector<int64_t>> slot_tokens;  // [moe layer][local slot]
 };

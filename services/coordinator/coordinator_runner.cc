@@ -6,7 +6,10 @@
 #include "common/status.h"
 #include "model/config.h"
 #include "services/cluster/grpc_server.h"
+#include "services/coordinator/admin_service.h"
 #include "services/coordinator/coordinator_service.h"
+#include "services/coordinator/load_window.h"
+#include "services/coordinator/rebalancer.h"
 
 namespace sy::coordinator {
 
@@ -29,9 +32,30 @@ absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string
   co.expert_workers = cfg.topology.expert_workers;
   co.worker_timeout = std::chrono::milliseconds(cfg.coordinator.worker_timeout_ms);
   CoordinatorCore core(co, *placement);
+  // EPLB: load reports into the window, the rebalancer over both.
+  LoadWindowOptions wo;
+  wo.window_steps = cfg.eplb.window_steps;
+  wo.window = std::chrono::milliseconds(static_cast<int64_t>(cfg.eplb.window_seconds * 1000));
+  LoadWindow window(static_cast<int32_t>(moe_layers.size()),
+                    static_cast<int32_t>(model.num_experts), cfg.topology.expert_workers, wo);
+  core.SetLoadSink([&window](const eplb::Placement& p, int32_t worker, const LoadSample& s) {
+    window.Add(p, worker, s, std::chrono::steady_clock::now());
+  });
+  // One (layer, expert)'s weights on an expert worker: gate, up and down in fp32.
+  const int64_t bytes_per_expert =
+      3 * model.hidden_size * model.moe_intermediate_size * static_cast<int64_t>(sizeof(float));
+  Rebalancer rebalancer(&core, &window, cfg.eplb, bytes_per_expert);
   CoordinatorService service(&core);
-  SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {&service}));
-  server.SetServing({"switchyard.internal.v1.Coordinator"}, true);
+  AdminService admin(&core, &window, &rebalancer);
+  SY_ASSIGN_OR_RETURN(cluster::GrpcServer server,
+                      cluster::StartGrpcServer(listen, {&service, &admin}));
+  server.SetServing({"switchyard.internal.v1.Coordinator", "switchyard.v1.Admin"}, true);
+  rebalancer.Start();
+  if (cfg.eplb.enabled) {
+    SY_LOG(INFO) << "automatic rebalancing on: policy " << cfg.eplb.policy << ", planner "
+                 << cfg.eplb.planner << ", threshold " << cfg.eplb.threshold << ", interval "
+                 << cfg.eplb.interval_seconds << " s";
+  }
   SY_LOG(INFO) << "coordinator listening on " << listen << ", waiting for " << co.attention_workers
                << " attention and " << co.expert_workers << " expert workers";
   auto next_check = std::chrono::steady_clock::now();

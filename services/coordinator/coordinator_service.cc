@@ -221,6 +221,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
   for (const pb::LoadReport& r : req->load()) {
     LoadSample ls;
     ls.epoch = r.epoch();
+    ls.first_step = r.first_step();
     ls.steps = r.steps();
     for (const pb::LayerLoad& l : r.layers()) {
       ls.slot_tokens.emplace_back(l.slot_tokens().begin(), l.slot_tokens().end());

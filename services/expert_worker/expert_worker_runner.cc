@@ -62,6 +62,7 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
         for (moe::ExpertServer::LoadDelta& d : server_ptr->TakeLoad()) {
           pb::LoadReport* r = req->add_load();
           r->set_epoch(d.epoch);
+          r->set_first_step(d.first_step);
           r->set_steps(d.steps);
           for (const auto& layer : d.slot_tokens) {
             r->add_layers()->mutable_slot_tokens()->Add(layer.begin(), layer.end());

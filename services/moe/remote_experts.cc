@@ -352,26 +352,33 @@ absl::Status ExpertServer::ServeStep() {
   for (int32_t i = 0; i < static_cast<int32_t>(cur_->placement.layers.size()); ++i) {
     SY_RETURN_IF_ERROR(ServeLayer(i));
   }
-  ++step_;
-  {
-    std::lock_guard<std::mutex> lock(load_mu_);
-    if (pending_load_.empty() || pending_load_.back().epoch != cur_->placement.epoch) {
-      LoadDelta d;
-      d.epoch = cur_->placement.epoch;
-      d.slot_tokens.resize(load_.size());
-      for (size_t l = 0; l < load_.size(); ++l) d.slot_tokens[l].assign(load_[l].size(), 0);
-      pending_load_.push_back(std::move(d));
-    }
-    LoadDelta& d = pending_load_.back();
-    ++d.steps;
-    for (size_t l = 0; l < load_.size(); ++l) {
-      for (size_t i = 0; i < load_[l].size(); ++i) {
-        d.slot_tokens[l][i] += load_[l][i];
-        load_[l][i] = 0;
-      }
+  // This step's counts into the chunk; a full chunk, or the last step before
+  // a switch, is handed to the reporter.
+  if (chunk_.steps == 0) {
+    chunk_.epoch = cur_->placement.epoch;
+    chunk_.first_step = static_cast<int64_t>(step_);
+    chunk_.slot_tokens.assign(load_.size(), {});
+    for (size_t l = 0; l < load_.size(); ++l) chunk_.slot_tokens[l].assign(load_[l].size(), 0);
+  }
+  ++chunk_.steps;
+  for (size_t l = 0; l < load_.size(); ++l) {
+    for (size_t i = 0; i < load_[l].size(); ++i) {
+      chunk_.slot_tokens[l][i] += load_[l][i];
+      load_[l][i] = 0;
     }
   }
+  ++step_;
+  if (chunk_.steps == kLoadChunkSteps || (switch_.pending() && step_ >= switch_.step)) {
+    FlushChunk();
+  }
   return absl::OkStatus();
+}
+
+void ExpertServer::FlushChunk() {
+  if (chunk_.steps == 0) return;
+  std::lock_guard<std::mutex> lock(load_mu_);
+  pending_load_.push_back(std::move(chunk_));
+  chunk_ = LoadDelta{};
 }
 
 std::vector<ExpertServer::LoadDelta> ExpertServer::TakeLoad() {

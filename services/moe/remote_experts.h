@@ -144,10 +144,14 @@ class ExpertServer {
   // a malformed message) leave the mesh unusable.
   absl::Status ServeStep();
   uint64_t step() const { return step_; }
-  // Tokens each local slot received since the previous call, per placement
-  // epoch served meanwhile (oldest first). Any thread.
+  // Tokens each local slot received, per placement epoch served. Any thread.
+  // Counts are cut every kLoadChunkSteps mesh steps and at each placement
+  // switch, the same steps on every expert worker; TakeLoad returns the
+  // chunks completed since the previous call, oldest first.
+  static constexpr int64_t kLoadChunkSteps = 16;
   struct LoadDelta {
     int64_t epoch = 0;
+    int64_t first_step = 0;
     int64_t steps = 0;
     std::vector<std::vector<int64_t>> slot_tokens;  // [moe layer][local slot]
   };
@@ -204,8 +208,10 @@ class ExpertServer {
   std::atomic<int64_t> memory_limit_{0};
   Switch switch_;                           // step thread
   std::vector<std::vector<int64_t>> load_;  // this step's, [moe layer][local slot]
+  LoadDelta chunk_;                         // step thread: the chunk being counted
   std::mutex load_mu_;
   std::vector<LoadDelta> pending_load_;  // guarded by load_mu_
+  void FlushChunk();                     // step thread
   std::vector<std::vector<uint8_t>> recv_;
   std::vector<std::vector<uint8_t>> send_;
   // ServeLayer's scratch: rows in arrival order, their local slots, unit
