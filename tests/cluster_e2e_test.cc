@@ -1819,6 +1819,17 @@ TEST_P(EplbClusterTest, SkewedLoadRebalancesByItselfWhileServing) {
   EXPECT_GT(r.balancedness_after(), r.balancedness_before());
   EXPECT_GT(after, before) << "measured balancedness before " << before << ", after " << after;
   for (const auto& m : s.members()) EXPECT_EQ(m.serving_epoch(), s.epoch()) << m.rank();
+  // The moved experts came from the expert workers that served them, over
+  // the staging transport, not from the checkpoint.
+  std::string logs =
+      ReadFile(cluster.dir() + "/launcher.stdout") + ReadFile(cluster.dir() + "/launcher.stderr");
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(cluster.dir() + "/logs", ec)) {
+    logs += ReadFile(e.path().string());
+  }
+  EXPECT_THAT(logs,
+              ::testing::HasSubstr("experts copied from peers, 0 loaded from the checkpoint"));
+  EXPECT_THAT(logs, ::testing::Not(::testing::HasSubstr("copying experts from peers failed")));
   // The CLI reports the same epoch and the placement it serves.
   const ToolRun cli = RunTool("switchyard-admin", "status --addr " + cluster.coordinator_address());
   ASSERT_EQ(cli.exit_code, 0) << cli.err;

@@ -46,6 +46,13 @@ int RunSingleProcessCluster(const cluster::ClusterConfig& cfg) {
     return 1;
   }
   std::vector<std::unique_ptr<transport::Transport>> transports = *std::move(created);
+  // The expert workers' own transport for copying expert weights.
+  auto staging_created = transport::CreateInprocTransports(M);
+  if (!staging_created.ok()) {
+    std::cerr << "switchyard-local: " << staging_created.status().message() << "\n";
+    return 1;
+  }
+  std::vector<std::unique_ptr<transport::Transport>> staging = *std::move(staging_created);
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
   auto run = [&](std::string name, std::function<absl::Status()> fn) {
@@ -63,9 +70,9 @@ int RunSingleProcessCluster(const cluster::ClusterConfig& cfg) {
   });
   for (int32_t j = 0; j < M; ++j) {
     run(absl::StrCat("expert worker ", j), [&, j] {
-      return expert_worker::RunExpertWorker(
+      return expert_worker::RunExpertWorkerWithStaging(
           cfg, j, *transports[A + j], absl::StrCat("127.0.0.1:", cfg.expert_worker.base_port + j),
-          should_stop);
+          should_stop, staging[j].get());
     });
   }
   // Filled before any thread starts: the workers keep references to their entry.

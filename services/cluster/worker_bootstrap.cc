@@ -55,7 +55,8 @@ int32_t RankOf(const ClusterConfig& cfg, bool attention, int32_t index) {
 absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, int32_t index,
                                     const std::string& grpc_address,
                                     transport::Transport& transport,
-                                    std::chrono::milliseconds timeout) {
+                                    std::chrono::milliseconds timeout,
+                                    const std::string& staging_address) {
   const auto deadline = Clock::now() + timeout;
   // Workers often start before the coordinator listens: retry connecting
   // every 100-500 ms instead of gRPC's default exponential backoff (seconds).
@@ -73,6 +74,7 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
   req.set_index(index);
   req.set_grpc_address(grpc_address);
   req.set_transport_address(transport.local_address());
+  req.set_staging_address(staging_address);
   req.set_worker_name(absl::StrCat(attention ? "attention-" : "expert-", index));
   req.mutable_capabilities()->set_transport(std::string(transport.backend()));
   pb::RegisterResponse resp;
@@ -116,6 +118,7 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
   SY_ASSIGN_OR_RETURN(out.placement, coordinator::PlacementFromProto(mesh.placement()));
   std::vector<transport::PeerAddress> peers;
   out.attention_grpc_addresses.resize(cfg.topology.attention_workers);
+  out.expert_staging_addresses.resize(cfg.topology.expert_workers);
   for (const pb::Member& m : mesh.members()) {
     peers.push_back({m.rank(), m.transport_address()});
     if (m.role() == pb::ROLE_ATTENTION) {
@@ -123,6 +126,10 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
       out.attention_grpc_addresses[m.rank()] = m.grpc_address();
     } else {
       out.ranks.experts.push_back(m.rank());
+      const int32_t j = m.rank() - cfg.topology.attention_workers;
+      if (j >= 0 && j < cfg.topology.expert_workers) {
+        out.expert_staging_addresses[j] = m.staging_address();
+      }
     }
   }
   SY_RETURN_IF_ERROR(Annotate(transport.Connect(peers), "connecting the mesh"));

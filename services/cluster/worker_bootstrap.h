@@ -31,6 +31,7 @@ struct JoinedMesh {
   eplb::Placement placement;
   moe::MeshRanks ranks;
   std::vector<std::string> attention_grpc_addresses;  // by attention index
+  std::vector<std::string> expert_staging_addresses;  // by expert index ("" when none)
 };
 
 // Rank of a worker: attention worker i -> i, expert worker j -> A + j.
@@ -42,7 +43,8 @@ int32_t RankOf(const ClusterConfig& cfg, bool attention, int32_t index);
 absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, int32_t index,
                                     const std::string& grpc_address,
                                     transport::Transport& transport,
-                                    std::chrono::milliseconds timeout);
+                                    std::chrono::milliseconds timeout,
+                                    const std::string& staging_address = "");
 
 // Waits until the coordinator reports the mesh ready (every worker alive and
 // loaded), logging every few seconds which ranks are still loading.

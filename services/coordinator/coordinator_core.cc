@@ -46,7 +46,8 @@ std::vector<MemberInfo> CoordinatorCore::RegisteredLocked() const {
 absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
                                                   const std::string& grpc_address,
                                                   const std::string& transport_address,
-                                                  const std::string& name) {
+                                                  const std::string& name,
+                                                  const std::string& staging_address) {
   if (grpc_address.empty()) return absl::InvalidArgumentError("grpc_address must not be empty");
   if (transport_address.empty()) {
     return absl::InvalidArgumentError("transport_address must not be empty");
@@ -67,6 +68,7 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
   m.rank = role == Role::kAttention ? index : options_.attention_workers + index;
   m.grpc_address = grpc_address;
   m.transport_address = transport_address;
+  m.staging_address = staging_address;
   m.name = name;
   m.alive = true;
   m.ready = false;

@@ -42,6 +42,7 @@ struct MemberInfo {
   Role role = Role::kAttention;
   std::string grpc_address;
   std::string transport_address;
+  std::string staging_address;  // expert workers: their staging transport
   std::string name;
   bool alive = true;
   // Loaded what it serves (reported in heartbeats; cleared by registering).
@@ -114,7 +115,8 @@ class CoordinatorCore {
   // another address holds that index. Re-registering the same address (a
   // restart) replaces its transport address.
   absl::StatusOr<int32_t> Register(Role role, int32_t index, const std::string& grpc_address,
-                                   const std::string& transport_address, const std::string& name);
+                                   const std::string& transport_address, const std::string& name,
+                                   const std::string& staging_address = "");
   // Records a heartbeat, and `ready` once the worker reports it (readiness
   // is sticky until the worker registers again; the change listener runs
   // when the mesh becomes ready), the epochs it serves and has staged, a

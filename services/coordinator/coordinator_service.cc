@@ -75,6 +75,7 @@ void MeshToProto(const MeshView& mesh, pb::Mesh* out) {
     pm->set_role(m.role == Role::kAttention ? pb::ROLE_ATTENTION : pb::ROLE_EXPERT);
     pm->set_grpc_address(m.grpc_address);
     pm->set_transport_address(m.transport_address);
+    pm->set_staging_address(m.staging_address);
     pm->set_ready(m.ready);
     pm->set_alive(m.alive);
     pm->set_last_heartbeat_unix_ms(0);
@@ -109,7 +110,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Register(grpc::CallbackServerConte
                 absl::InvalidArgumentError("role must be ROLE_ATTENTION or ROLE_EXPERT"));
   }
   auto rank = core_->Register(role, req->index(), req->grpc_address(), req->transport_address(),
-                              req->worker_name());
+                              req->worker_name(), req->staging_address());
   if (rank.ok()) {
     resp->set_rank(*rank);
     resp->set_epoch(core_->epoch());

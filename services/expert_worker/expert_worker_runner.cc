@@ -1,5 +1,6 @@
 #include "services/expert_worker/expert_worker_runner.h"
 
+#include <map>
 #include <mutex>
 
 #include "common/log.h"
@@ -9,7 +10,9 @@
 #include "services/cluster/grpc_server.h"
 #include "services/cluster/worker_bootstrap.h"
 #include "services/coordinator/coordinator_service.h"
+#include "services/moe/expert_copy.h"
 #include "services/moe/remote_experts.h"
+#include "transport/registry.h"
 
 namespace sy::expert_worker {
 
@@ -18,6 +21,20 @@ namespace pb = ::switchyard::internal::v1;
 absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
                              transport::Transport& transport, const std::string& listen,
                              const std::function<bool()>& should_stop) {
+  std::unique_ptr<transport::Transport> own;
+  if (cfg.transport.backend == "ucx") {
+    transport::TransportOptions to;
+    to.backend = "ucx";
+    to.rank = index;
+    SY_ASSIGN_OR_RETURN(own, transport::CreateTransport(to));
+  }
+  return RunExpertWorkerWithStaging(cfg, index, transport, listen, should_stop, own.get());
+}
+
+absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32_t index,
+                                        transport::Transport& transport, const std::string& listen,
+                                        const std::function<bool()>& should_stop,
+                                        transport::Transport* staging) {
   SY_ASSIGN_OR_RETURN(model::ModelConfig model, model::LoadModelConfig(cfg.model.path));
   std::unique_ptr<model::Checkpoint> ckpt;
   if (cfg.model.load_format != "dummy") {
@@ -27,7 +44,22 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
   SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {}));
   SY_ASSIGN_OR_RETURN(
       cluster::JoinedMesh mesh,
-      cluster::JoinMesh(cfg, false, index, listen, transport, std::chrono::seconds(120)));
+      cluster::JoinMesh(cfg, false, index, listen, transport, std::chrono::seconds(120),
+                        staging != nullptr ? staging->local_address() : ""));
+  if (staging != nullptr) {
+    std::vector<transport::PeerAddress> peers;
+    for (int32_t j = 0; j < static_cast<int32_t>(mesh.expert_staging_addresses.size()); ++j) {
+      if (!mesh.expert_staging_addresses[j].empty()) {
+        peers.push_back({j, mesh.expert_staging_addresses[j]});
+      }
+    }
+    if (absl::Status st = staging->Connect(peers); !st.ok()) {
+      SY_LOG(WARNING) << "expert worker " << index
+                      << ": staging transport not connected (re-placements read the checkpoint): "
+                      << st;
+      staging = nullptr;
+    }
+  }
   // Load the experts before the mesh may step: the workers and the router
   // wait for every worker's readiness.
   SY_LOG(INFO) << "expert worker " << index << ": loading the experts of "
@@ -76,12 +108,12 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
       });
   cluster::MeshWatcher watcher(cfg, [&](const pb::Mesh& m) {
     const int64_t staged = server_ptr->staged_epoch();
-    const bool staging = m.has_next() && m.next().state() == pb::Transition::STATE_STAGING;
+    const bool is_staging = m.has_next() && m.next().state() == pb::Transition::STATE_STAGING;
     if (staged != 0 && (!m.has_next() || m.next().epoch() != staged) &&
         staged > server_ptr->serving_epoch()) {
       server_ptr->DropStaged(staged);  // aborted
     }
-    if (!staging || m.next().epoch() == server_ptr->staged_epoch()) return;
+    if (!is_staging || m.next().epoch() == server_ptr->staged_epoch()) return;
     {
       std::lock_guard<std::mutex> lock(report_mu);
       if (failed_epoch == m.next().epoch()) return;  // reported; the coordinator aborts it
@@ -90,7 +122,41 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
     absl::Status st = next.status();
     if (next.ok()) {
       SY_LOG(INFO) << "expert worker " << index << ": staging placement epoch " << next->epoch;
-      st = server_ptr->Stage(*next).status();
+      // Experts other workers serve now come from them over the staging
+      // transport; the rest (or all, when the copy fails) from this
+      // worker's own source.
+      std::map<moe::ExpertKey, model::MlpWeights> copied;
+      if (staging != nullptr) {
+        const moe::CopyPlan plan =
+            moe::PlanExpertCopies(server_ptr->serving_placement(), *next, index);
+        auto got = moe::CopyExperts(
+            plan, next->epoch, model,
+            [&](const moe::ExpertKey& k) { return server_ptr->Held(k.first, k.second); }, *staging,
+            absl::Milliseconds(cfg.eplb.stage_timeout_ms));
+        if (got.ok()) {
+          copied = *std::move(got);
+        } else {
+          SY_LOG(WARNING) << "expert worker " << index << ": copying experts from peers failed ("
+                          << got.status() << "); loading them from the checkpoint";
+        }
+      }
+      int64_t from_peers = 0, loaded = 0;
+      auto staged = server_ptr->Stage(
+          *next, [&](int32_t layer, int32_t expert) -> absl::StatusOr<model::MlpWeights> {
+            auto it = copied.find({layer, expert});
+            if (it != copied.end()) {
+              ++from_peers;
+              return std::move(it->second);
+            }
+            ++loaded;
+            return server_ptr->Load(layer, expert);
+          });
+      st = staged.status();
+      if (staged.ok()) {
+        SY_LOG(INFO) << "expert worker " << index << ": placement epoch " << next->epoch << ": "
+                     << from_peers << " experts copied from peers, " << loaded
+                     << " loaded from the checkpoint";
+      }
     }
     if (!st.ok()) {
       SY_LOG(WARNING) << "expert worker " << index << ": staging placement epoch "

@@ -21,6 +21,7 @@
 #include "model/safetensors_writer.h"
 #include "model/weights.h"
 #include "nlohmann/json.hpp"
+#include "services/moe/expert_copy.h"
 #include "services/moe/remote_experts.h"
 #include "transport/registry.h"
 
@@ -342,11 +343,37 @@ TEST(MoeMeshSwitchTest, SwitchesPlacementBetweenStepsWithoutChangingResults) {
       });
     });
   }
-  // Stage on threads of their own while the expert workers' loops run.
+  // Stage on threads of their own while the expert workers' loops run. The
+  // experts a worker does not serve yet are copied from the workers that do,
+  // over the expert workers' own staging transport; nothing is read from the
+  // checkpoint (the fetch fails for anything not copied).
+  std::vector<std::unique_ptr<transport::Transport>> staging = InprocMesh(num_ew);
+  ASSERT_EQ(staging.size(), static_cast<size_t>(num_ew));
   std::vector<std::thread> stagers;
   std::vector<absl::StatusOr<StageStats>> staged(num_ew, absl::UnknownError("not run"));
+  std::vector<size_t> copied_count(num_ew, 0);
   for (int32_t w = 0; w < num_ew; ++w) {
-    stagers.emplace_back([&, w] { staged[w] = servers[w]->Stage(*after); });
+    stagers.emplace_back([&, w] {
+      const CopyPlan plan = PlanExpertCopies(servers[w]->serving_placement(), *after, w);
+      auto copied = CopyExperts(
+          plan, after->epoch, *cfg,
+          [&](const ExpertKey& k) { return servers[w]->Held(k.first, k.second); }, *staging[w],
+          timeout);
+      if (!copied.ok()) {
+        staged[w] = copied.status();
+        return;
+      }
+      copied_count[w] = copied->size();
+      staged[w] = servers[w]->Stage(
+          *after, [&](int32_t layer, int32_t expert) -> absl::StatusOr<model::MlpWeights> {
+            auto it = copied->find({layer, expert});
+            if (it == copied->end()) {
+              return absl::NotFoundError("expert " + std::to_string(expert) + " of layer " +
+                                         std::to_string(layer) + " was not copied");
+            }
+            return std::move(it->second);
+          });
+    });
   }
   for (auto& t : stagers) t.join();
   for (int32_t w = 0; w < num_ew; ++w) {
@@ -362,6 +389,9 @@ TEST(MoeMeshSwitchTest, SwitchesPlacementBetweenStepsWithoutChangingResults) {
   }
   EXPECT_GT(kept, 0);
   EXPECT_GT(fetched, 0);
+  size_t copied_total = 0;
+  for (size_t c : copied_count) copied_total += c;
+  EXPECT_EQ(copied_total, static_cast<size_t>(fetched));
   {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return paused == num_aw; });
@@ -387,19 +417,52 @@ TEST(MoeMeshSwitchTest, SwitchesPlacementBetweenStepsWithoutChangingResults) {
   }
 }
 
+// Two placements of the model's MoE layers on 2 expert workers: contiguous
+// (epoch 1), then strided (epoch 2).
+std::pair<absl::StatusOr<eplb::Placement>, absl::StatusOr<eplb::Placement>> ContiguousThenStrided(
+    const model::ModelConfig& cfg) {
+  eplb::PlacementOptions po;
+  po.num_workers = 2;
+  auto before = InitialPlacementOf(cfg, po);
+  po.order = eplb::PlacementOrder::kStrided;
+  auto after = InitialPlacementOf(cfg, po);
+  if (after.ok()) after->epoch = 2;
+  return {std::move(before), std::move(after)};
+}
+
+// Copying from a peer that never answers fails within the timeout, naming
+// the epoch (the expert worker then loads the experts from its checkpoint).
+TEST(ExpertCopyTest, APeerThatNeverAnswersFailsWithinTheTimeout) {
+  auto [cfg, ckpt] = OpenGolden("qwen3_moe");
+  ASSERT_TRUE(cfg.ok() && ckpt.ok());
+  auto [before, after] = ContiguousThenStrided(*cfg);
+  ASSERT_TRUE(before.ok() && after.ok());
+  const CopyPlan plan = PlanExpertCopies(*before, *after, 0);
+  ASSERT_FALSE(plan.receive.empty());
+  ASSERT_FALSE(plan.send.empty());
+  std::vector<std::unique_ptr<transport::Transport>> staging = InprocMesh(2);
+  ASSERT_EQ(staging.size(), 2u);
+  auto server = ExpertServer::Create(*cfg, *before, 0, MeshRanks{}, nullptr, ckpt->get(), 0,
+                                     absl::Seconds(5), kernels::Context{});
+  ASSERT_TRUE(server.ok());
+  const absl::Time start = absl::Now();
+  auto copied = CopyExperts(
+      plan, 2, *cfg, [&](const ExpertKey& k) { return (*server)->Held(k.first, k.second); },
+      *staging[0], absl::Milliseconds(300));
+  ASSERT_FALSE(copied.ok());
+  EXPECT_EQ(copied.status().code(), absl::StatusCode::kDeadlineExceeded) << copied.status();
+  EXPECT_THAT(std::string(copied.status().message()),
+              ::testing::HasSubstr("copying experts for placement epoch 2"));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+}
+
 // Staging that would exceed the memory limit fails with ResourceExhausted
 // and keeps nothing; one that fits is kept until dropped.
 TEST(MoeMeshSwitchTest, StagingRespectsTheMemoryLimit) {
   auto [cfg, ckpt] = OpenGolden("qwen3_moe");
   ASSERT_TRUE(cfg.ok() && ckpt.ok());
-  eplb::PlacementOptions po;
-  po.num_workers = 2;
-  auto before = InitialPlacementOf(*cfg, po);
-  ASSERT_TRUE(before.ok());
-  po.order = eplb::PlacementOrder::kStrided;
-  auto after = InitialPlacementOf(*cfg, po);
-  ASSERT_TRUE(after.ok());
-  after->epoch = before->epoch + 1;
+  auto [before, after] = ContiguousThenStrided(*cfg);
+  ASSERT_TRUE(before.ok() && after.ok());
   auto server = ExpertServer::Create(*cfg, *before, 0, MeshRanks{}, nullptr, ckpt->get(), 0,
                                      absl::Seconds(5), kernels::Context{});
   ASSERT_TRUE(server.ok()) << server.status();

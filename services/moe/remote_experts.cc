@@ -312,6 +312,22 @@ void ExpertServer::DropStaged(int64_t epoch) {
   }
 }
 
+eplb::Placement ExpertServer::serving_placement() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cur_->placement;
+}
+
+std::shared_ptr<const model::MlpWeights> ExpertServer::Held(int32_t layer, int32_t expert) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const eplb::Placement& p = cur_->placement;
+  const int32_t l = p.MoeIndex(layer);
+  if (l < 0) return nullptr;
+  for (int32_t i = 0; i < p.NumSlotsOf(worker_index_); ++i) {
+    if (p.phy2log[l][p.SlotBegin(worker_index_) + i] == expert) return cur_->slots[l][i];
+  }
+  return nullptr;
+}
+
 int64_t ExpertServer::staged_epoch() const {
   std::lock_guard<std::mutex> lock(mu_);
   return staged_ != nullptr ? staged_->placement.epoch : 0;

@@ -174,6 +174,13 @@ class ExpertServer {
   int64_t staged_epoch() const;
   // Bytes of distinct expert weights held now (serving and staged). Any thread.
   int64_t expert_bytes() const;
+  // The serving placement, and this worker's weights of (model layer,
+  // logical expert) in it (null when it does not serve that expert). Any thread.
+  eplb::Placement serving_placement() const;
+  std::shared_ptr<const model::MlpWeights> Held(int32_t layer, int32_t expert) const;
+  // The weights of (model layer, logical expert) from this worker's own
+  // source: the checkpoint, or dummy weights without one. Any thread.
+  absl::StatusOr<model::MlpWeights> Load(int32_t layer, int32_t expert) const;
 
  private:
   struct Generation {
@@ -188,7 +195,6 @@ class ExpertServer {
   absl::StatusOr<std::shared_ptr<Generation>> Build(const eplb::Placement& placement,
                                                     const Generation* reuse,
                                                     const ExpertFetcher& fetch, StageStats* stats);
-  absl::StatusOr<model::MlpWeights> Load(int32_t layer, int32_t expert) const;
 
   model::ModelConfig cfg_;
   int32_t worker_index_ = 0;
