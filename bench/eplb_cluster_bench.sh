@@ -5,9 +5,9 @@
 # at a fixed concurrency, alternately
 #   steady:  DURATION s with no rebalance;
 #   moving:  DURATION s while `switchyard-admin rebalance` runs every INTERVAL
-#            s, alternating the global and hierarchical policies of DeepSeek's
-#            from-scratch planner (eplb.planner: deepseek), so that each one
-#            re-places experts;
+#            s (--force), alternating the global and hierarchical policies of
+#            DeepSeek's from-scratch planner (eplb.planner: deepseek), so that
+#            each one re-places experts;
 # ROUNDS times each. Prints every run's output tokens/s, TPOT and errors, the
 # rebalances' outcomes (experts moved, seconds each), and per mode the mean
 # and the spread (max - min) over the rounds: the spread of the steady runs
@@ -63,7 +63,8 @@ rebalance_loop() {  # name: until loadgen's window ends
   while [ $SECONDS -lt $end ]; do
     local policy=global
     [ $((i % 2)) -eq 1 ] && policy=hierarchical
-    "$B/switchyard-admin" rebalance --addr "$coord" --policy "$policy" >>"$work/$1.rebalances" 2>&1 || true
+    "$B/switchyard-admin" rebalance --addr "$coord" --policy "$policy" --force \
+      >>"$work/$1.rebalances" 2>&1 || true
     i=$((i + 1))
     sleep "$INTERVAL"
   done

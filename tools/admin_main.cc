@@ -2,7 +2,7 @@
 //
 //   switchyard-admin status --addr COORDINATOR
 //   switchyard-admin load --addr COORDINATOR
-//   switchyard-admin rebalance --addr COORDINATOR [--policy global|hierarchical]
+//   switchyard-admin rebalance --addr COORDINATOR [--policy global|hierarchical] [--force]
 //
 // `status` prints one JSON object: epoch, balancedness (measured on the
 // load window, mean over MoE layers; null before any load), per-layer
@@ -30,6 +30,8 @@
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50100", "Coordinator address, host:port");
 ABSL_FLAG(std::string, policy, "", "rebalance: global or hierarchical; empty = the configured one");
+ABSL_FLAG(bool, force, false,
+          "rebalance: re-place even when the plan is not predicted to raise the balancedness");
 ABSL_FLAG(int64_t, deadline_ms, 600000, "Deadline of the call in milliseconds");
 
 namespace {
@@ -134,6 +136,7 @@ int Rebalance(v1::Admin::Stub& stub) {
   SetDeadline(&ctx);
   v1::RebalanceRequest req;
   req.set_policy(absl::GetFlag(FLAGS_policy));
+  req.set_force(absl::GetFlag(FLAGS_force));
   v1::RebalanceRecord r;
   grpc::Status st = stub.Rebalance(&ctx, req, &r);
   if (!st.ok()) return RpcError(st);
@@ -145,7 +148,7 @@ int Rebalance(v1::Admin::Stub& stub) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "switchyard-admin status|load|rebalance --addr COORDINATOR [--policy P]");
+      "switchyard-admin status|load|rebalance --addr COORDINATOR [--policy P] [--force]");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
     std::cerr << kProgram << ": expected one command: status, load or rebalance\n";

@@ -108,9 +108,10 @@ grpc::ServerUnaryReactor* AdminService::Rebalance(grpc::CallbackServerContext* c
                                                   apb::RebalanceRecord* resp) {
   auto* reactor = ctx->DefaultReactor();
   const std::string policy = req->policy();
+  const bool force = req->force();
   std::lock_guard<std::mutex> lock(mu_);
-  runs_.emplace_back([this, reactor, resp, policy] {
-    absl::StatusOr<RebalanceRecord> r = rebalancer_->RunOnce("operator", policy);
+  runs_.emplace_back([this, reactor, resp, policy, force] {
+    absl::StatusOr<RebalanceRecord> r = rebalancer_->RunOnce("operator", policy, force);
     if (r.ok()) RecordToProto(*r, resp);
     reactor->Finish(ToGrpc(r.status()));
   });

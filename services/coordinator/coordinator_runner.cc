@@ -67,6 +67,7 @@ absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   SY_LOG(INFO) << "coordinator shutting down";
+  rebalancer.Stop();
   service.Drain();
   server.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   return absl::OkStatus();

@@ -51,6 +51,13 @@ Rebalancer::~Rebalancer() {
   if (thread_.joinable()) thread_.join();
 }
 
+void Rebalancer::Stop() {
+  stopping_.store(true);
+  std::lock_guard<std::mutex> lock(mu_);
+  stop_ = true;
+  cv_.notify_all();
+}
+
 void Rebalancer::Start() {
   if (!options_.enabled || thread_.joinable()) return;
   thread_ = std::thread([this] { TriggerLoop(); });
@@ -99,17 +106,18 @@ void Rebalancer::TriggerLoop() {
 }
 
 absl::StatusOr<RebalanceRecord> Rebalancer::RunOnce(const std::string& trigger,
-                                                    const std::string& policy_name) {
+                                                    const std::string& policy_name, bool force) {
   SY_ASSIGN_OR_RETURN(eplb::Policy policy,
                       eplb::ParsePolicy(policy_name.empty() ? options_.policy : policy_name));
   std::lock_guard<std::mutex> run(run_mu_);
+  if (stopping_.load()) return absl::UnavailableError("the coordinator is shutting down");
   const MeshView mesh = core_->GetMesh();
   if (!mesh.ready) {
     return absl::FailedPreconditionError(
         "the mesh is not ready (a worker is missing, dead or loading)");
   }
   running_.store(true);
-  RebalanceRecord r = Run(trigger, policy, mesh);
+  RebalanceRecord r = Run(trigger, policy, force, mesh);
   running_.store(false);
   SY_LOG(INFO) << "rebalance " << r.id << " (" << r.trigger << ", " << r.policy
                << "): " << r.outcome << (r.reason.empty() ? "" : ": ") << r.reason
@@ -122,7 +130,7 @@ absl::StatusOr<RebalanceRecord> Rebalancer::RunOnce(const std::string& trigger,
   return r;
 }
 
-RebalanceRecord Rebalancer::Run(const std::string& trigger, eplb::Policy policy,
+RebalanceRecord Rebalancer::Run(const std::string& trigger, eplb::Policy policy, bool force,
                                 const MeshView& mesh) {
   RebalanceRecord r;
   {
@@ -177,6 +185,11 @@ RebalanceRecord Rebalancer::Run(const std::string& trigger, eplb::Policy policy,
   r.moved_bytes = moved.expert_loads * bytes_per_expert_;
   if (moved.expert_loads == 0) return finish("skipped", "the plan is the serving placement");
   const double gain = r.balancedness_after - r.balancedness_before;
+  if (!force && gain <= 1e-9) {
+    return finish("skipped",
+                  absl::StrCat("the plan would not raise the balancedness (", r.balancedness_before,
+                               " -> ", r.balancedness_after, " on the window)"));
+  }
   if (trigger != "operator" && gain < options_.min_gain) {
     return finish("skipped", absl::StrCat("predicted gain ", gain, " is below eplb.min_gain (",
                                           options_.min_gain, ")"));
@@ -234,6 +247,10 @@ absl::Status Rebalancer::Transition(const eplb::Placement& next, int64_t* epoch)
       return absl::AbortedError(absl::StrCat("staging epoch ", *epoch, " failed on ", p->failure));
     }
     if (p->staged == p->expert_workers) break;
+    if (stopping_.load()) {
+      (void)core_->AbortTransition(*epoch, "the coordinator is shutting down");
+      return absl::AbortedError("the coordinator is shutting down");
+    }
     if (Clock::now() > deadline) {
       const std::string why = absl::StrCat("staging epoch ", *epoch, " did not finish within ",
                                            options_.stage_timeout_ms, " ms (", p->staged, " of ",
@@ -250,6 +267,7 @@ absl::Status Rebalancer::Transition(const eplb::Placement& next, int64_t* epoch)
   while (true) {
     std::optional<TransitionProgress> p = core_->Progress(*epoch);
     if (p.has_value() && p->done) return absl::OkStatus();
+    if (stopping_.load()) return absl::AbortedError("the coordinator is shutting down");
     if (Clock::now() > switch_deadline) {
       return absl::DeadlineExceededError(
           absl::StrCat("epoch ", *epoch,

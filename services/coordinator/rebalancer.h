@@ -9,7 +9,8 @@
 // automatic rebalancing is on. Automatic rebalances that would not raise the
 // balancedness predicted on the window by min_gain are skipped (and the skip
 // recorded; the threshold trigger then rests for a window); an operator's
-// runs unless the plan equals the serving placement.
+// runs when the plan is predicted to raise it at all, or with `force`
+// whenever the plan moves anything.
 //
 // With max_staging_bytes, the layers are re-placed in rounds, each its own
 // epoch, holding at most that many extra bytes on any expert worker.
@@ -61,13 +62,19 @@ class Rebalancer {
   // Runs one rebalance to its end. `policy`: "" for the configured one.
   // FailedPrecondition when the mesh is not ready; InvalidArgument for an
   // unknown policy. Otherwise the record (committed, skipped or aborted).
-  absl::StatusOr<RebalanceRecord> RunOnce(const std::string& trigger, const std::string& policy);
+  absl::StatusOr<RebalanceRecord> RunOnce(const std::string& trigger, const std::string& policy,
+                                          bool force = false);
   std::vector<RebalanceRecord> History() const;
   bool running() const { return running_.load(); }
+  // Ends a rebalance in progress (aborted before its commit; after it, the
+  // wait for the switch ends) and refuses new ones: the coordinator is
+  // shutting down.
+  void Stop();
 
  private:
   void TriggerLoop();
-  RebalanceRecord Run(const std::string& trigger, eplb::Policy policy, const MeshView& mesh);
+  RebalanceRecord Run(const std::string& trigger, eplb::Policy policy, bool force,
+                      const MeshView& mesh);
   // Takes one round's placement through stage, commit and switch; the
   // error names what failed.
   absl::Status Transition(const eplb::Placement& next, int64_t* epoch);
@@ -78,6 +85,7 @@ class Rebalancer {
   const int64_t bytes_per_expert_;
   std::mutex run_mu_;  // one rebalance at a time
   std::atomic<bool> running_{false};
+  std::atomic<bool> stopping_{false};
   mutable std::mutex mu_;
   std::vector<RebalanceRecord> history_;  // guarded by mu_
   int64_t next_id_ = 1;                   // guarded by mu_

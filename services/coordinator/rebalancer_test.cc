@@ -285,7 +285,11 @@ TEST_F(RebalancerTest, OperatorRebalanceCommitsABetterPlacement) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->outcome, "skipped");
   EXPECT_THAT(again->reason, HasSubstr("the plan is the serving placement"));
-  EXPECT_EQ(r.History().size(), 3u);
+  // Forcing does not move what the plan leaves in place.
+  auto forced = r.RunOnce("operator", "", /*force=*/true);
+  ASSERT_TRUE(forced.ok());
+  EXPECT_EQ(forced->outcome, "skipped");
+  EXPECT_EQ(r.History().size(), 4u);
   EXPECT_EQ(r.RunOnce("operator", "local").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -339,6 +343,29 @@ TEST_F(RebalancerTest, AStagingFailureAbortsAndTheEpochStays) {
                                      "RESOURCE_EXHAUSTED: forced"));
   EXPECT_EQ(core_.epoch(), 1);
   EXPECT_FALSE(core_.GetMesh().next.has_value());
+}
+
+// Stop (the coordinator shutting down) ends a rebalance waiting for workers
+// that never stage: aborted at once, the transition dropped; later runs are
+// refused.
+TEST_F(RebalancerTest, StopEndsARebalanceWaitingForStaging) {
+  cluster::EplbOptions o = Eplb();
+  o.stage_timeout_ms = 600000;
+  Rebalancer r(&core_, &window_, o, 100);
+  SkewedLoad(&window_);
+  absl::StatusOr<RebalanceRecord> rec = absl::UnknownError("not run");
+  std::thread run([&] { rec = r.RunOnce("operator", ""); });
+  while (!core_.GetMesh().next.has_value())
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const auto t0 = Clock::now();
+  r.Stop();
+  run.join();
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(5));
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  EXPECT_EQ(rec->outcome, "aborted");
+  EXPECT_THAT(rec->reason, HasSubstr("shutting down"));
+  EXPECT_FALSE(core_.GetMesh().next.has_value());
+  EXPECT_EQ(r.RunOnce("operator", "").status().code(), absl::StatusCode::kUnavailable);
 }
 
 }  // namespace

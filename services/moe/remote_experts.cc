@@ -422,7 +422,7 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
     absl::Status st = Annotate(
         DecodeDispatch(recv_[a], H, placement.epoch, slot_begin, slot_begin + spw, &views[a]),
         absl::StrCat("expert worker ", worker_index_, " from rank ", ranks_.attention[a]));
-    if (a == 0 && views[a].next.pending() && !switch_.pending()) {
+    if (st.ok() && a == 0 && views[a].next.pending() && !switch_.pending()) {
       // The leader announces a switch: it must be to the staged placement,
       // at a later step.
       const Switch next = views[a].next;
