@@ -320,6 +320,7 @@ absl::StatusOr<std::vector<RequestUpdate>> Engine::Step() {
       RequestUpdate u;
       Finish(*s, FinishReason::kError, &u);
       u.error = std::string(st.message());
+      u.error_code = st.code();
       updates.push_back(std::move(u));
     }
     running_.clear();

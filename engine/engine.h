@@ -63,7 +63,10 @@ struct RequestUpdate {
   // entry 0 is empty (nothing precedes the first token).
   std::optional<std::vector<std::optional<TokenLogprob>>> prompt_logprobs;
   FinishReason finish = FinishReason::kNone;
-  std::string error;                      // with kError
+  std::string error;  // with kError
+  // With kError: what failed (the forward pass's status code; Unavailable
+  // when the mesh failed or the worker is shutting down).
+  absl::StatusCode error_code = absl::StatusCode::kInternal;
   std::optional<RequestTimings> timings;  // set when finish != kNone
 };
 

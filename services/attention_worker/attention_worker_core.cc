@@ -105,6 +105,7 @@ void AttentionWorkerCore::FailAll(const std::string& why) {
     u.id = id;
     u.finish = engine::FinishReason::kError;
     u.error = why;
+    u.error_code = absl::StatusCode::kUnavailable;
     sink->OnUpdate(u);
   }
   sinks_.clear();

@@ -84,14 +84,51 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
   }
 
  private:
-  // Called with the sink's lock held, from the step thread.
+  // Called with the sink's lock held, from the step thread. A generation
+  // that failed ends the call with a non-OK status, never with OK and a
+  // FINISH_REASON_ERROR message (a client checking the status must see the
+  // failure); tokens of that last update are still delivered first.
   void Push(const engine::RequestUpdate& u) {
     std::lock_guard<std::recursive_mutex> lock(mu_);
+    if (u.finish == engine::FinishReason::kError) {
+      engine::RequestUpdate tokens = u;
+      tokens.finish = engine::FinishReason::kNone;
+      tokens.timings.reset();
+      if (!tokens.new_tokens.empty() || tokens.prompt_logprobs.has_value()) {
+        GenerateStreamResponse msg;
+        api::ToProto(tokens, &msg);
+        queue_.push_back(std::move(msg));
+      }
+      final_status_ = FailureStatus(u);
+      finished_ = true;
+      WriteNextLocked();
+      return;
+    }
     GenerateStreamResponse msg;
     api::ToProto(u, &msg);
     queue_.push_back(std::move(msg));
     if (u.finish != engine::FinishReason::kNone) finished_ = true;
     WriteNextLocked();
+  }
+
+  // A failed generation's status: failures of the mesh or its transport
+  // (a peer gone, a timeout, a placement mismatch) and a worker shutting
+  // down are UNAVAILABLE, where a retry may succeed; anything else keeps its
+  // code (INTERNAL by default).
+  static grpc::Status FailureStatus(const engine::RequestUpdate& u) {
+    const std::string what = "generation failed: " + u.error;
+    switch (u.error_code) {
+      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kDeadlineExceeded:
+      case absl::StatusCode::kFailedPrecondition:
+      case absl::StatusCode::kDataLoss:
+      case absl::StatusCode::kAborted:
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, what);
+      case absl::StatusCode::kOk:
+        return grpc::Status(grpc::StatusCode::INTERNAL, what);
+      default:
+        return grpc::Status(static_cast<grpc::StatusCode>(u.error_code), what);
+    }
   }
 
   void Fail(const absl::Status& st) {
@@ -118,7 +155,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
     }
     if (finished_) {
       finish_called_ = true;
-      Finish(grpc::Status::OK);
+      Finish(final_status_);
     }
   }
 
@@ -133,6 +170,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
   bool finished_ = false;
   bool finish_called_ = false;
   bool cancelled_ = false;
+  grpc::Status final_status_ = grpc::Status::OK;  // how the call ends once the queue drains
 };
 
 }  // namespace
