@@ -81,6 +81,19 @@ TEST(GenerateCliTest, BadInputExitCodesAndMessages) {
   r = RunGenerate("--model " + kModel + " --prompt-ids 1 --kv-block-size 0");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("block_size"));
+  // Given values that look like the defaults' "unset" are errors, not unset.
+  r = RunGenerate("--model " + kModel + " --prompt-ids 1 --temperature -1");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--temperature must be a number >= 0 (0 = greedy), not '-1'"));
+  r = RunGenerate("--model " + kModel + " --prompt-ids 1 --seed -5");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--seed must be an integer >= 0, not '-5'"));
+  r = RunGenerate("--model " + kModel + " --prompt-ids 1 --seed=-1");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--seed must be an integer >= 0, not '-1'"));
+  r = RunGenerate("--model " + kModel + " --prompt-ids 1 --temperature warm");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--temperature must be a number >= 0"));
   r = RunGenerate("--bogus-flag 1");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.err, HasSubstr("bogus_flag"));
