@@ -82,8 +82,17 @@ absl::Status LoadGqa(const ModelConfig& cfg, const Checkpoint& ckpt, const std::
   }
   const std::string s = p + "self_attn.";
   SY_ASSIGN_OR_RETURN(Tensor q, Read(ckpt, s + "q_proj.weight", {H * D, hidden}));
-  SY_ASSIGN_OR_RETURN(Tensor k, Read(ckpt, s + "k_proj.weight", {KV * D, hidden}));
-  SY_ASSIGN_OR_RETURN(Tensor v, Read(ckpt, s + "v_proj.weight", {KV * D, hidden}));
+  // The k/v rows follow from num_key_value_heads, which config.json may leave
+  // out (it then defaults to num_attention_heads, as in transformers): a
+  // mismatch names the field, not only the tensor.
+  auto kv_rows = [&](absl::StatusOr<Tensor> t) -> absl::StatusOr<Tensor> {
+    if (t.ok() || t.status().code() != absl::StatusCode::kInvalidArgument) return t;
+    return absl::InvalidArgumentError(absl::StrCat(
+        t.status().message(), " (rows = num_key_value_heads (", KV, ") x head_dim (", D,
+        "); config.json's num_key_value_heads, num_attention_heads (", H, ") when absent)"));
+  };
+  SY_ASSIGN_OR_RETURN(Tensor k, kv_rows(Read(ckpt, s + "k_proj.weight", {KV * D, hidden})));
+  SY_ASSIGN_OR_RETURN(Tensor v, kv_rows(Read(ckpt, s + "v_proj.weight", {KV * D, hidden})));
   a->qkv = ConcatRows({&q, &k, &v});
   if (cfg.qkv_bias) {
     SY_ASSIGN_OR_RETURN(Tensor qb, Read(ckpt, s + "q_proj.bias", {H * D}));

@@ -842,6 +842,25 @@ TEST_F(WeightsTest, WrongShapeNamesTensorFileAndBothShapes) {
   EXPECT_THAT(message, HasSubstr("[8, 17]"));  // in the file
 }
 
+// A config.json without num_key_value_heads means as many as attention heads
+// (transformers' default); a checkpoint with fewer fails naming the field.
+TEST_F(WeightsTest, MissingKvHeadsInConfigNamesTheField) {
+  ASSERT_NO_FATAL_FAILURE(MakeModel(Qwen3Config()));
+  ASSERT_NO_FATAL_FAILURE(WriteAndOpen());
+  Json j = Qwen3Config();
+  j.erase("num_key_value_heads");
+  std::ofstream(dir_ + "/config.json") << j.dump(2);
+  auto cfg = LoadModelConfig(dir_);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->num_kv_heads, kHeads);
+  auto w = LoadDenseWeights(*cfg, *ckpt_);
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(w.status()), HasSubstr("k_proj.weight"));
+  EXPECT_THAT(Message(w.status()), HasSubstr("num_key_value_heads (4) x head_dim"));
+  EXPECT_THAT(Message(w.status()), HasSubstr("num_attention_heads (4) when absent"));
+}
+
 TEST_F(WeightsTest, WrongShapeOfMlaTensor) {
   ASSERT_NO_FATAL_FAILURE(MakeModel(DeepseekV3Config()));
   // kv_b_proj sized for v_head_dim = qk_nope_head_dim (a common mix-up).
