@@ -5,7 +5,10 @@
 //       [--vocab V] [--seed S] [--warmup-s W] [--temperature X] [--channels C] [--json]
 //
 // N workers each keep one GenerateStream call in flight (gRPC callback API)
-// and start the next request as soon as the previous one finishes. Prompts are
+// and start the next request as soon as the previous one finishes; after a
+// failed request a worker waits first (10 ms, doubling up to 1 s, back to
+// none after a success), so a refusing server (a full queue, no workers) is
+// not hammered. Prompts are
 // random token ids in [0, vocab) (vocab from ModelInfo unless --vocab is
 // given) of a length drawn uniformly from [P, Pmax]; max_new_tokens is drawn
 // from [M, Mmax] and ignore_eos is set, so every successful request returns
@@ -165,6 +168,14 @@ class LoadGen {
     idle_cv_.notify_all();
   }
 
+  // Starts `w`'s next call after `delay`, on the scheduler thread (never on
+  // a gRPC callback thread).
+  void StartLater(Worker* w, Clock::duration delay) {
+    std::lock_guard<std::mutex> lock(mu_);
+    delayed_.emplace(Clock::now() + delay, w);
+    delayed_cv_.notify_all();
+  }
+
   // Runs the load until the window ends and every call has finished.
   void Run(const std::vector<std::unique_ptr<v1::Generate::Stub>>& stubs);
 
@@ -180,10 +191,14 @@ class LoadGen {
   std::atomic<int64_t> streamed_tokens_{0};
   int cancelled_at_end_ = 0;
 
+  void SchedulerLoop();
+
   std::mutex mu_;
   std::condition_variable idle_cv_;
   int active_ = 0;
   std::vector<RequestResult> results_;
+  std::condition_variable delayed_cv_;
+  std::multimap<Clock::time_point, Worker*> delayed_;  // guarded by mu_
 };
 
 // Keeps one call in flight until the run stops.
@@ -201,6 +216,21 @@ class Worker {
     call->Start(stub_);
   }
 
+  // Starts the next call now, or goes idle once the run is stopping.
+  void StartNext() {
+    Call* next = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!lg_->stopping()) next = NewCall();
+      current_ = next;
+    }
+    if (next != nullptr) {
+      next->Start(stub_);
+    } else {
+      lg_->WorkerIdle();
+    }
+  }
+
   // Cancels the call in flight, if any; returns whether there was one. Calls
   // made after LoadGen::stopping() turned true are never started.
   bool Cancel() {
@@ -213,7 +243,20 @@ class Worker {
   // From Call::OnDone: records the result and starts the next call. `call`
   // must not be touched afterwards (it is deleted here).
   void Done(Call* call, RequestResult result) {
+    const bool failed = !result.error.empty();
     lg_->Record(std::move(result));
+    backoff_ = failed ? std::clamp(2 * backoff_, std::chrono::milliseconds(10),
+                                   std::chrono::milliseconds(1000))
+                      : std::chrono::milliseconds(0);
+    if (failed) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        current_ = nullptr;
+      }
+      delete call;
+      lg_->StartLater(this, backoff_);
+      return;
+    }
     Call* next = nullptr;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -256,7 +299,29 @@ class Worker {
   std::mt19937_64 rng_;  // only touched under mu_ or before Start()
   std::mutex mu_;
   Call* current_ = nullptr;
+  std::chrono::milliseconds backoff_{0};  // gRPC callback threads, one call at a time
 };
+
+void LoadGen::SchedulerLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    if (delayed_.empty()) {
+      if (stopping() && active_ == 0) return;
+      delayed_cv_.wait_for(lock, std::chrono::milliseconds(50));
+      continue;
+    }
+    const auto due = delayed_.begin()->first;
+    if (!stopping() && Clock::now() < due) {
+      delayed_cv_.wait_until(lock, due);
+      continue;
+    }
+    Worker* w = delayed_.begin()->second;
+    delayed_.erase(delayed_.begin());
+    lock.unlock();
+    w->StartNext();  // goes idle when stopping
+    lock.lock();
+  }
+}
 
 void Call::Start(v1::Generate::Stub* stub) {
   start_ = Clock::now();
@@ -333,13 +398,22 @@ void LoadGen::Run(const std::vector<std::unique_ptr<v1::Generate::Stub>>& stubs)
     std::lock_guard<std::mutex> lock(mu_);
     active_ = options_.concurrency;
   }
+  std::thread scheduler([this] { SchedulerLoop(); });
   for (auto& w : workers) w->Start();
   std::this_thread::sleep_until(end);
   stop_ = Clock::now();
   stopping_.store(true, std::memory_order_release);
   for (auto& w : workers) cancelled_at_end_ += w->Cancel() ? 1 : 0;
-  std::unique_lock<std::mutex> lock(mu_);
-  idle_cv_.wait(lock, [this] { return active_ == 0; });
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    delayed_cv_.notify_all();  // waiting workers go idle now
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_cv_.wait(lock, [this] { return active_ == 0; });
+    delayed_cv_.notify_all();
+  }
+  scheduler.join();
 }
 
 struct Percentiles {
