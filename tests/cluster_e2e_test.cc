@@ -1989,4 +1989,25 @@ TEST(ClusterFailureTest, GenerationsCutByADeadExpertWorkerEndUnavailable) {
            got.empty() ? "" : got[0].status.error_message().c_str());
 }
 
+// A placement the coordinator would refuse (experts + redundant slots not a
+// multiple of the expert workers) stops switchyard-local before it starts any
+// process, naming the keys.
+TEST(LauncherTest, BadPlacementIsRefusedBeforeAnyProcessStarts) {
+  const std::string yaml = RunRoot() + "/bad-placement.yaml";
+  {
+    std::ofstream y(yaml);
+    y << "model:\n  path: " << CaseDir("qwen3_moe") << "\n"
+      << "topology:\n  attention_workers: 1\n  expert_workers: 3\n"
+      << "placement:\n  redundant_experts: 0\n";
+  }
+  const auto t0 = Clock::now();
+  const ToolRun r = RunTool("switchyard-local", "--config " + yaml);
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  EXPECT_THAT(r.err, ::testing::HasSubstr("must be a multiple of the expert worker count (3)"));
+  EXPECT_THAT(r.err, ::testing::HasSubstr("topology.expert_workers"));
+  EXPECT_THAT(r.err, ::testing::HasSubstr(yaml));
+  EXPECT_LT(SecondsSince(t0), 10.0);
+  EXPECT_TRUE(ProcessesMentioning(yaml).empty());
+}
+
 }  // namespace sy::e2e

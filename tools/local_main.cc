@@ -34,6 +34,7 @@
 #include "grpcpp/grpcpp.h"
 #include "services/cluster/cluster_config.h"
 #include "services/cluster/process.h"
+#include "services/coordinator/coordinator_runner.h"
 #include "tools/local_single_process.h"
 
 ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
@@ -165,6 +166,11 @@ int main(int argc, char** argv) {
   auto cfg = sy::cluster::LoadClusterConfig(config_path);
   if (!cfg.ok()) {
     std::cerr << "switchyard-local: " << cfg.status().message() << "\n";
+    return 2;
+  }
+  // What the coordinator would refuse after every process had started.
+  if (auto placement = sy::coordinator::InitialPlacementFor(*cfg); !placement.ok()) {
+    std::cerr << "switchyard-local: " << placement.status().message() << "\n";
     return 2;
   }
   // Every worker runs OpenMP kernels; with more workers than cores their

@@ -13,8 +13,7 @@
 
 namespace sy::coordinator {
 
-absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string& listen,
-                            const std::function<bool()>& should_stop) {
+absl::StatusOr<eplb::Placement> InitialPlacementFor(const cluster::ClusterConfig& cfg) {
   SY_ASSIGN_OR_RETURN(model::ModelConfig model, model::LoadModelConfig(cfg.model.path));
   std::vector<int32_t> moe_layers;
   for (int32_t l = 0; l < model.num_layers; ++l) {
@@ -26,7 +25,23 @@ absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string
   po.replicate = cfg.placement.replicate;
   po.order = cfg.placement.order;
   auto placement = eplb::InitialPlacement(moe_layers, static_cast<int32_t>(model.num_experts), po);
-  if (!placement.ok()) return Annotate(placement.status(), cfg.source);
+  if (!placement.ok()) {
+    return Annotate(placement.status(),
+                    absl::StrCat(cfg.source, ": placement.redundant_experts (", po.redundant,
+                                 ") and topology.expert_workers (", po.num_workers, ")"));
+  }
+  return placement;
+}
+
+absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string& listen,
+                            const std::function<bool()>& should_stop) {
+  SY_ASSIGN_OR_RETURN(model::ModelConfig model, model::LoadModelConfig(cfg.model.path));
+  std::vector<int32_t> moe_layers;
+  for (int32_t l = 0; l < model.num_layers; ++l) {
+    if (model.layer_is_moe[l]) moe_layers.push_back(l);
+  }
+  auto placement = InitialPlacementFor(cfg);
+  if (!placement.ok()) return placement.status();
   CoordinatorOptions co;
   co.attention_workers = cfg.topology.attention_workers;
   co.expert_workers = cfg.topology.expert_workers;

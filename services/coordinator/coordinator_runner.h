@@ -8,9 +8,16 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "eplb/placement.h"
 #include "services/cluster/cluster_config.h"
 
 namespace sy::coordinator {
+
+// The initial placement of the config's model (its config.json) over the
+// config's expert workers; errors name the config file and the keys.
+// switchyard-local checks it before starting any process.
+absl::StatusOr<eplb::Placement> InitialPlacementFor(const cluster::ClusterConfig& cfg);
 
 absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string& listen,
                             const std::function<bool()>& should_stop);
