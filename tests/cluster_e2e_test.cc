@@ -1985,6 +1985,10 @@ TEST(ClusterFailureTest, GenerationsCutByADeadExpertWorkerEndUnavailable) {
   // Today a dead worker still stops the cluster (re-forming the mesh is the
   // rest of this issue): the launcher stops by itself, leaving nothing.
   EXPECT_NE(cluster.AwaitSelfStop(std::chrono::seconds(60)), -1);
+  // The launcher names the worker that was killed, not a peer that exited
+  // because of it.
+  EXPECT_THAT(ReadFile(cluster.dir() + "/launcher.stderr"),
+              ::testing::HasSubstr("switchyard-local: expert-worker-0 was killed by signal 9"));
   Progress("dead expert worker: %zu streams and a unary call ended UNAVAILABLE (%s)", got.size(),
            got.empty() ? "" : got[0].status.error_message().c_str());
 }
@@ -2008,6 +2012,30 @@ TEST(LauncherTest, BadPlacementIsRefusedBeforeAnyProcessStarts) {
   EXPECT_THAT(r.err, ::testing::HasSubstr(yaml));
   EXPECT_LT(SecondsSince(t0), 10.0);
   EXPECT_TRUE(ProcessesMentioning(yaml).empty());
+}
+
+// A process that exits cleanly (asked to stop: SIGTERM to the router) is not
+// a failure: the launcher logs it and the rest of the cluster keeps running.
+TEST(LauncherTest, ACleanExitDoesNotStopTheRest) {
+  ClusterOptions o;
+  o.redundant_experts = 2;
+  Cluster cluster;
+  const absl::Status started = cluster.Start(o, "clean-exit");
+  ASSERT_TRUE(started.ok()) << started;
+  pid_t router = -1;
+  for (pid_t p : ProcessesMentioning(cluster.dir())) {
+    std::string cmdline = ReadFile("/proc/" + std::to_string(p) + "/cmdline");
+    if (cmdline.find("switchyard-router") != std::string::npos) router = p;
+  }
+  ASSERT_GT(router, 0);
+  ASSERT_EQ(kill(router, SIGTERM), 0);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const std::string err = ReadFile(cluster.dir() + "/launcher.stderr");
+  EXPECT_THAT(err, ::testing::HasSubstr("router exited cleanly; the rest keeps running"));
+  EXPECT_THAT(err, ::testing::Not(::testing::HasSubstr("stopping the cluster")));
+  EXPECT_GT(cluster.WorkerPid("switchyard-attention-worker", 0), 0);
+  EXPECT_GT(cluster.WorkerPid("switchyard-expert-worker", 2), 0);
+  // Stop() then stops the rest (SIGINT, exit 0, nothing left).
 }
 
 }  // namespace sy::e2e

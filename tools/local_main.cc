@@ -88,19 +88,39 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::str
 }
 
 // Reaps children that exited; returns the first one that exited this call.
-Child* Reap(std::vector<Child>& children) {
-  Child* first = nullptr;
+// Reaps every child that has exited since the last call; returns them.
+std::vector<Child*> Reap(std::vector<Child>& children) {
+  std::vector<Child*> out;
   for (Child& c : children) {
     if (c.exited) continue;
     int status = 0;
     if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
       c.exited = true;
       c.status = status;
-      if (first == nullptr) first = &c;
+      out.push_back(&c);
     }
   }
-  return first;
+  return out;
 }
+
+// Of children that exited together, the one that most likely caused the
+// others to: one killed by a signal (kill -9, OOM) before one that exited
+// with an error (peers exit with an error when a worker vanishes), before a
+// clean exit; ties to the order they were started in.
+Child* Culprit(const std::vector<Child*>& dead) {
+  auto rank = [](const Child* c) {
+    if (WIFSIGNALED(c->status)) return 0;
+    if (WIFEXITED(c->status) && WEXITSTATUS(c->status) != 0) return 1;
+    return 2;
+  };
+  Child* best = nullptr;
+  for (Child* c : dead) {
+    if (best == nullptr || rank(c) < rank(best)) best = c;
+  }
+  return best;
+}
+
+bool CleanExit(const Child& c) { return WIFEXITED(c.status) && WEXITSTATUS(c.status) == 0; }
 
 void StopAll(std::vector<Child>& children) {
   // Router first (no new work), then workers, the coordinator last.
@@ -240,10 +260,31 @@ int main(int argc, char** argv) {
   bool ready = false;
   int exit_code = 0;
   while (ok && !sy::cluster::ShutdownRequested()) {
-    if (Child* dead = Reap(children)) {
-      std::cerr << "switchyard-local: " << dead->name << " " << Describe(*dead) << "; its log ("
-                << dead->log << ") ends with:\n"
-                << LogTail(dead->log);
+    // Polled often: a worker that dies takes its peers down within tens of
+    // milliseconds, and the first to go is the one to name.
+    const std::vector<Child*> dead = Reap(children);
+    bool failed = false;
+    for (Child* c : dead) failed |= !CleanExit(*c);
+    if (!dead.empty() && !failed) {
+      // A clean exit (the process was asked to stop): the others keep running.
+      for (Child* c : dead) {
+        std::cerr << "switchyard-local: " << c->name << " exited cleanly; the rest keeps running\n";
+      }
+      bool all = true;
+      for (const Child& c : children) all &= c.exited;
+      if (all) break;
+    }
+    if (failed) {
+      Child* culprit = Culprit(dead);
+      std::cerr << "switchyard-local: " << culprit->name << " " << Describe(*culprit)
+                << "; its log (" << culprit->log << ") ends with:\n"
+                << LogTail(culprit->log);
+      for (Child* c : dead) {
+        if (c != culprit) {
+          std::cerr << "switchyard-local: then " << c->name << " " << Describe(*c) << " (log "
+                    << c->log << ")\n";
+        }
+      }
       exit_code = 1;
       break;
     }
@@ -257,7 +298,7 @@ int main(int argc, char** argv) {
         break;
       }
     }
-    sy::cluster::WaitForShutdown(std::chrono::milliseconds(200));
+    sy::cluster::WaitForShutdown(std::chrono::milliseconds(20));
   }
   if (!ok) exit_code = 1;
   std::cerr << "switchyard-local: stopping the cluster\n";
