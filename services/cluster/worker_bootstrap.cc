@@ -145,6 +145,7 @@ Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank) {
     auto stub =
         pb::Coordinator::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
     int64_t sent_news = 0;
+    auto next_unknown_warning = Clock::now();
     auto news = [this] {
       std::lock_guard<std::mutex> lock(reporter_mu_);
       return news_ ? news_() : int64_t{0};
@@ -162,7 +163,19 @@ Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank) {
       }
       pb::HeartbeatResponse resp;
       grpc::Status st = stub->Heartbeat(&ctx, req, &resp);
-      if (!st.ok()) SY_LOG(DEBUG) << "heartbeat failed: " << st.error_message();
+      if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
+        // The coordinator does not know this worker (it restarted, or this
+        // worker was replaced): say so, at most once a minute, instead of
+        // beating into the void silently.
+        if (Clock::now() >= next_unknown_warning) {
+          SY_LOG(WARNING) << "the coordinator at " << address << " does not know rank " << rank
+                          << " (" << st.error_message()
+                          << "): it has restarted or replaced this worker; heartbeats go on";
+          next_unknown_warning = Clock::now() + std::chrono::minutes(1);
+        }
+      } else if (!st.ok()) {
+        SY_LOG(DEBUG) << "heartbeat failed: " << st.error_message();
+      }
       for (auto waited = std::chrono::milliseconds(0);
            waited < period && !stop_.load() && !beat_now_.exchange(false) && news() == sent_news;
            waited += std::chrono::milliseconds(20)) {

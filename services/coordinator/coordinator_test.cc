@@ -9,6 +9,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "services/cluster/grpc_server.h"
+#include "services/cluster/worker_bootstrap.h"
 #include "services/coordinator/coordinator_service.h"
 
 namespace sy::coordinator {
@@ -254,6 +255,24 @@ TEST_F(CoordinatorTest, HeartbeatsAndExpiry) {
   grpc::ClientContext ctx2;
   hb.set_rank(77);
   EXPECT_EQ(stub_->Heartbeat(&ctx2, hb, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// A worker whose heartbeats the coordinator does not know (it restarted
+// empty) says so in its log, once a minute, instead of beating silently.
+TEST_F(CoordinatorTest, HeartbeatsTheCoordinatorDoesNotKnowAreLogged) {
+  cluster::ClusterConfig cfg;
+  cfg.coordinator.listen.port = server_.port;
+  cfg.coordinator.heartbeat_ms = 20;
+  ::testing::internal::CaptureStderr();
+  {
+    cluster::Heartbeat hb(cfg, 3);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  const std::string what = "does not know rank 3";
+  ASSERT_THAT(err, HasSubstr(what));
+  EXPECT_EQ(err.find(what), err.rfind(what)) << "logged more than once:\n" << err;
+  EXPECT_THAT(err, HasSubstr("it has restarted or replaced this worker"));
 }
 
 // Ready means ready: a complete mesh is not ready until every worker has
