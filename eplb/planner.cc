@@ -696,6 +696,7 @@ Score ScorePlacement(const LoadMatrix& load, const Phy2Log& phy2log, int32_t num
 
 Movement CountMovement(const Phy2Log& current, const Phy2Log& next, int32_t num_workers) {
   Movement m;
+  m.per_worker.assign(next.size(), std::vector<int64_t>(static_cast<size_t>(num_workers), 0));
   std::set<std::pair<int32_t, int32_t>> held;  // (worker, expert)
   for (size_t l = 0; l < next.size(); ++l) {
     const size_t per_worker = next[l].size() / static_cast<size_t>(num_workers);
@@ -707,7 +708,10 @@ Movement CountMovement(const Phy2Log& current, const Phy2Log& next, int32_t num_
     for (size_t s = 0; s < next[l].size(); ++s) {
       const std::pair<int32_t, int32_t> key(static_cast<int32_t>(s / per_worker), next[l][s]);
       // A second replica of an expert on the same worker needs no second copy.
-      if (held.count(key) == 0 && placed.insert(key).second) ++m.expert_loads;
+      if (held.count(key) == 0 && placed.insert(key).second) {
+        ++m.expert_loads;
+        ++m.per_worker[l][static_cast<size_t>(key.first)];
+      }
     }
     m.total_slots += static_cast<int64_t>(next[l].size());
   }

@@ -149,7 +149,8 @@ struct Movement {
   // did not hold that expert in the current one: each is one expert's
   // weights copied onto a worker.
   int64_t expert_loads = 0;
-  int64_t total_slots = 0;  // layers * P, for scale
+  int64_t total_slots = 0;                       // layers * P, for scale
+  std::vector<std::vector<int64_t>> per_worker;  // [layer][worker]: expert_loads broken down
 };
 
 // Weight copies needed to go from `current` to `next` (both valid for the

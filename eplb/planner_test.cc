@@ -172,6 +172,8 @@ TEST(CountMovementTest, CountsExpertCopiesOntoWorkers) {
   const Movement m = CountMovement(current, {{0, 1, 3, 2, 2, 0}}, 2);
   EXPECT_EQ(m.expert_loads, 2);
   EXPECT_EQ(m.total_slots, 6);
+  ASSERT_EQ(m.per_worker.size(), 1u);
+  EXPECT_THAT(m.per_worker[0], ::testing::ElementsAre(1, 1));
 }
 
 }  // namespace

@@ -87,7 +87,6 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::str
   return pid;
 }
 
-// Reaps children that exited; returns the first one that exited this call.
 // Reaps every child that has exited since the last call; returns them.
 std::vector<Child*> Reap(std::vector<Child>& children) {
   std::vector<Child*> out;

@@ -17,24 +17,20 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// Long-polls GetMesh (the coordinator holds the call until the mesh is
-// complete, or ready with `ready`, up to a second) until the mesh gets there
-// or `deadline` passes; `mesh` is the last answer. `progress` runs after each
-// answer that is not there yet.
-bool PollMesh(pb::Coordinator::Stub& stub, bool ready, Clock::time_point deadline, pb::Mesh* mesh,
-              const std::function<void(const pb::Mesh&)>& progress = {}) {
-  while (true) {
+// Long-polls GetMesh with `req` (the coordinator holds the call until the
+// mesh is complete, ready or newer, as asked, up to a second) until `done`
+// holds for the answer, `deadline` passes or `stop` is set; `mesh` is the
+// last answer. `progress` runs after each answer that is not there yet.
+bool PollMesh(pb::Coordinator::Stub& stub, const pb::GetMeshRequest& req,
+              const std::function<bool(const pb::Mesh&)>& done, Clock::time_point deadline,
+              pb::Mesh* mesh, const std::function<void(const pb::Mesh&)>& progress = {},
+              const std::atomic<bool>* stop = nullptr) {
+  while (stop == nullptr || !stop->load()) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    pb::GetMeshRequest req;
-    if (ready) {
-      req.set_wait_ready(true);
-    } else {
-      req.set_wait_complete(true);
-    }
     const auto asked = Clock::now();
     grpc::Status st = stub.GetMesh(&ctx, req, mesh);
-    if (st.ok() && (ready ? mesh->ready() : mesh->complete())) return true;
+    if (st.ok() && done(*mesh)) return true;
     if (!st.ok()) SY_LOG(DEBUG) << "GetMesh: " << st.error_message();
     if (Clock::now() > deadline) return false;
     if (progress) progress(*mesh);
@@ -44,6 +40,7 @@ bool PollMesh(pb::Coordinator::Stub& stub, bool ready, Clock::time_point deadlin
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
   }
+  return false;
 }
 
 }  // namespace
@@ -110,7 +107,10 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
   out.heartbeat = std::make_unique<Heartbeat>(cfg, out.rank);
   SY_LOG(INFO) << "registered as rank " << out.rank << "; waiting for the mesh";
   pb::Mesh mesh;
-  if (!PollMesh(*stub, /*ready=*/false, deadline, &mesh)) {
+  pb::GetMeshRequest complete;
+  complete.set_wait_complete(true);
+  if (!PollMesh(
+          *stub, complete, [](const pb::Mesh& m) { return m.complete(); }, deadline, &mesh)) {
     return absl::DeadlineExceededError(absl::StrCat(
         "the mesh did not complete in time (", mesh.members_size(), " of ",
         cfg.topology.attention_workers + cfg.topology.expert_workers, " workers registered)"));
@@ -202,23 +202,15 @@ MeshWatcher::MeshWatcher(const ClusterConfig& cfg, std::function<void(const pb::
     auto stub =
         pb::Coordinator::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
     int64_t version = 0;
+    pb::Mesh mesh;
     while (!stop_.load()) {
-      grpc::ClientContext ctx;
-      // Short enough that the destructor does not wait long for the poll.
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1500));
       pb::GetMeshRequest req;
       req.set_newer_than_version(std::max<int64_t>(version, 1));
-      pb::Mesh mesh;
-      const auto asked = Clock::now();
-      grpc::Status st = stub->GetMesh(&ctx, req, &mesh);
-      if (st.ok() && mesh.version() > version) {
+      if (PollMesh(
+              *stub, req, [&](const pb::Mesh& m) { return m.version() > version; },
+              Clock::time_point::max(), &mesh, {}, &stop_)) {
         version = mesh.version();
         on_change(mesh);
-        continue;
-      }
-      if (!st.ok()) SY_LOG(DEBUG) << "watching the mesh: " << st.error_message();
-      if (Clock::now() - asked < std::chrono::milliseconds(100)) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
       }
     }
   });
@@ -241,11 +233,16 @@ absl::Status WaitForReadyMesh(const ClusterConfig& cfg, std::chrono::millisecond
   };
   auto next_log = Clock::now() + std::chrono::seconds(5);
   pb::Mesh mesh;
-  if (PollMesh(*stub, /*ready=*/true, Clock::now() + timeout, &mesh, [&](const pb::Mesh& m) {
-        if (Clock::now() < next_log) return;
-        SY_LOG(INFO) << "waiting for the mesh to be ready; still loading: ranks " << not_ready(m);
-        next_log = Clock::now() + std::chrono::seconds(5);
-      })) {
+  pb::GetMeshRequest ready;
+  ready.set_wait_ready(true);
+  if (PollMesh(
+          *stub, ready, [](const pb::Mesh& m) { return m.ready(); }, Clock::now() + timeout, &mesh,
+          [&](const pb::Mesh& m) {
+            if (Clock::now() < next_log) return;
+            SY_LOG(INFO) << "waiting for the mesh to be ready; still loading: ranks "
+                         << not_ready(m);
+            next_log = Clock::now() + std::chrono::seconds(5);
+          })) {
     return absl::OkStatus();
   }
   return absl::DeadlineExceededError(

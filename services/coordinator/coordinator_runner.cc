@@ -15,6 +15,11 @@ namespace sy::coordinator {
 
 absl::StatusOr<eplb::Placement> InitialPlacementFor(const cluster::ClusterConfig& cfg) {
   SY_ASSIGN_OR_RETURN(model::ModelConfig model, model::LoadModelConfig(cfg.model.path));
+  return InitialPlacementFor(cfg, model);
+}
+
+absl::StatusOr<eplb::Placement> InitialPlacementFor(const cluster::ClusterConfig& cfg,
+                                                    const model::ModelConfig& model) {
   std::vector<int32_t> moe_layers;
   for (int32_t l = 0; l < model.num_layers; ++l) {
     if (model.layer_is_moe[l]) moe_layers.push_back(l);
@@ -36,23 +41,18 @@ absl::StatusOr<eplb::Placement> InitialPlacementFor(const cluster::ClusterConfig
 absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string& listen,
                             const std::function<bool()>& should_stop) {
   SY_ASSIGN_OR_RETURN(model::ModelConfig model, model::LoadModelConfig(cfg.model.path));
-  std::vector<int32_t> moe_layers;
-  for (int32_t l = 0; l < model.num_layers; ++l) {
-    if (model.layer_is_moe[l]) moe_layers.push_back(l);
-  }
-  auto placement = InitialPlacementFor(cfg);
-  if (!placement.ok()) return placement.status();
+  SY_ASSIGN_OR_RETURN(eplb::Placement placement, InitialPlacementFor(cfg, model));
   CoordinatorOptions co;
   co.attention_workers = cfg.topology.attention_workers;
   co.expert_workers = cfg.topology.expert_workers;
   co.worker_timeout = std::chrono::milliseconds(cfg.coordinator.worker_timeout_ms);
-  CoordinatorCore core(co, *placement);
+  CoordinatorCore core(co, placement);
   // EPLB: load reports into the window, the rebalancer over both.
   LoadWindowOptions wo;
   wo.window_steps = cfg.eplb.window_steps;
   wo.window = std::chrono::milliseconds(static_cast<int64_t>(cfg.eplb.window_seconds * 1000));
-  LoadWindow window(static_cast<int32_t>(moe_layers.size()),
-                    static_cast<int32_t>(model.num_experts), cfg.topology.expert_workers, wo);
+  LoadWindow window(static_cast<int32_t>(placement.layers.size()), placement.num_logical,
+                    cfg.topology.expert_workers, wo);
   core.SetLoadSink([&window](const eplb::Placement& p, int32_t worker, const LoadSample& s) {
     window.Add(p, worker, s, std::chrono::steady_clock::now());
   });

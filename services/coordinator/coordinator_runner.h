@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "eplb/placement.h"
+#include "model/config.h"
 #include "services/cluster/cluster_config.h"
 
 namespace sy::coordinator {
@@ -18,6 +19,8 @@ namespace sy::coordinator {
 // config's expert workers; errors name the config file and the keys.
 // switchyard-local checks it before starting any process.
 absl::StatusOr<eplb::Placement> InitialPlacementFor(const cluster::ClusterConfig& cfg);
+absl::StatusOr<eplb::Placement> InitialPlacementFor(const cluster::ClusterConfig& cfg,
+                                                    const model::ModelConfig& model);
 
 absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string& listen,
                             const std::function<bool()>& should_stop);

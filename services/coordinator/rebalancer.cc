@@ -1,7 +1,6 @@
 #include "services/coordinator/rebalancer.h"
 
 #include <algorithm>
-#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -16,21 +15,6 @@ int64_t UnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-// Expert copies layer `l` of `next` needs on each worker: [worker] count.
-std::vector<int64_t> CopiesPerWorker(const eplb::Placement& cur, const eplb::Phy2Log& next,
-                                     int32_t l) {
-  std::vector<int64_t> out(cur.num_workers, 0);
-  for (int32_t w = 0; w < cur.num_workers; ++w) {
-    std::set<int32_t> held(cur.phy2log[l].begin() + cur.SlotBegin(w),
-                           cur.phy2log[l].begin() + cur.SlotEnd(w));
-    std::set<int32_t> fetched;
-    for (int32_t s = cur.SlotBegin(w); s < cur.SlotEnd(w); ++s) {
-      if (!held.count(next[l][s]) && fetched.insert(next[l][s]).second) ++out[w];
-    }
-  }
-  return out;
 }
 
 }  // namespace
@@ -203,7 +187,7 @@ RebalanceRecord Rebalancer::Run(const std::string& trigger, eplb::Policy policy,
   } else {
     std::vector<int64_t> used(cur.num_workers, 0);
     for (int32_t l = 0; l < layers; ++l) {
-      const std::vector<int64_t> copies = CopiesPerWorker(cur, *plan, l);
+      const std::vector<int64_t>& copies = moved.per_worker[l];
       bool fits = !rounds.empty();
       for (int32_t w = 0; w < cur.num_workers; ++w) {
         const int64_t need = copies[w] * bytes_per_expert_;

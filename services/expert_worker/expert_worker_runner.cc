@@ -18,6 +18,48 @@ namespace sy::expert_worker {
 
 namespace pb = ::switchyard::internal::v1;
 
+namespace {
+
+// Stages `next` on `server`: the experts other workers serve now come from
+// them over `staging` (null: none); the rest, or all when the copy fails,
+// from the server's own source (the checkpoint or dummy weights).
+absl::Status StageNext(moe::ExpertServer& server, const eplb::Placement& next, int32_t index,
+                       const model::ModelConfig& model, transport::Transport* staging,
+                       absl::Duration timeout) {
+  SY_LOG(INFO) << "expert worker " << index << ": staging placement epoch " << next.epoch;
+  std::map<moe::ExpertKey, model::MlpWeights> copied;
+  if (staging != nullptr) {
+    const moe::CopyPlan plan = moe::PlanExpertCopies(server.serving_placement(), next, index);
+    auto got = moe::CopyExperts(
+        plan, next.epoch, model,
+        [&](const moe::ExpertKey& k) { return server.Held(k.first, k.second); }, *staging, timeout);
+    if (got.ok()) {
+      copied = *std::move(got);
+    } else {
+      SY_LOG(WARNING) << "expert worker " << index << ": copying experts from peers failed ("
+                      << got.status() << "); loading them from the checkpoint";
+    }
+  }
+  int64_t from_peers = 0, loaded = 0;
+  auto staged =
+      server.Stage(next, [&](int32_t layer, int32_t expert) -> absl::StatusOr<model::MlpWeights> {
+        auto it = copied.find({layer, expert});
+        if (it != copied.end()) {
+          ++from_peers;
+          return std::move(it->second);
+        }
+        ++loaded;
+        return server.Load(layer, expert);
+      });
+  if (!staged.ok()) return staged.status();
+  SY_LOG(INFO) << "expert worker " << index << ": placement epoch " << next.epoch << ": "
+               << from_peers << " experts copied from peers, " << loaded
+               << " loaded from the checkpoint";
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
                              transport::Transport& transport, const std::string& listen,
                              const std::function<bool()>& should_stop) {
@@ -101,11 +143,9 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
           }
         }
       },
-      [&] {
-        std::lock_guard<std::mutex> lock(report_mu);
-        return server_ptr->serving_epoch() * 1000003 + server_ptr->staged_epoch() * 1009 +
-               failed_epoch;
-      });
+      // Staging news is sent by the watcher (BeatNow); a switch happens on
+      // the step thread.
+      [server_ptr] { return server_ptr->serving_epoch(); });
   cluster::MeshWatcher watcher(cfg, [&](const pb::Mesh& m) {
     const int64_t staged = server_ptr->staged_epoch();
     const bool is_staging = m.has_next() && m.next().state() == pb::Transition::STATE_STAGING;
@@ -119,45 +159,9 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
       if (failed_epoch == m.next().epoch()) return;  // reported; the coordinator aborts it
     }
     absl::StatusOr<eplb::Placement> next = coordinator::PlacementFromProto(m.next().placement());
-    absl::Status st = next.status();
-    if (next.ok()) {
-      SY_LOG(INFO) << "expert worker " << index << ": staging placement epoch " << next->epoch;
-      // Experts other workers serve now come from them over the staging
-      // transport; the rest (or all, when the copy fails) from this
-      // worker's own source.
-      std::map<moe::ExpertKey, model::MlpWeights> copied;
-      if (staging != nullptr) {
-        const moe::CopyPlan plan =
-            moe::PlanExpertCopies(server_ptr->serving_placement(), *next, index);
-        auto got = moe::CopyExperts(
-            plan, next->epoch, model,
-            [&](const moe::ExpertKey& k) { return server_ptr->Held(k.first, k.second); }, *staging,
-            absl::Milliseconds(cfg.eplb.stage_timeout_ms));
-        if (got.ok()) {
-          copied = *std::move(got);
-        } else {
-          SY_LOG(WARNING) << "expert worker " << index << ": copying experts from peers failed ("
-                          << got.status() << "); loading them from the checkpoint";
-        }
-      }
-      int64_t from_peers = 0, loaded = 0;
-      auto staged = server_ptr->Stage(
-          *next, [&](int32_t layer, int32_t expert) -> absl::StatusOr<model::MlpWeights> {
-            auto it = copied.find({layer, expert});
-            if (it != copied.end()) {
-              ++from_peers;
-              return std::move(it->second);
-            }
-            ++loaded;
-            return server_ptr->Load(layer, expert);
-          });
-      st = staged.status();
-      if (staged.ok()) {
-        SY_LOG(INFO) << "expert worker " << index << ": placement epoch " << next->epoch << ": "
-                     << from_peers << " experts copied from peers, " << loaded
-                     << " loaded from the checkpoint";
-      }
-    }
+    const absl::Status st = next.ok() ? StageNext(*server_ptr, *next, index, model, staging,
+                                                  absl::Milliseconds(cfg.eplb.stage_timeout_ms))
+                                      : next.status();
     if (!st.ok()) {
       SY_LOG(WARNING) << "expert worker " << index << ": staging placement epoch "
                       << m.next().epoch() << " failed: " << st;

@@ -185,10 +185,8 @@ absl::StatusOr<std::unique_ptr<ExpertServer>> ExpertServer::Create(
   s->ckpt_ = ckpt;
   s->dummy_seed_ = dummy_seed;
   StageStats stats;
-  SY_ASSIGN_OR_RETURN(s->cur_, s->Build(placement, nullptr, {}, &stats));
+  SY_ASSIGN_OR_RETURN(s->cur_, s->Build(placement, nullptr, {}, /*budget=*/0, &stats));
   s->serving_epoch_.store(placement.epoch);
-  s->load_.assign(placement.layers.size(),
-                  std::vector<int64_t>(placement.NumSlotsOf(worker_index), 0));
   return s;
 }
 
@@ -205,7 +203,11 @@ int64_t WeightBytes(const model::MlpWeights& w) {
 
 absl::StatusOr<std::shared_ptr<ExpertServer::Generation>> ExpertServer::Build(
     const eplb::Placement& placement, const Generation* reuse, const ExpertFetcher& fetch,
-    StageStats* stats) {
+    int64_t budget, StageStats* stats) {
+  // Every expert of a layer has the same size: the budget is checked before
+  // each load, not after loading everything.
+  const int64_t expert_size =
+      static_cast<int64_t>(sizeof(float)) * 3 * cfg_.hidden_size * cfg_.moe_intermediate_size;
   if (worker_index_ >= placement.num_workers) {
     return absl::InvalidArgumentError(
         absl::StrCat("placement epoch ", placement.epoch, " has ", placement.num_workers,
@@ -242,6 +244,12 @@ absl::StatusOr<std::shared_ptr<ExpertServer::Generation>> ExpertServer::Build(
       if (w != nullptr) {
         ++stats->kept_experts;
       } else {
+        if (budget > 0 && stats->fetched_bytes + expert_size > budget) {
+          return absl::ResourceExhaustedError(absl::StrCat(
+              "staging placement epoch ", placement.epoch, " needs more than the ", budget,
+              " bytes of expert weights the memory limit leaves beside the serving ones (",
+              stats->fetched_bytes, " bytes before expert ", expert, " of layer ", layer, ")"));
+        }
         absl::StatusOr<model::MlpWeights> loaded =
             fetch ? fetch(layer, expert) : Load(layer, expert);
         if (!loaded.ok()) {
@@ -286,15 +294,13 @@ absl::StatusOr<StageStats> ExpertServer::Stage(const eplb::Placement& next,
                                                    cur->placement.epoch));
   }
   if (auto st = next.Validate(); !st.ok()) return st;
-  StageStats stats;
-  SY_ASSIGN_OR_RETURN(std::shared_ptr<Generation> gen, Build(next, cur.get(), fetch, &stats));
+  // What the memory limit leaves for new experts (at least a byte: a limit
+  // already reached refuses the first one).
   const int64_t limit = memory_limit_.load();
-  const int64_t serving = expert_bytes();
-  if (limit > 0 && serving + stats.fetched_bytes > limit) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "staging placement epoch ", next.epoch, " needs ", stats.fetched_bytes,
-        " bytes of expert weights beside the ", serving, " serving; the limit is ", limit));
-  }
+  const int64_t budget = limit > 0 ? std::max<int64_t>(limit - expert_bytes(), 1) : 0;
+  StageStats stats;
+  SY_ASSIGN_OR_RETURN(std::shared_ptr<Generation> gen,
+                      Build(next, cur.get(), fetch, budget, &stats));
   std::lock_guard<std::mutex> lock(mu_);
   staged_ = std::move(gen);
   SY_LOG(INFO) << "expert worker " << worker_index_ << ": staged placement epoch " << next.epoch
@@ -358,31 +364,23 @@ absl::Status ExpertServer::ServeStep() {
     }
     cur_ = std::move(staged_);  // the old generation's unshared experts are freed here
     staged_.reset();
-    load_.assign(cur_->placement.layers.size(),
-                 std::vector<int64_t>(cur_->placement.NumSlotsOf(worker_index_), 0));
     serving_epoch_.store(cur_->placement.epoch);
     SY_LOG(INFO) << "expert worker " << worker_index_ << ": serving placement epoch "
                  << cur_->placement.epoch << " from step " << step_;
     switch_ = Switch{};
   }
-  for (int32_t i = 0; i < static_cast<int32_t>(cur_->placement.layers.size()); ++i) {
-    SY_RETURN_IF_ERROR(ServeLayer(i));
-  }
-  // This step's counts into the chunk; a full chunk, or the last step before
-  // a switch, is handed to the reporter.
+  // The routed-experts step adds each layer's counts to the chunk; a full
+  // chunk, or the last step before a switch, goes to the reporter.
   if (chunk_.steps == 0) {
     chunk_.epoch = cur_->placement.epoch;
     chunk_.first_step = static_cast<int64_t>(step_);
-    chunk_.slot_tokens.assign(load_.size(), {});
-    for (size_t l = 0; l < load_.size(); ++l) chunk_.slot_tokens[l].assign(load_[l].size(), 0);
+    chunk_.slot_tokens.assign(cur_->placement.layers.size(),
+                              std::vector<int64_t>(cur_->placement.NumSlotsOf(worker_index_), 0));
+  }
+  for (int32_t i = 0; i < static_cast<int32_t>(cur_->placement.layers.size()); ++i) {
+    SY_RETURN_IF_ERROR(ServeLayer(i));
   }
   ++chunk_.steps;
-  for (size_t l = 0; l < load_.size(); ++l) {
-    for (size_t i = 0; i < load_[l].size(); ++i) {
-      chunk_.slot_tokens[l][i] += load_[l][i];
-      load_[l][i] = 0;
-    }
-  }
   ++step_;
   if (chunk_.steps == kLoadChunkSteps || (switch_.pending() && step_ >= switch_.step)) {
     FlushChunk();
@@ -469,9 +467,9 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   if (ones_.size() < static_cast<size_t>(total)) ones_.resize(static_cast<size_t>(total), 1.0f);
   scattered_.resize(static_cast<size_t>(total) * H);
   const std::vector<const void*>& ptrs = cur_->ptrs[moe_index];
-  SY_RETURN_IF_ERROR(routed_.Run(ctx_, kernels::DType::kF32, gathered_.data(), total,
-                                 local_slot_.data(), 1, ones_.data(), spw, ptrs.data(),
-                                 ptrs.data() + spw, H, I, scattered_.data(), &load_[moe_index]));
+  SY_RETURN_IF_ERROR(routed_.Run(
+      ctx_, kernels::DType::kF32, gathered_.data(), total, local_slot_.data(), 1, ones_.data(), spw,
+      ptrs.data(), ptrs.data() + spw, H, I, scattered_.data(), &chunk_.slot_tokens[moe_index]));
   for (size_t w = 0; w < num_aw; ++w) {
     EncodeCombine(placement.epoch, switch_, scattered_.data() + base[w] * H, views[w].num_rows,
                   mesh_rows, H, &send_[w]);

@@ -192,9 +192,12 @@ class ExpertServer {
 
   ExpertServer() = default;
   absl::Status ServeLayer(int32_t moe_index);
+  // `budget` > 0: ResourceExhausted before loading more than that many
+  // bytes of new experts.
   absl::StatusOr<std::shared_ptr<Generation>> Build(const eplb::Placement& placement,
                                                     const Generation* reuse,
-                                                    const ExpertFetcher& fetch, StageStats* stats);
+                                                    const ExpertFetcher& fetch, int64_t budget,
+                                                    StageStats* stats);
 
   model::ModelConfig cfg_;
   int32_t worker_index_ = 0;
@@ -212,9 +215,8 @@ class ExpertServer {
   mutable std::mutex mu_;
   std::atomic<int64_t> serving_epoch_{0};
   std::atomic<int64_t> memory_limit_{0};
-  Switch switch_;                           // step thread
-  std::vector<std::vector<int64_t>> load_;  // this step's, [moe layer][local slot]
-  LoadDelta chunk_;                         // step thread: the chunk being counted
+  Switch switch_;    // step thread
+  LoadDelta chunk_;  // step thread: the chunk being counted (the serving epoch's)
   std::mutex load_mu_;
   std::vector<LoadDelta> pending_load_;  // guarded by load_mu_
   void FlushChunk();                     // step thread
