@@ -4,9 +4,11 @@
 //   2. out[r, n]       = down_n . inter_buf[r]                (rounded to T)
 // Both are one kernel template: a warp owns two weight rows (gate j and up j,
 // or down rows n and n + 1) and computes their dot products with up to 8
-// activation rows per pass over the weights, with 16-byte streaming weight
-// loads (L1::no_allocate, so the activation rows stay in L1 for the block's
-// other warps) and several loads in flight. Rows beyond 8 take further passes
+// activation rows per pass over the weights (up to 2, at three blocks per
+// SM, when there is at most one row per expert on average), with 16-byte
+// streaming weight loads (L1::no_allocate, so the activation rows stay in L1
+// for the block's other warps), every load of a pass in flight before any
+// is used. Rows beyond a pass's take further passes
 // (the weights then come from L2): correct for any rows per expert, and
 // bound by the weight reads while rows per expert stay small.
 //
