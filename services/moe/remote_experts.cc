@@ -20,6 +20,7 @@ RemoteExpertExecutor::RemoteExpertExecutor(const model::ModelConfig& cfg, eplb::
       ranks_(std::move(ranks)),
       transport_(transport),
       timeout_(timeout) {
+  next_replica_.resize(placement_.layers.size());
   leader_ = !ranks_.attention.empty() && transport_ != nullptr &&
             transport_->rank() == ranks_.attention[0];
   serving_epoch_.store(placement_.epoch);
@@ -111,6 +112,8 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
     row_weight_[w].clear();
   }
   const auto& log2phy = placement_.log2phy[moe_index];
+  std::vector<uint32_t>& next_replica = next_replica_[moe_index];
+  next_replica.resize(static_cast<size_t>(placement_.num_logical), 0);
   for (int64_t t = 0; t < num_tokens; ++t) {
     for (int64_t k = 0; k < top_k; ++k) {
       const int32_t e = topk_ids[t * top_k + k];
@@ -118,8 +121,10 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
         return absl::InvalidArgumentError(absl::StrCat("expert id ", e, " out of range"));
       }
       const auto& replicas = log2phy[e];
-      // Replicas are equivalent; rotate through them to spread the load.
-      const int32_t slot = replicas[(spread_ + t) % replicas.size()];
+      // Replicas are equivalent: each expert's rows go round-robin over its
+      // replicas, across tokens and steps, so every replica gets an equal
+      // share whatever the batch sizes (what the planner's scores assume).
+      const int32_t slot = replicas[next_replica[e]++ % replicas.size()];
       const int32_t w = placement_.WorkerOfSlot(slot);
       slots_[w].push_back(slot);  // global slot id: the receiver checks it is its own
       rows_[w].insert(rows_[w].end(), hidden + t * H, hidden + (t + 1) * H);
@@ -127,7 +132,6 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
       row_weight_[w].push_back(topk_weights[t * top_k + k]);
     }
   }
-  ++spread_;
   std::vector<transport::SendItem> sends(num_ew);
   for (size_t w = 0; w < num_ew; ++w) {
     EncodeDispatch(placement_.epoch, switch_, slots_[w], rows_[w], &send_[w]);

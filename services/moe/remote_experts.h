@@ -103,7 +103,8 @@ class RemoteExpertExecutor : public engine::ExpertExecutor {
   absl::Duration timeout_;
   uint64_t step_ = 0;
   int32_t last_moe_index_ = -1;
-  uint64_t spread_ = 0;     // rotates replica choice between steps
+  // [moe layer][logical expert]: the next replica to send a row to.
+  std::vector<std::vector<uint32_t>> next_replica_;
   uint64_t mesh_rows_ = 0;  // accumulating over the current step
   uint64_t last_step_mesh_rows_ = 0;
   // Scratch per expert worker.
