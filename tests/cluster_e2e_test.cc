@@ -1832,7 +1832,7 @@ TEST_P(EplbClusterTest, SkewedLoadRebalancesByItselfWhileServing) {
   while (Clock::now() - t0 < std::chrono::seconds(90)) {
     const v1::StatusResponse now = AdminStatus(cluster);
     if (now.has_balancedness() && now.epoch() == s.epoch() && now.window_steps() > 0 &&
-        load.streams.load() >= streams_at_switch + 16) {
+        load.streams.load() >= streams_at_switch + 48) {
       after = now.balancedness();
       s = now;
       break;
@@ -1870,6 +1870,21 @@ TEST_P(EplbClusterTest, SkewedLoadRebalancesByItselfWhileServing) {
   EXPECT_EQ(j["placement"].size(), static_cast<size_t>(s.placement_size()));
   EXPECT_FALSE(j["balancedness"].is_null());
   EXPECT_EQ(j["rebalances"].back()["outcome"], "committed");
+  // The load matrix: [MoE layer][expert] tokens per step, the skew visible.
+  const ToolRun load_cli =
+      RunTool("switchyard-admin", "load --addr " + cluster.coordinator_address());
+  ASSERT_EQ(load_cli.exit_code, 0) << load_cli.err;
+  const nlohmann::json lj = nlohmann::json::parse(load_cli.out);
+  ASSERT_EQ(lj["load"].size(), static_cast<size_t>(s.placement_size()));
+  const std::vector<double> row0 = lj["load"][0].get<std::vector<double>>();
+  EXPECT_EQ(row0.size(), static_cast<size_t>(NumExperts("qwen3_moe")));
+  EXPECT_GT(*std::max_element(row0.begin(), row0.end()), 0.0);
+  EXPECT_GT(lj["window_steps"].get<int64_t>(), 0);
+  // A bad policy is a usage error naming it.
+  const ToolRun bad = RunTool("switchyard-admin",
+                              "rebalance --policy local --addr " + cluster.coordinator_address());
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.err, ::testing::HasSubstr("--policy must be global or hierarchical"));
   Progress(
       "%s: balancedness %.3f -> %.3f (predicted %.3f -> %.3f), %lld experts moved in %.2f s, "
       "%d streams, none failed",
