@@ -436,6 +436,31 @@ std::vector<FfnCase> FfnCases() {
   return cases;
 }
 
+// One weight set for every expert, random activations for rows_per[e] rows
+// of expert e, and the CPU's fp32 result.
+struct SharedWeights {
+  std::vector<int64_t> offsets;
+  int64_t rows;
+  std::vector<float> gu, dn, x, want;
+};
+SharedWeights MakeSharedWeights(DType dtype, int64_t experts, int64_t hidden, int64_t inter,
+                                const std::vector<int64_t>& rows_per, uint32_t seed) {
+  SharedWeights w;
+  w.offsets.assign(static_cast<size_t>(experts + 1), 0);
+  for (int64_t e = 0; e < experts; ++e) w.offsets[e + 1] = w.offsets[e] + rows_per[e];
+  w.rows = w.offsets[experts];
+  std::mt19937 rng(seed);
+  w.gu = RoundTo(dtype, Uniform(static_cast<size_t>(2 * inter * hidden), rng, -0.06f, 0.06f));
+  w.dn = RoundTo(dtype, Uniform(static_cast<size_t>(hidden * inter), rng, -0.1f, 0.1f));
+  w.x = RoundTo(dtype, Uniform(static_cast<size_t>(w.rows * hidden), rng, -1.0f, 1.0f));
+  const std::vector<const void*> h_gu(experts, w.gu.data()), h_dn(experts, w.dn.data());
+  w.want.resize(static_cast<size_t>(w.rows * hidden));
+  EXPECT_TRUE(GroupedExpertFfn(Context{}, DType::kF32, w.x.data(), w.offsets.data(), experts,
+                               w.rows, h_gu.data(), h_dn.data(), hidden, inter, w.want.data())
+                  .ok());
+  return w;
+}
+
 class CudaGroupedFfnTest : public testing::CudaDTypeTest {
  protected:
   // Captures kAuto in a CUDA graph for these rows per expert (8 experts) and
@@ -547,14 +572,96 @@ TEST_P(CudaGroupedFfnTest, NoRowsIsANoOp) {
   EXPECT_TRUE(dc_->Synchronize().ok());
 }
 
+// The small-M path's down kernel starts (programmatic dependent launch)
+// while its gate_up kernel still runs, and each gate_up waits for the kernel
+// before it: many launches queued back to back, with routings of different
+// active-expert counts, each give the CPU's result.
+TEST_P(CudaGroupedFfnTest, SmallMLaunchesBackToBack) {
+  const int64_t experts = 32, hidden = 128, inter = 64;
+  std::mt19937 rng(91);
+  const auto gu =
+      RoundTo(dtype(), Uniform(static_cast<size_t>(2 * inter * hidden), rng, -0.09f, 0.09f));
+  const auto dn =
+      RoundTo(dtype(), Uniform(static_cast<size_t>(hidden * inter), rng, -0.12f, 0.12f));
+  DeviceBuffer d_gu = Upload(dtype(), gu), d_dn = Upload(dtype(), dn);
+  DeviceBuffer d_gu_ptrs = UploadRaw(std::vector<const void*>(experts, d_gu.data()));
+  DeviceBuffer d_dn_ptrs = UploadRaw(std::vector<const void*>(experts, d_dn.data()));
+  const std::vector<const void*> h_gu(experts, gu.data()), h_dn(experts, dn.data());
+  struct Launch {
+    DeviceBuffer x, off, out;
+    std::vector<float> want;
+    int64_t rows;
+  };
+  std::vector<Launch> launches;
+  for (int i = 0; i < 24; ++i) {
+    // 1 to 32 rows over 32 experts: at most one row per expert on average.
+    const int64_t total = 1 + (i * 7) % experts;
+    const std::vector<int64_t> per = SpreadRows(experts, total, 300 + i);
+    std::vector<int64_t> offsets(experts + 1, 0);
+    for (int64_t e = 0; e < experts; ++e) offsets[e + 1] = offsets[e] + per[e];
+    const auto x = RoundTo(dtype(), Uniform(static_cast<size_t>(total * hidden), rng, -1.0f, 1.0f));
+    Launch l{Upload(dtype(), x), UploadRaw(offsets), Alloc(total * hidden * DTypeSize(dtype())),
+             std::vector<float>(static_cast<size_t>(total * hidden)), total};
+    ASSERT_TRUE(GroupedExpertFfn(Context{}, DType::kF32, x.data(), offsets.data(), experts, total,
+                                 h_gu.data(), h_dn.data(), hidden, inter, l.want.data())
+                    .ok());
+    launches.push_back(std::move(l));
+  }
+  for (int round = 0; round < 2; ++round) {
+    // NaN in every output first, so that the launches are queued adjacent.
+    for (Launch& l : launches) ASSERT_TRUE(Memset(gpu(), l.out.data(), 0xFF, l.out.bytes()).ok());
+    for (Launch& l : launches) {
+      ASSERT_TRUE(cuda::GroupedExpertFfn(gpu(), dtype(), l.x.data(), l.off.as<int64_t>(), experts,
+                                         l.rows, d_gu_ptrs.as<const void* const>(),
+                                         d_dn_ptrs.as<const void* const>(), hidden, inter,
+                                         l.out.data(), cuda::GroupedFfnPath::kSmallM)
+                      .ok());
+    }
+    for (size_t i = 0; i < launches.size(); ++i) {
+      CheckFfn(Download(dtype(), launches[i].out.data(), launches[i].rows * hidden),
+               launches[i].want, "round " + std::to_string(round) + " launch " + std::to_string(i));
+    }
+  }
+}
+
+// Weights that are not 16-byte aligned (an expert placed at any address) take
+// the small-M path's element-wise loads instead of its vector or bulk copies,
+// with the same result.
+TEST_P(CudaGroupedFfnTest, SmallMMisalignedWeights) {
+  const int64_t experts = 8, hidden = 256, inter = 64;
+  const std::vector<int64_t> per = {1, 0, 2, 1, 0, 1, 0, 3};
+  const auto [offsets, rows, gu, dn, x, want] =
+      MakeSharedWeights(dtype(), experts, hidden, inter, per, 17);
+  // Each weight matrix 4 bytes past a 16-byte boundary.
+  DeviceBuffer gu_aligned = Upload(dtype(), gu), dn_aligned = Upload(dtype(), dn);
+  DeviceBuffer gu_buf = Alloc(gu_aligned.bytes() + 16), dn_buf = Alloc(dn_aligned.bytes() + 16);
+  void* gu_at = gu_buf.as<char>() + 4;
+  void* dn_at = dn_buf.as<char>() + 4;
+  ASSERT_TRUE(CopyOnDevice(gpu(), gu_at, gu_aligned.data(), gu_aligned.bytes()).ok());
+  ASSERT_TRUE(CopyOnDevice(gpu(), dn_at, dn_aligned.data(), dn_aligned.bytes()).ok());
+  DeviceBuffer d_x = Upload(dtype(), x), d_off = UploadRaw(offsets);
+  DeviceBuffer d_gu_ptrs = UploadRaw(std::vector<const void*>(experts, gu_at));
+  DeviceBuffer d_dn_ptrs = UploadRaw(std::vector<const void*>(experts, dn_at));
+  DeviceBuffer d_out = Alloc(rows * hidden * DTypeSize(dtype()));
+  ASSERT_TRUE(Memset(gpu(), d_out.data(), 0xFF, d_out.bytes()).ok());
+  ASSERT_TRUE(cuda::GroupedExpertFfn(gpu(), dtype(), d_x.data(), d_off.as<int64_t>(), experts, rows,
+                                     d_gu_ptrs.as<const void* const>(),
+                                     d_dn_ptrs.as<const void* const>(), hidden, inter, d_out.data(),
+                                     cuda::GroupedFfnPath::kSmallM)
+                  .ok());
+  CheckFfn(Download(dtype(), d_out.data(), rows * hidden), want, "misaligned weights");
+}
+
 // kAuto inside a CUDA graph capture must take a path without host
 // synchronisation (the small-M kernel, or the sm90 kernel on Hopper in bf16)
 // even where it would otherwise pick cuBLAS, and the graph replays correctly.
 TEST_P(CudaGroupedFfnTest, AutoIsGraphCapturable) {
-  // avg 16 rows per expert (above the small-M kernel's range), then avg 250
-  // (several 128-row tiles per expert for the sm90 kernel).
+  // At most one row per expert (the small-M path's two-row passes), avg 16 rows per
+  // expert (above the small-M kernel's range), then avg 250 (several 128-row
+  // tiles per expert for the sm90 kernel).
   for (const std::vector<int64_t>& rows_per :
-       {std::vector<int64_t>{40, 0, 3, 17, 1, 0, 60, 9},
+       {std::vector<int64_t>{1, 0, 2, 0, 1, 0, 3, 1},
+        std::vector<int64_t>{40, 0, 3, 17, 1, 0, 60, 9},
         std::vector<int64_t>{300, 200, 256, 190, 0, 600, 250, 204}}) {
     SCOPED_TRACE(rows_per[0]);
     CheckGraphCapture(rows_per);
@@ -563,19 +670,8 @@ TEST_P(CudaGroupedFfnTest, AutoIsGraphCapturable) {
 
 void CudaGroupedFfnTest::CheckGraphCapture(const std::vector<int64_t>& rows_per) {
   const int64_t experts = 8, hidden = 256, inter = 96;
-  std::vector<int64_t> offsets(experts + 1, 0);
-  for (int64_t e = 0; e < experts; ++e) offsets[e + 1] = offsets[e] + rows_per[e];
-  const int64_t rows = offsets[experts];
-  std::mt19937 rng(77);
-  const auto gu =
-      RoundTo(dtype(), Uniform(static_cast<size_t>(2 * inter * hidden), rng, -0.06f, 0.06f));
-  const auto dn = RoundTo(dtype(), Uniform(static_cast<size_t>(hidden * inter), rng, -0.1f, 0.1f));
-  const auto x = RoundTo(dtype(), Uniform(static_cast<size_t>(rows * hidden), rng, -1.0f, 1.0f));
-  const std::vector<const void*> h_gu(experts, gu.data()), h_dn(experts, dn.data());
-  std::vector<float> want(static_cast<size_t>(rows * hidden));
-  ASSERT_TRUE(GroupedExpertFfn(Context{}, DType::kF32, x.data(), offsets.data(), experts, rows,
-                               h_gu.data(), h_dn.data(), hidden, inter, want.data())
-                  .ok());
+  const auto [offsets, rows, gu, dn, x, want] =
+      MakeSharedWeights(dtype(), experts, hidden, inter, rows_per, 77);
   DeviceBuffer d_gu = Upload(dtype(), gu), d_dn = Upload(dtype(), dn), d_x = Upload(dtype(), x);
   DeviceBuffer d_off = UploadRaw(offsets);
   DeviceBuffer d_gu_ptrs = UploadRaw(std::vector<const void*>(experts, d_gu.data()));
@@ -596,9 +692,12 @@ void CudaGroupedFfnTest::CheckGraphCapture(const std::vector<int64_t>& rows_per)
   ASSERT_TRUE(captured.ok()) << captured;
   cudaGraphExec_t exec = nullptr;
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  ASSERT_TRUE(Memset(gpu(), d_out.data(), 0xFF, d_out.bytes()).ok());
-  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-  CheckFfn(Download(dtype(), d_out.data(), rows * hidden), want, "graph replay");
+  for (int replay = 0; replay < 3; ++replay) {
+    ASSERT_TRUE(Memset(gpu(), d_out.data(), 0xFF, d_out.bytes()).ok());
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    CheckFfn(Download(dtype(), d_out.data(), rows * hidden), want,
+             "graph replay " + std::to_string(replay));
+  }
   EXPECT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
   EXPECT_EQ(cudaGraphDestroy(graph), cudaSuccess);
 }
