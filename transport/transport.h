@@ -17,6 +17,7 @@
 // loop); backends may run internal threads.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -80,6 +81,27 @@ class Transport {
 
   // Optional: marks this rank gone for its peers (tests, orderly shutdown).
   virtual absl::Status Close() { return absl::UnimplementedError("Close"); }
+
+  // Any thread: the Exchange in progress, and every later one until
+  // ClearInterrupt(), returns Aborted promptly (sends already handed over
+  // may still be delivered). A worker does this when the mesh is re-formed
+  // without a peer that its step may be waiting on. Messages that arrive
+  // meanwhile are kept for later calls.
+  void Interrupt() {
+    interrupted_.store(true, std::memory_order_release);
+    WakeForInterrupt();
+  }
+  // The driving thread, between exchanges: exchanges run again.
+  void ClearInterrupt() { interrupted_.store(false, std::memory_order_release); }
+  bool interrupted() const { return interrupted_.load(std::memory_order_acquire); }
+
+ protected:
+  // Ends a backend's wait so it sees interrupted() (any thread).
+  virtual void WakeForInterrupt() {}
+  absl::Status InterruptedError() const;
+
+ private:
+  std::atomic<bool> interrupted_{false};
 };
 
 // All-to-all-v among `ranks` (this rank included or not): sends send[i] to

@@ -364,6 +364,42 @@ TEST_P(TransportConformanceTest, SilentPeerTimesOut) {
   });
 }
 
+// Interrupt() from another thread ends a wait on a live but silent peer at
+// once with Aborted, refuses later exchanges until ClearInterrupt(), and
+// keeps what arrived meanwhile: the message sent during the interrupt is
+// received afterwards.
+TEST_P(TransportConformanceTest, InterruptEndsTheWaitAndKeepsMessages) {
+  auto mesh = MakeMesh(2);
+  ASSERT_EQ(mesh.size(), 2u);
+  std::vector<Bytes> got;
+  std::thread interrupter([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    mesh[0]->Interrupt();
+  });
+  const absl::Time start = absl::Now();
+  const absl::Status waited = mesh[0]->Exchange(1, {}, {1}, &got, absl::Seconds(30));
+  interrupter.join();
+  EXPECT_EQ(waited.code(), absl::StatusCode::kAborted) << waited;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_TRUE(mesh[0]->interrupted());
+  // Rank 1 sends tag 2 while rank 0 is interrupted.
+  const Bytes late = Pattern(1, 0, 2, 700);
+  EXPECT_OK(mesh[1]->Exchange(2, {Item(0, late)}, {}, nullptr, kTimeout));
+  EXPECT_EQ(mesh[0]->Exchange(2, {}, {1}, &got, kTimeout).code(), absl::StatusCode::kAborted);
+  mesh[0]->ClearInterrupt();
+  EXPECT_FALSE(mesh[0]->interrupted());
+  EXPECT_OK(mesh[0]->Exchange(2, {}, {1}, &got, kTimeout));
+  EXPECT_TRUE(got.size() == 1 && got[0] == late);
+  // Both ways again.
+  RunRanks(2, [&](int32_t rank) {
+    const int32_t other = 1 - rank;
+    std::vector<Bytes> in;
+    EXPECT_OK(mesh[rank]->Exchange(3, {Item(other, Pattern(rank, other, 3, 64))}, {other}, &in,
+                                   kTimeout));
+    EXPECT_TRUE(in.size() == 1 && in[0] == Pattern(other, rank, 3, 64));
+  });
+}
+
 // A rank that left is replaced by a new transport with the same rank; after
 // everyone connects to its new address the mesh works again.
 TEST_P(TransportConformanceTest, ReplacedRankRejoins) {

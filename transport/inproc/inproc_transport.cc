@@ -61,8 +61,15 @@ absl::Status Fabric::Post(int32_t src, int32_t dst, uint64_t tag, const uint8_t*
   return absl::OkStatus();
 }
 
+void Fabric::Wake(int32_t dst) {
+  std::lock_guard<std::mutex> lock(mu_);
+  InboxLocked(dst).cv.notify_all();
+}
+
 absl::Status Fabric::Collect(int32_t dst, uint64_t tag, const std::vector<int32_t>& srcs,
-                             std::vector<std::vector<uint8_t>>* out, absl::Time deadline) {
+                             std::vector<std::vector<uint8_t>>* out, absl::Time deadline,
+                             const std::function<bool()>& interrupted,
+                             const absl::Status& aborted) {
   out->assign(srcs.size(), {});
   std::vector<bool> got(srcs.size(), false);
   size_t num_got = 0;
@@ -87,6 +94,10 @@ absl::Status Fabric::Collect(int32_t dst, uint64_t tag, const std::vector<int32_
     if (dead_src >= 0) {
       out->clear();
       return RankLeftError(dst, dead_src);
+    }
+    if (interrupted && interrupted()) {
+      out->clear();
+      return aborted;
     }
     const absl::Duration left = deadline - absl::Now();
     if (left <= absl::ZeroDuration()) {
@@ -139,6 +150,7 @@ absl::Status InprocTransport::Exchange(uint64_t tag, const std::vector<SendItem>
                                        absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   if (closed_) return absl::FailedPreconditionError(absl::StrCat("inproc rank ", rank_, " closed"));
+  if (interrupted()) return InterruptedError();
   SY_RETURN_IF_ERROR(CheckExchangeArgs(rank_, tag, sends, recv_from, received, [this](int32_t p) {
     return p == rank_ || connected_.contains(p);
   }));
@@ -156,7 +168,9 @@ absl::Status InprocTransport::Exchange(uint64_t tag, const std::vector<SendItem>
     if (received != nullptr) received->clear();
     return absl::OkStatus();
   }
-  return fabric_->Collect(rank_, tag, recv_from, received, deadline);
+  return fabric_->Collect(
+      rank_, tag, recv_from, received, deadline, [this] { return interrupted(); },
+      InterruptedError());
 }
 
 absl::Status InprocTransport::Close() {

@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -48,9 +49,13 @@ class Fabric {
   // Takes one message with `tag` from each rank of `srcs` (in that order)
   // into (*out)[i], waiting until `deadline`. Unavailable when a source has
   // left without leaving the message; DeadlineExceeded naming the missing
-  // sources otherwise. Messages already taken when it fails are dropped.
+  // sources otherwise; Aborted (`aborted`) once `interrupted` holds. Messages
+  // already taken when it fails are dropped.
   absl::Status Collect(int32_t dst, uint64_t tag, const std::vector<int32_t>& srcs,
-                       std::vector<std::vector<uint8_t>>* out, absl::Time deadline);
+                       std::vector<std::vector<uint8_t>>* out, absl::Time deadline,
+                       const std::function<bool()>& interrupted, const absl::Status& aborted);
+  // Wakes `dst`'s waits (so they check their interrupt).
+  void Wake(int32_t dst);
 
  private:
   using Key = std::tuple<int32_t, int32_t, uint64_t>;  // (dst, src, tag)
@@ -94,6 +99,9 @@ class InprocTransport final : public Transport {
                         absl::Duration timeout) override;
   // Leaves the fabric; later calls fail with FailedPrecondition.
   absl::Status Close() override;
+
+ protected:
+  void WakeForInterrupt() override { fabric_->Wake(rank_); }
 
  private:
   std::shared_ptr<Fabric> fabric_;

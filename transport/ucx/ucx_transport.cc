@@ -199,6 +199,7 @@ absl::Status UcxTransport::Exchange(uint64_t tag, const std::vector<SendItem>& s
   SY_RETURN_IF_ERROR(CheckExchangeArgs(rank_, tag, sends, recv_from, received, [this](int32_t p) {
     return p == rank_ || peers_.contains(p);
   }));
+  if (interrupted()) return InterruptedError();
   ReapOrphans();
   CloseFailedEndpoints();
   // A peer already known to be gone fails the call before anything is sent.
@@ -284,6 +285,10 @@ absl::Status UcxTransport::Exchange(uint64_t tag, const std::vector<SendItem>& s
       }
     }
     if (!failure.ok()) break;
+    if (interrupted()) {
+      failure = InterruptedError();
+      break;
+    }
 
     if (absl::Now() >= deadline) {
       std::vector<int32_t> missing_from;
