@@ -223,6 +223,11 @@ void Engine::Admit(std::vector<Sequence*>* prefills) {
   }
 }
 
+bool IsMeshFailure(const absl::Status& status) {
+  return absl::IsAborted(status) || absl::IsUnavailable(status) ||
+         absl::IsDeadlineExceeded(status) || absl::IsFailedPrecondition(status);
+}
+
 absl::StatusOr<std::vector<RequestUpdate>> Engine::Step() {
   std::vector<RequestUpdate> updates = std::move(pending_);
   pending_.clear();
@@ -313,6 +318,16 @@ absl::StatusOr<std::vector<RequestUpdate>> Engine::Step() {
     st = runner_->Forward(b, *cache_, &logits_);
   }
   ++steps_;
+  if (!st.ok() && options_.keep_batch_on_mesh_failure && IsMeshFailure(st)) {
+    // Undo the step: the sequences run again once the mesh is back.
+    for (size_t i = 0; i < order.size(); ++i) {
+      order[i]->num_cached = b.context_lens[i] - (b.q_start[i + 1] - b.q_start[i]);
+    }
+    for (RequestUpdate& u : updates) pending_.push_back(std::move(u));
+    SY_LOG(WARNING) << "step " << steps_ << ": the expert mesh failed (" << st << "); "
+                    << order.size() << " sequences kept for the retry";
+    return st;
+  }
   if (!st.ok()) {
     // A failed forward pass fails the sequences in it, not the engine.
     SY_LOG(ERROR) << "step " << steps_ << ": forward failed: " << st;

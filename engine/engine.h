@@ -78,7 +78,17 @@ struct EngineOptions {
   int64_t max_new_tokens_limit = 4096;  // largest max_new_tokens a request may ask
   int32_t max_logprobs = 20;            // largest top-N for logprobs / prompt_logprobs
   KvCacheOptions kv;
+  // A forward pass that fails because the expert mesh failed (the expert
+  // executor's Aborted, Unavailable, DeadlineExceeded or FailedPrecondition)
+  // leaves every sequence as it was before the step, and Step() returns that
+  // error: the caller re-forms the mesh and steps again, and the step is
+  // recomputed (same tokens; the KV rows it wrote are written again). Off:
+  // such a step fails its sequences, like any failed forward pass.
+  bool keep_batch_on_mesh_failure = false;
 };
+
+// The errors keep_batch_on_mesh_failure keeps the batch for.
+bool IsMeshFailure(const absl::Status& status);
 
 struct EngineStats {
   int64_t running = 0;
@@ -100,7 +110,8 @@ class Engine {
   // the next Step() reports it finished with kCancelled. NotFound if unknown.
   absl::Status Cancel(const std::string& id);
   // Runs one step. Returns the updates of every request that produced a token
-  // or finished.
+  // or finished; with keep_batch_on_mesh_failure, a mesh failure's error
+  // (nothing changed: the next Step() runs the same batch).
   absl::StatusOr<std::vector<RequestUpdate>> Step();
 
   bool HasWork() const { return !waiting_.empty() || !running_.empty() || !pending_.empty(); }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/status.h"
 
 namespace sy::eplb {
 
@@ -44,11 +45,12 @@ absl::Status Placement::Validate() const {
                      num_workers, " expert workers"));
   }
   for (int32_t w = 0; w < num_workers; ++w) {
-    if (worker_begin[w + 1] <= worker_begin[w]) {
+    if (worker_begin[w + 1] < worker_begin[w]) {
       return absl::InvalidArgumentError(
-          absl::StrCat("placement: expert worker ", w, " holds no slots"));
+          absl::StrCat("placement: expert worker ", w, "'s slot range ends before it begins"));
     }
   }
+  if (num_slots == 0) return absl::InvalidArgumentError("placement: no expert worker holds slots");
   if (phy2log.size() != layers.size() || log2phy.size() != layers.size()) {
     return absl::InvalidArgumentError("placement: layer count mismatch");
   }
@@ -82,6 +84,71 @@ absl::Status Placement::Validate() const {
     }
   }
   return absl::OkStatus();
+}
+
+int32_t Placement::FirstEmptyWorker() const {
+  for (int32_t w = 0; w < num_workers; ++w) {
+    if (NumSlotsOf(w) == 0) return w;
+  }
+  return -1;
+}
+
+absl::StatusOr<Placement> SurvivorPlacement(const Placement& p, const std::vector<bool>& alive,
+                                            int64_t epoch, SurvivorStats* stats) {
+  if (static_cast<int32_t>(alive.size()) != p.num_workers) {
+    return absl::InvalidArgumentError(absl::StrCat("survivor placement: ", alive.size(),
+                                                   " liveness flags for ", p.num_workers,
+                                                   " expert workers"));
+  }
+  Placement out;
+  out.epoch = epoch;
+  out.num_logical = p.num_logical;
+  out.num_workers = p.num_workers;
+  out.layers = p.layers;
+  out.worker_begin.assign(static_cast<size_t>(p.num_workers) + 1, 0);
+  std::vector<int32_t> kept;  // old slot ids kept, in order
+  for (int32_t w = 0; w < p.num_workers; ++w) {
+    if (alive[w]) {
+      for (int32_t s = p.SlotBegin(w); s < p.SlotEnd(w); ++s) kept.push_back(s);
+    }
+    out.worker_begin[w + 1] = static_cast<int32_t>(kept.size());
+  }
+  out.num_slots = static_cast<int32_t>(kept.size());
+  if (out.num_slots == 0) {
+    return absl::FailedPreconditionError("survivor placement: no expert worker with slots is left");
+  }
+  SurvivorStats st;
+  st.dropped_slots = p.num_slots - out.num_slots;
+  out.phy2log.resize(p.layers.size());
+  for (size_t l = 0; l < p.layers.size(); ++l) {
+    std::vector<int32_t>& slots = out.phy2log[l];
+    for (int32_t s : kept) slots.push_back(p.phy2log[l][s]);
+    std::vector<int32_t> count(static_cast<size_t>(p.num_logical), 0);
+    for (int32_t e : slots) ++count[e];
+    for (int32_t lost = 0; lost < p.num_logical; ++lost) {
+      if (count[lost] > 0) continue;
+      // The slot whose expert has the most replicas (the last such slot, so
+      // the first replicas, which the initial placement spreads, stay).
+      int32_t best = -1;
+      for (int32_t s = out.num_slots - 1; s >= 0; --s) {
+        if (count[slots[s]] >= 2 && (best < 0 || count[slots[s]] > count[slots[best]])) best = s;
+      }
+      if (best < 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "survivor placement: expert ", lost, " of layer ", p.layers[l],
+            " has no replica on a surviving expert worker, and no surviving slot holds a "
+            "replicated expert that could make room for it"));
+      }
+      --count[slots[best]];
+      slots[best] = lost;
+      count[lost] = 1;
+      ++st.reloaded_slots;
+    }
+  }
+  RebuildLog2Phy(&out);
+  SY_RETURN_IF_ERROR(out.Validate());
+  if (stats != nullptr) *stats = st;
+  return out;
 }
 
 absl::StatusOr<Placement> InitialPlacement(const std::vector<int32_t>& layers, int32_t num_experts,

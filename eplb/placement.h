@@ -5,13 +5,12 @@
 // redundant replicas), a consecutive range of them on each of N expert
 // workers: worker w owns slots [worker_begin[w], worker_begin[w + 1]), the
 // same ranges in every layer. Workers may hold different numbers of slots
-// (a worker with more memory; a dead worker's slots dropped), none may hold
-// none. Slot ids are global: they name the same slot on every worker and on
-// the wire. phy2log[layer][slot] is the
-// logical expert of a slot; log2phy[layer][expert] lists the slots holding a
-// replica of it (equivalent copies; an attention worker may send a token to
-// any of them). Placements are immutable values; a new placement has a new
-// epoch.
+// (a worker with more memory), and a worker that died holds none (its slots
+// dropped by SurvivorPlacement); at least one holds some. Slot ids are global: they name the same
+// slot on every worker and on the wire. phy2log[layer][slot] is the logical expert of a slot;
+// log2phy[layer][expert] lists the slots holding a replica of it (equivalent copies; an attention
+// worker may send a token to any of them). Placements are immutable values; a new placement has a
+// new epoch.
 #pragma once
 
 #include <cstdint>
@@ -44,7 +43,26 @@ struct Placement {
   // Checks every invariant (sizes, every expert has a replica, log2phy is
   // the inverse of phy2log). InvalidArgument describing the first violation.
   absl::Status Validate() const;
+  // The first worker holding no slots, or -1.
+  int32_t FirstEmptyWorker() const;
 };
+
+// What SurvivorPlacement did.
+struct SurvivorStats {
+  int32_t dropped_slots = 0;  // slots of the dead workers, per MoE layer
+  int32_t reloaded_slots =
+      0;  // survivors' slots given an expert left without a replica (all layers)
+};
+
+// The placement of the same layers and experts over the workers with
+// alive[w]: the dead workers' slots are dropped (their ranges become empty,
+// the survivors keep what they hold in the same order, so slot ids shift);
+// an expert left without a replica in a layer takes over a survivor's slot
+// whose expert has the most replicas there (a survivor then loads it).
+// `epoch` is the new placement's. FailedPrecondition when no worker survives
+// or a layer has no replica to give up for a lost expert (naming both).
+absl::StatusOr<Placement> SurvivorPlacement(const Placement& p, const std::vector<bool>& alive,
+                                            int64_t epoch, SurvivorStats* stats = nullptr);
 
 // How the initial placement deals logical experts to workers.
 enum class PlacementOrder {

@@ -89,10 +89,74 @@ TEST(PlacementTest, WorkersMayHoldDifferentSlotCounts) {
   EXPECT_EQ(p->WorkerOfSlot(3), 0);
   EXPECT_EQ(p->WorkerOfSlot(4), 1);
   EXPECT_EQ(p->WorkerOfSlot(17), 2);
+  // A worker may hold none (it died): the others own every slot.
   p->worker_begin = {0, 4, 4, 18};
-  EXPECT_THAT(p->Validate().message(), HasSubstr("expert worker 1 holds no slots"));
+  EXPECT_TRUE(p->Validate().ok()) << p->Validate();
+  EXPECT_EQ(p->FirstEmptyWorker(), 1);
+  EXPECT_EQ(p->WorkerOfSlot(4), 2);
+  p->worker_begin = {0, 4, 3, 18};
+  EXPECT_THAT(p->Validate().message(), HasSubstr("slot range ends before it begins"));
   p->worker_begin = {0, 4, 10, 17};
   EXPECT_THAT(p->Validate().message(), HasSubstr("worker slot ranges must run from 0 to 18"));
+}
+
+// Four workers, 8 experts, 8 redundant slots (each expert twice, on two
+// different workers): a dead worker's slots go, the survivors keep theirs.
+TEST(SurvivorPlacementTest, EveryExpertKeepsAReplica) {
+  PlacementOptions o;
+  o.num_workers = 4;
+  o.redundant = 8;
+  auto p = InitialPlacement({1, 3}, 8, o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  SurvivorStats st;
+  auto s = SurvivorPlacement(*p, {true, false, true, true}, 7, &st);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->epoch, 7);
+  EXPECT_EQ(s->num_slots, 12);
+  EXPECT_EQ(s->NumSlotsOf(1), 0);
+  EXPECT_EQ(s->FirstEmptyWorker(), 1);
+  EXPECT_EQ(st.dropped_slots, 4);
+  EXPECT_EQ(st.reloaded_slots, 0);
+  for (size_t l = 0; l < p->layers.size(); ++l) {
+    for (int32_t w : {0, 2, 3}) {
+      for (int32_t i = 0; i < p->NumSlotsOf(w); ++i) {
+        EXPECT_EQ(s->phy2log[l][s->SlotBegin(w) + i], p->phy2log[l][p->SlotBegin(w) + i])
+            << "layer " << l << " worker " << w << " slot " << i;
+      }
+    }
+  }
+  EXPECT_TRUE(s->Validate().ok());
+}
+
+// Without enough replicas, the lost experts take slots of replicated ones;
+// with none to spare, a clear refusal naming the expert and the layer.
+TEST(SurvivorPlacementTest, LostExpertsTakeReplicatedSlotsOrFail) {
+  SurvivorStats st;
+  // A hand-made case: survivor holds {0, 0, 1, 1}, the dead worker {2, 3}.
+  Placement h;
+  h.num_logical = 4;
+  h.num_slots = 6;
+  h.num_workers = 2;
+  h.worker_begin = {0, 4, 6};
+  h.layers = {0};
+  h.phy2log = {{0, 0, 1, 1, 2, 3}};
+  RebuildLog2Phy(&h);
+  ASSERT_TRUE(h.Validate().ok());
+  auto r = SurvivorPlacement(h, {true, false}, 3, &st);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(st.reloaded_slots, 2);
+  EXPECT_EQ(r->num_slots, 4);
+  EXPECT_EQ(r->phy2log[0], (std::vector<int32_t>{0, 3, 1, 2}));
+  // Survivor {0, 1}, dead {2, 3}: nothing to give up.
+  h.phy2log = {{0, 1, 2, 3, 0, 1}};
+  h.worker_begin = {0, 2, 6};
+  RebuildLog2Phy(&h);
+  auto f = SurvivorPlacement(h, {true, false}, 3);
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(f.status().message(), HasSubstr("expert 2 of layer 0"));
+  EXPECT_EQ(SurvivorPlacement(h, {false, false}, 3).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(SurvivorPlacement(h, {true}, 3).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

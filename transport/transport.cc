@@ -8,11 +8,6 @@
 
 namespace sy::transport {
 
-absl::Status Transport::InterruptedError() const {
-  return absl::AbortedError(absl::StrCat(std::string(backend()), " rank ", rank(),
-                                         ": exchange interrupted (the mesh is re-forming)"));
-}
-
 absl::Status AllToAllV(Transport& t, uint64_t tag, const std::vector<int32_t>& ranks,
                        const std::vector<std::vector<uint8_t>>& send,
                        std::vector<std::vector<uint8_t>>* received, absl::Duration timeout) {

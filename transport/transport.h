@@ -25,6 +25,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 
 namespace sy::transport {
@@ -98,7 +99,10 @@ class Transport {
  protected:
   // Ends a backend's wait so it sees interrupted() (any thread).
   virtual void WakeForInterrupt() {}
-  absl::Status InterruptedError() const;
+  absl::Status InterruptedError() const {
+    return absl::AbortedError(absl::StrCat(std::string(backend()), " rank ", rank(),
+                                           ": exchange interrupted (the mesh is re-forming)"));
+  }
 
  private:
   std::atomic<bool> interrupted_{false};

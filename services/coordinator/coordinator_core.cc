@@ -1,6 +1,9 @@
 #include "services/coordinator/coordinator_core.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/log.h"
 
 namespace sy::coordinator {
@@ -25,12 +28,25 @@ bool CoordinatorCore::CompleteLocked() const {
 
 bool CoordinatorCore::ReadyLocked() const {
   if (!CompleteLocked()) return false;
+  bool any_attention = false;
   for (const auto* list : {&attention_, &experts_}) {
     for (const MemberInfo& m : *list) {
+      if (m.dropped) continue;
       if (!m.alive || !m.ready) return false;
+      any_attention |= m.role == Role::kAttention;
     }
   }
-  return true;
+  // A re-formed mesh whose survivors cannot hold every expert is not.
+  return any_attention && unservable_.empty();
+}
+
+bool CoordinatorCore::DegradedLocked() const {
+  for (const auto* list : {&attention_, &experts_}) {
+    for (const MemberInfo& m : *list) {
+      if (m.dropped) return true;
+    }
+  }
+  return false;
 }
 
 std::vector<MemberInfo> CoordinatorCore::RegisteredLocked() const {
@@ -60,6 +76,11 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
                                                    " ", role_name, " workers of the topology"));
   }
   MemberInfo& m = list[index];
+  if (m.dropped) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        role_name, " worker ", index, " was dropped from the mesh at epoch ", m.dropped_epoch,
+        "; a replacement cannot join a running mesh yet (restart the cluster to bring it back)"));
+  }
   if (m.rank >= 0 && m.grpc_address != grpc_address && m.alive) {
     return absl::AlreadyExistsError(
         absl::StrCat(role_name, " worker ", index, " is already registered from ", m.grpc_address));
@@ -96,6 +117,11 @@ absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank, const Heartbeat
       for (size_t i = 0; i < list->size(); ++i) {
         MemberInfo& m = (*list)[i];
         if (m.rank != rank || rank < 0) continue;
+        if (m.dropped) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("rank ", rank, " was dropped from the mesh at epoch ", m.dropped_epoch,
+                           "; the others serve without it (restart the worker)"));
+        }
         found = true;
         if (list == &experts_) expert_index = static_cast<int32_t>(i);
         m.last_heartbeat = std::chrono::steady_clock::now();
@@ -140,7 +166,12 @@ absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank, const Heartbeat
     if (found && MaybeFinishLocked()) changed = true;
     if (changed) ++version_;
     mesh_ready = became_ready && ReadyLocked();
+    if (mesh_ready) ever_ready_ = true;
     epoch = epoch_;
+  }
+  if (found && info.mesh_failed_epoch != 0 && info.mesh_failed_epoch == epoch) {
+    std::lock_guard<std::mutex> lock(sink_mu_);
+    if (failure_sink_) failure_sink_(epoch, rank, info.mesh_failure);
   }
   if (!found) return absl::NotFoundError(absl::StrCat("rank ", rank, " is not registered"));
   if (mesh_ready) SY_LOG(INFO) << "mesh ready at epoch " << epoch << ": every worker has loaded";
@@ -159,12 +190,17 @@ void CoordinatorCore::SetLoadSink(LoadSink sink) {
   load_sink_ = std::move(sink);
 }
 
+void CoordinatorCore::SetMeshFailureSink(MeshFailureSink sink) {
+  std::lock_guard<std::mutex> lock(sink_mu_);
+  failure_sink_ = std::move(sink);
+}
+
 bool CoordinatorCore::MaybeFinishLocked() {
   if (!next_.has_value() || next_->state != TransitionState::kCommitted) return false;
   const int64_t e = next_->placement.epoch;
   for (const auto* list : {&attention_, &experts_}) {
     for (const MemberInfo& m : *list) {
-      if (m.serving_epoch != e) return false;
+      if (!m.dropped && m.serving_epoch != e) return false;
     }
   }
   previous_ = std::move(placement_);
@@ -185,6 +221,10 @@ absl::StatusOr<int64_t> CoordinatorCore::BeginTransition(eplb::Placement next) {
   if (!ReadyLocked()) {
     return absl::FailedPreconditionError(
         "the mesh is not ready (a worker is missing, dead or loading)");
+  }
+  if (DegradedLocked()) {
+    return absl::FailedPreconditionError(
+        "the mesh was re-formed without a dead worker; re-placements wait until it is whole");
   }
   if (next.layers != placement_.layers || next.num_logical != placement_.num_logical ||
       next.num_workers != options_.expert_workers) {
@@ -250,7 +290,10 @@ TransitionProgress CoordinatorCore::ProgressLocked() const {
   p.state = next_->state;
   p.failure = next_->failure;
   p.expert_workers = static_cast<int32_t>(experts_.size());
+  p.expert_workers = 0;
   for (const MemberInfo& m : experts_) {
+    if (m.dropped) continue;
+    ++p.expert_workers;
     if (m.staged_epoch == p.epoch || m.serving_epoch == p.epoch) ++p.staged;
   }
   return p;
@@ -306,12 +349,83 @@ std::vector<int32_t> CoordinatorCore::ExpireSilent(std::chrono::steady_clock::ti
       }
     }
   }
-  if (!expired.empty()) {
-    ++version_;
-    lock.unlock();
-    NotifyChange();
+  if (expired.empty()) return expired;
+  if (ever_ready_) {
+    // Steps may be under way: the survivors go on without the silent.
+    const absl::StatusOr<int64_t> e = ReformLocked(expired, "missed heartbeats");
+    if (!e.ok()) SY_LOG(ERROR) << "re-forming the mesh: " << e.status();
   }
+  ++version_;
+  lock.unlock();
+  NotifyChange();
   return expired;
+}
+
+absl::StatusOr<int64_t> CoordinatorCore::Reform(const std::vector<int32_t>& dead,
+                                                int64_t failed_epoch, const std::string& why) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (failed_epoch != 0 && failed_epoch != epoch_) return epoch_;  // already re-formed
+  absl::StatusOr<int64_t> e = ReformLocked(dead, why);
+  ++version_;
+  lock.unlock();
+  NotifyChange();
+  return e;
+}
+
+absl::StatusOr<int64_t> CoordinatorCore::ReformLocked(const std::vector<int32_t>& dead,
+                                                      const std::string& why) {
+  for (int32_t rank : dead) {
+    for (auto* list : {&attention_, &experts_}) {
+      for (MemberInfo& m : *list) {
+        if (m.rank != rank || m.rank < 0 || m.dropped) continue;
+        m.alive = false;
+        m.dropped = true;
+      }
+    }
+  }
+  // The committed re-placement, if one is under way, is what the expert
+  // workers hold or have staged; a staging one is dropped.
+  const int64_t new_epoch = std::max(epoch_, next_.has_value() ? next_->placement.epoch : 0) + 1;
+  const eplb::Placement& base = next_.has_value() && next_->state == TransitionState::kCommitted
+                                    ? next_->placement
+                                    : placement_;
+  std::vector<bool> alive(experts_.size());
+  for (size_t j = 0; j < experts_.size(); ++j) alive[j] = !experts_[j].dropped;
+  eplb::SurvivorStats stats;
+  absl::StatusOr<eplb::Placement> next = eplb::SurvivorPlacement(base, alive, new_epoch, &stats);
+  for (auto* list : {&attention_, &experts_}) {
+    for (MemberInfo& m : *list) {
+      if (m.dropped && m.dropped_epoch == 0) m.dropped_epoch = new_epoch;
+    }
+  }
+  if (!next.ok()) {
+    unservable_ = std::string(next.status().message());
+    SY_LOG(ERROR) << "the mesh cannot be re-formed after " << why << ": " << unservable_
+                  << "; not ready until it is whole again";
+    return next.status();
+  }
+  unservable_.clear();
+  if (next_.has_value()) {
+    SY_LOG(WARNING) << "re-placement to epoch " << next_->placement.epoch
+                    << " dropped: the mesh is re-forming";
+    next_.reset();
+  }
+  previous_ = std::move(placement_);
+  placement_ = *std::move(next);
+  epoch_ = new_epoch;
+  std::vector<int32_t> dropped;
+  for (const auto* list : {&attention_, &experts_}) {
+    for (const MemberInfo& m : *list) {
+      if (m.dropped) dropped.push_back(m.rank);
+    }
+  }
+  SY_LOG(WARNING) << "mesh re-formed at epoch " << epoch_ << " after " << why << ": "
+                  << (dropped.empty()
+                          ? std::string("every member kept")
+                          : absl::StrCat("without ranks ", absl::StrJoin(dropped, ", ")))
+                  << " (" << stats.dropped_slots << " slots per layer dropped, "
+                  << stats.reloaded_slots << " slots given experts left without a replica)";
+  return epoch_;
 }
 
 int64_t CoordinatorCore::epoch() const {

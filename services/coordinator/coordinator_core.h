@@ -50,6 +50,10 @@ struct MemberInfo {
   int64_t serving_epoch = 0;  // reported in heartbeats
   int64_t staged_epoch = 0;   // expert workers
   std::chrono::steady_clock::time_point last_heartbeat;
+  // Left out when the mesh was re-formed at dropped_epoch; it holds no slots
+  // and takes no part in steps from then on.
+  bool dropped = false;
+  int64_t dropped_epoch = 0;
 };
 
 // Tokens per local slot of an expert worker's range in placement `epoch`,
@@ -69,6 +73,8 @@ struct HeartbeatInfo {
   int64_t failed_epoch = 0;  // staging this epoch failed with `failure`
   std::string failure;
   std::vector<LoadSample> load;
+  int64_t mesh_failed_epoch = 0;  // a mesh step failed while serving this epoch
+  std::string mesh_failure;
 };
 
 enum class TransitionState { kStaging, kCommitted };
@@ -152,9 +158,30 @@ class CoordinatorCore {
   // `listener` runs after every epoch change, outside the core's lock, on the
   // thread that made the change. One listener; an empty function removes it.
   void SetChangeListener(std::function<void()> listener);
-  // Marks members whose last heartbeat is older than the timeout as dead
-  // (bumping the epoch); returns their ranks. Called periodically.
+  // Marks members whose last heartbeat is older than the timeout as dead;
+  // returns their ranks. Called periodically. Before the mesh has first been
+  // ready (no step has run) a dead member may come back with its next
+  // heartbeat; after, the dead are dropped and the mesh re-formed (Reform).
   std::vector<int32_t> ExpireSilent(std::chrono::steady_clock::time_point now);
+
+  // Re-forms the mesh after a failed step of `failed_epoch` (0: whatever
+  // epoch serves now): drops the members of `dead` (ranks), computes the
+  // placement over the surviving expert workers (eplb::SurvivorPlacement:
+  // their experts stay, an expert left without a replica takes a slot of a
+  // replicated one), drops a re-placement in progress, and makes it the
+  // serving placement at a new epoch, which every worker adopts (abandoning
+  // its step and counting steps from 0). With no one dead it only moves the
+  // epoch (a resync of the steps). Returns the new epoch; the current one,
+  // unchanged, when `failed_epoch` is older (another report already re-formed
+  // it). FailedPrecondition when the survivors cannot hold every expert: the
+  // dead stay dropped and the mesh is not ready until it is whole again.
+  absl::StatusOr<int64_t> Reform(const std::vector<int32_t>& dead, int64_t failed_epoch,
+                                 const std::string& why);
+  // Called (outside the lock, on the heartbeat's thread) when a worker
+  // reports a failed mesh step of the serving epoch: the runner checks the
+  // members and calls Reform.
+  using MeshFailureSink = std::function<void(int64_t epoch, int32_t rank, const std::string& why)>;
+  void SetMeshFailureSink(MeshFailureSink sink);
 
   int64_t epoch() const;
   int64_t version() const;
@@ -168,6 +195,8 @@ class CoordinatorCore {
 
   bool CompleteLocked() const;
   bool ReadyLocked() const;
+  bool DegradedLocked() const;  // a member has been dropped
+  absl::StatusOr<int64_t> ReformLocked(const std::vector<int32_t>& dead, const std::string& why);
   void NotifyChange();
   std::vector<MemberInfo> RegisteredLocked() const;
   TransitionProgress ProgressLocked() const;
@@ -179,8 +208,12 @@ class CoordinatorCore {
   mutable std::mutex mu_;
   std::mutex listener_mu_;  // guards listener_ only; never held with mu_
   std::function<void()> listener_;
-  std::mutex sink_mu_;  // guards load_sink_ only; never held with mu_
+  std::mutex sink_mu_;  // guards load_sink_ and failure_sink_ only; never held with mu_
   LoadSink load_sink_;
+  MeshFailureSink failure_sink_;
+  bool ever_ready_ = false;  // the mesh has been ready once: steps may have run
+  // Why the survivors of the last Reform cannot serve ("": they can).
+  std::string unservable_;
   int64_t epoch_ = 1;
   int64_t version_ = 1;
   std::optional<Transition> next_;

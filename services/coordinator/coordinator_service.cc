@@ -79,6 +79,8 @@ void MeshToProto(const MeshView& mesh, pb::Mesh* out) {
     pm->set_ready(m.ready);
     pm->set_alive(m.alive);
     pm->set_last_heartbeat_unix_ms(0);
+    pm->set_dropped(m.dropped);
+    pm->set_dropped_epoch(m.dropped_epoch);
   }
   PlacementToProto(mesh.placement, out->mutable_placement());
   out->set_version(mesh.version);
@@ -219,6 +221,8 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
   info.staged_epoch = req->staged_epoch();
   info.failed_epoch = req->failed_epoch();
   info.failure = req->failure();
+  info.mesh_failed_epoch = req->mesh_failed_epoch();
+  info.mesh_failure = req->mesh_failure();
   for (const pb::LoadReport& r : req->load()) {
     LoadSample ls;
     ls.epoch = r.epoch();

@@ -2,6 +2,7 @@
 // completion, placement round trip, heartbeats and expiry.
 #include <atomic>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -324,6 +325,119 @@ TEST_F(CoordinatorTest, ReadyOnlyOnceEveryWorkerHasLoaded) {
   ASSERT_TRUE(Register(pb::ROLE_EXPERT, 1, "w3:1", &r).ok());
   EXPECT_FALSE(GetMesh(false).ready());
   EXPECT_FALSE(GetMesh(false).members(3).ready());
+}
+
+// A ready mesh of 1 attention and 2 expert workers where each expert worker
+// holds every expert (4 experts, 4 redundant slots): losing either leaves a
+// replica of each.
+std::unique_ptr<CoordinatorCore> ReadyReplicatedMesh(eplb::Placement* initial) {
+  eplb::PlacementOptions po;
+  po.num_workers = 2;
+  po.redundant = 4;
+  auto p = eplb::InitialPlacement({0, 1}, 4, po);
+  EXPECT_TRUE(p.ok());
+  *initial = *p;
+  CoordinatorOptions o;
+  o.attention_workers = 1;
+  o.expert_workers = 2;
+  o.worker_timeout = std::chrono::milliseconds(200);
+  auto core = std::make_unique<CoordinatorCore>(o, *p);
+  EXPECT_TRUE(core->Register(Role::kAttention, 0, "a0:1", "t-a0", "a0").ok());
+  EXPECT_TRUE(core->Register(Role::kExpert, 0, "e0:1", "t-e0", "e0").ok());
+  EXPECT_TRUE(core->Register(Role::kExpert, 1, "e1:1", "t-e1", "e1").ok());
+  for (int32_t rank : {0, 1, 2}) EXPECT_TRUE(core->Heartbeat(rank, true).ok());
+  EXPECT_TRUE(core->GetMesh().ready);
+  return core;
+}
+
+TEST(CoordinatorReformTest, DropsADeadExpertWorkerAndKeepsServing) {
+  eplb::Placement initial;
+  auto core = ReadyReplicatedMesh(&initial);
+  std::vector<std::tuple<int64_t, int32_t, std::string>> reports;
+  core->SetMeshFailureSink([&](int64_t epoch, int32_t rank, const std::string& why) {
+    reports.emplace_back(epoch, rank, why);
+  });
+  // A worker reports a failed step of the serving epoch; a stale one is ignored.
+  HeartbeatInfo failed;
+  failed.ready = true;
+  failed.mesh_failed_epoch = 1;
+  failed.mesh_failure = "peer rank 2 is unavailable";
+  ASSERT_TRUE(core->Heartbeat(0, failed).ok());
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(std::get<0>(reports[0]), 1);
+  EXPECT_EQ(std::get<1>(reports[0]), 0);
+
+  auto e = core->Reform({2}, 1, "a failed step");
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(*e, 2);
+  const MeshView v = core->GetMesh();
+  EXPECT_EQ(v.epoch, 2);
+  EXPECT_EQ(v.placement.epoch, 2);
+  EXPECT_EQ(v.placement.NumSlotsOf(1), 0);
+  EXPECT_EQ(v.placement.NumSlotsOf(0), initial.NumSlotsOf(0));
+  EXPECT_TRUE(v.placement.Validate().ok());
+  EXPECT_TRUE(v.ready) << "the survivors hold every expert";
+  EXPECT_TRUE(v.members[2].dropped);
+  EXPECT_EQ(v.members[2].dropped_epoch, 2);
+  EXPECT_FALSE(v.members[2].alive);
+  // A second report of the same failed epoch changes nothing.
+  auto again = core->Reform({}, 1, "a failed step");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, 2);
+  failed.mesh_failed_epoch = 1;
+  ASSERT_TRUE(core->Heartbeat(0, failed).ok());
+  EXPECT_EQ(reports.size(), 1u);
+  // The dropped worker's heartbeats and re-registration are refused.
+  auto hb = core->Heartbeat(2, true);
+  EXPECT_EQ(hb.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(hb.status().message(), HasSubstr("dropped from the mesh at epoch 2"));
+  EXPECT_EQ(core->Register(Role::kExpert, 1, "e1:2", "t-e1b", "e1").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // No re-placement while degraded.
+  EXPECT_EQ(core->BeginTransition(v.placement).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // A resync (no one dead) only moves the epoch.
+  auto resync = core->Reform({}, 2, "a timed-out step");
+  ASSERT_TRUE(resync.ok());
+  EXPECT_EQ(*resync, 3);
+  EXPECT_EQ(core->GetMesh().placement.phy2log, v.placement.phy2log);
+}
+
+TEST(CoordinatorReformTest, SurvivorsWithoutEveryExpertAreNotReady) {
+  eplb::PlacementOptions po;
+  po.num_workers = 2;
+  auto p = eplb::InitialPlacement({0}, 4, po);  // no replicas
+  ASSERT_TRUE(p.ok());
+  CoordinatorOptions o;
+  o.attention_workers = 1;
+  o.expert_workers = 2;
+  CoordinatorCore core(o, *p);
+  ASSERT_TRUE(core.Register(Role::kAttention, 0, "a0:1", "t-a0", "a0").ok());
+  ASSERT_TRUE(core.Register(Role::kExpert, 0, "e0:1", "t-e0", "e0").ok());
+  ASSERT_TRUE(core.Register(Role::kExpert, 1, "e1:1", "t-e1", "e1").ok());
+  for (int32_t rank : {0, 1, 2}) ASSERT_TRUE(core.Heartbeat(rank, true).ok());
+  auto e = core.Reform({1}, 0, "a failed step");
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(e.status().message(), HasSubstr("no replica on a surviving expert worker"));
+  const MeshView v = core.GetMesh();
+  EXPECT_FALSE(v.ready);
+  EXPECT_TRUE(v.members[1].dropped);
+}
+
+TEST(CoordinatorReformTest, SilenceAfterTheMeshWasReadyReformsIt) {
+  eplb::Placement initial;
+  auto core = ReadyReplicatedMesh(&initial);
+  // Ranks 0 and 1 keep beating; rank 2 (expert worker 1) falls silent.
+  std::this_thread::sleep_for(std::chrono::milliseconds(120));
+  for (int32_t rank : {0, 1}) ASSERT_TRUE(core->Heartbeat(rank, true).ok());
+  const std::vector<int32_t> expired =
+      core->ExpireSilent(std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
+  EXPECT_EQ(expired, std::vector<int32_t>{2});
+  const MeshView v = core->GetMesh();
+  EXPECT_EQ(v.epoch, 2);
+  EXPECT_TRUE(v.members[2].dropped);
+  EXPECT_EQ(v.placement.NumSlotsOf(1), 0);
+  EXPECT_TRUE(v.ready);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 // attention worker has no tokens.
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "engine/engine.h"
 #include "engine/kv_cache.h"
 #include "engine/loader.h"
 #include "engine/model_runner.h"
@@ -115,6 +117,39 @@ absl::StatusOr<eplb::Placement> InitialPlacementOf(const model::ModelConfig& cfg
   return eplb::InitialPlacement(moe_layers, static_cast<int32_t>(cfg.num_experts), po);
 }
 
+// An attention worker's side of the mesh: a model runner whose experts run
+// through a RemoteExpertExecutor on `transport`, and a KV cache for it
+// (null runner on failure).
+struct AttentionSide {
+  std::unique_ptr<engine::ModelRunner> runner;
+  RemoteExpertExecutor* exec = nullptr;
+  std::unique_ptr<engine::KvCache> cache;
+};
+AttentionSide MakeAttentionSide(const model::ModelConfig& cfg, const model::Checkpoint& ckpt,
+                                const eplb::Placement& placement, const MeshRanks& ranks,
+                                transport::Transport* transport, absl::Duration timeout,
+                                int64_t generation = 0) {
+  AttentionSide side;
+  auto dense = model::LoadDenseWeights(cfg, ckpt);
+  EXPECT_TRUE(dense.ok()) << dense.status();
+  if (!dense.ok()) return side;
+  auto exec =
+      std::make_unique<RemoteExpertExecutor>(cfg, placement, ranks, transport, timeout, generation);
+  side.exec = exec.get();
+  auto runner =
+      engine::ModelRunner::Create(cfg, *std::move(dense), std::move(exec), kernels::Context{});
+  EXPECT_TRUE(runner.ok()) << runner.status();
+  engine::KvCacheOptions kv;
+  kv.block_size = 8;
+  kv.max_tokens = 512;
+  auto cache = engine::KvCache::Create(cfg, kv);
+  EXPECT_TRUE(cache.ok()) << cache.status();
+  if (!runner.ok() || !cache.ok()) return side;
+  side.runner = *std::move(runner);
+  side.cache = *std::move(cache);
+  return side;
+}
+
 struct MeshCase {
   std::string model;
   int32_t expert_workers;
@@ -183,19 +218,12 @@ TEST_P(MoeMeshTest, MatchesSingleProcessEngine) {
     got0 = RunTrace(**runner, prompts[0]);
   });
   std::thread aw1([&] {
-    auto dense = model::LoadDenseWeights(*cfg, **ckpt);
-    ASSERT_TRUE(dense.ok());
-    auto exec = std::make_unique<RemoteExpertExecutor>(*cfg, *placement, ranks, transports[1].get(),
-                                                       timeout);
-    RemoteExpertExecutor* raw = exec.get();
-    auto runner =
-        engine::ModelRunner::Create(*cfg, *std::move(dense), std::move(exec), kernels::Context{});
-    ASSERT_TRUE(runner.ok());
-    engine::KvCacheOptions kv;
-    kv.block_size = 8;
-    kv.max_tokens = 512;
-    auto cache = engine::KvCache::Create(*cfg, kv);
-    ASSERT_TRUE(cache.ok());
+    AttentionSide side =
+        MakeAttentionSide(*cfg, **ckpt, *placement, ranks, transports[1].get(), timeout);
+    ASSERT_NE(side.runner, nullptr);
+    RemoteExpertExecutor* raw = side.exec;
+    auto* runner = &side.runner;
+    auto* cache = &side.cache;
     auto blocks = (*cache)->allocator().Allocate(8);
     ASSERT_TRUE(blocks.ok());
     ASSERT_TRUE((*runner)
@@ -257,6 +285,113 @@ std::vector<std::vector<float>> RunSteps(engine::ModelRunner& runner,
   return out;
 }
 
+// RunSteps of each prompt on the single-process engine of golden `model`.
+std::vector<std::vector<std::vector<float>>> ReferenceSteps(
+    const std::string& model, const std::vector<std::vector<int32_t>>& prompts, int decode) {
+  engine::ModelSource src;
+  src.dir = kDir + model;
+  auto local = engine::LoadModelRunner(src, kernels::Context{});
+  EXPECT_TRUE(local.ok()) << local.status();
+  std::vector<std::vector<std::vector<float>>> out;
+  for (const auto& p : prompts) {
+    out.push_back(local.ok() ? RunSteps(**local, p, decode) : std::vector<std::vector<float>>{});
+  }
+  return out;
+}
+
+// An expert worker dies mid-run (its transport leaves the fabric after two
+// steps). The attention worker's next step fails; the "coordinator" (the
+// test) re-forms the mesh over the survivor (eplb::SurvivorPlacement: every
+// expert has a replica there) at a new generation; the surviving expert
+// worker is interrupted out of its wait and adopts it, the attention worker
+// adopts it and retries the failed step. Every step's logits still equal the
+// single-process engine's.
+TEST(MoeMeshReformTest, SurvivorsServeOnAfterAnExpertWorkerDies) {
+  auto prompts = Prompts("qwen3_moe");
+  const int kDecode = 5;
+  const auto ref = ReferenceSteps("qwen3_moe", {prompts[0]}, kDecode)[0];
+
+  auto [cfg, ckpt] = OpenGolden("qwen3_moe");
+  ASSERT_TRUE(cfg.ok() && ckpt.ok());
+  // Each of the two expert workers holds every expert.
+  eplb::PlacementOptions po;
+  po.num_workers = 2;
+  po.redundant = static_cast<int32_t>(cfg->num_experts);
+  auto placement = InitialPlacementOf(*cfg, po);
+  ASSERT_TRUE(placement.ok()) << placement.status();
+  auto survivors = eplb::SurvivorPlacement(*placement, {true, false}, placement->epoch + 1);
+  ASSERT_TRUE(survivors.ok()) << survivors.status();
+
+  const MeshRanks ranks = RanksOf(1, 2);
+  std::vector<std::unique_ptr<transport::Transport>> transports = InprocMesh(3);
+  ASSERT_EQ(transports.size(), 3u);
+  const absl::Duration timeout = absl::Seconds(20);
+  std::vector<std::unique_ptr<ExpertServer>> servers(2);
+  for (int32_t w = 0; w < 2; ++w) {
+    auto server = ExpertServer::Create(*cfg, *placement, w, ranks, transports[1 + w].get(),
+                                       ckpt->get(), 0, timeout, kernels::Context{}, 1);
+    ASSERT_TRUE(server.ok()) << server.status();
+    servers[w] = *std::move(server);
+  }
+  std::atomic<bool> done{false};
+  std::atomic<int> survivor_reforms{0};
+  std::thread survivor([&] {
+    while (!done.load()) {
+      if (servers[0]->ServeStep().ok()) continue;
+      if (done.load()) break;
+      absl::StatusOr<bool> adopted = servers[0]->AwaitReform(absl::Seconds(10));
+      ASSERT_TRUE(adopted.ok()) << adopted.status();
+      ASSERT_TRUE(*adopted) << "no reform came";
+      ++survivor_reforms;
+    }
+  });
+  std::thread dying([&] {
+    for (int s = 0; s < 2; ++s) ASSERT_TRUE(servers[1]->ServeStep().ok());
+    ASSERT_TRUE(transports[2]->Close().ok());  // gone, like a killed process
+  });
+
+  AttentionSide side =
+      MakeAttentionSide(*cfg, **ckpt, *placement, ranks, transports[0].get(), timeout, 1);
+  ASSERT_NE(side.runner, nullptr);
+  RemoteExpertExecutor* aw = side.exec;
+  auto* runner = &side.runner;
+  auto* cache = &side.cache;
+  const auto& prompt = prompts[0];
+  auto blocks = (*cache)->allocator().Allocate(8 + (prompt.size() + kDecode) / 8);
+  ASSERT_TRUE(blocks.ok());
+  int failures = 0;
+  std::vector<std::vector<float>> got(kDecode + 1);
+  for (int i = 0; i <= kDecode; ++i) {
+    const engine::ForwardBatch b =
+        i == 0 ? engine::SingleSequenceBatch(prompt, 0, *blocks, 8)
+               : engine::SingleSequenceBatch({prompt[static_cast<size_t>(i) % prompt.size()]},
+                                             prompt.size() + i - 1, *blocks, 8);
+    absl::Status st = (*runner)->Forward(b, **cache, &got[i]);
+    if (!st.ok()) {
+      ++failures;
+      ASSERT_LE(failures, 1) << st;
+      EXPECT_TRUE(engine::IsMeshFailure(st)) << st;
+      // The coordinator re-forms the mesh over the survivor.
+      const MeshReform reform{2, *survivors, ranks};
+      servers[0]->RequestReform(reform);
+      aw->RequestReform(reform);
+      ASSERT_TRUE(aw->AwaitReform(absl::Seconds(5)));
+      EXPECT_EQ(aw->serving_epoch(), survivors->epoch);
+      st = (*runner)->Forward(b, **cache, &got[i]);
+      ASSERT_TRUE(st.ok()) << "retry of step " << i << ": " << st;
+    }
+    EXPECT_LT(MaxDiff(got[i], ref[i]), 1e-4) << "step " << i;
+  }
+  EXPECT_EQ(failures, 1);
+  done.store(true);
+  transports[1]->Interrupt();
+  survivor.join();
+  dying.join();
+  EXPECT_EQ(survivor_reforms.load(), 1);
+  EXPECT_EQ(servers[0]->serving_epoch(), survivors->epoch);
+  EXPECT_EQ(servers[0]->generation(), 2);
+}
+
 // A re-placement while the mesh serves: the expert workers stage a new
 // placement (other experts on each worker, other slot counts) on their own
 // threads while their step loops run, the attention workers are offered it,
@@ -265,15 +400,9 @@ std::vector<std::vector<float>> RunSteps(engine::ModelRunner& runner,
 // after the switch, and every worker ends on the new epoch with nothing left
 // staged.
 TEST(MoeMeshSwitchTest, SwitchesPlacementBetweenStepsWithoutChangingResults) {
-  const std::string dir = kDir + "qwen3_moe";
   auto prompts = Prompts("qwen3_moe");
-  engine::ModelSource src;
-  src.dir = dir;
-  auto local = engine::LoadModelRunner(src, kernels::Context{});
-  ASSERT_TRUE(local.ok());
   const int kDecode = 6;
-  const auto ref0 = RunSteps(**local, prompts[0], kDecode);
-  const auto ref1 = RunSteps(**local, prompts[1], kDecode);
+  const auto refs = ReferenceSteps("qwen3_moe", {prompts[0], prompts[1]}, kDecode);
 
   auto [cfg, ckpt] = OpenGolden("qwen3_moe");
   ASSERT_TRUE(cfg.ok() && ckpt.ok());
@@ -404,7 +533,6 @@ TEST(MoeMeshSwitchTest, SwitchesPlacementBetweenStepsWithoutChangingResults) {
   }
   for (auto& t : aws) t.join();
   for (auto& t : ews) t.join();
-  const std::vector<std::vector<std::vector<float>>> refs = {ref0, ref1};
   for (int32_t a = 0; a < num_aw; ++a) {
     ASSERT_EQ(got[a].size(), refs[a].size());
     for (size_t i = 0; i < got[a].size(); ++i) {

@@ -49,12 +49,18 @@ struct Switch {
 
 enum class Phase : uint64_t { kDispatch = 1, kCombine = 2 };
 
-// 48-bit transport tag of (step, MoE layer index, phase): 32 bits of step
-// (wrapping is harmless: tags only need to differ between steps in flight),
-// 8 bits of MoE layer index, 8 bits of phase.
-inline uint64_t StepTag(uint64_t step, int32_t moe_index, Phase phase) {
-  return ((step & 0xFFFFFFFFull) << 16) | ((static_cast<uint64_t>(moe_index) & 0xFF) << 8) |
-         static_cast<uint64_t>(phase);
+// 48-bit transport tag of (mesh generation, step, MoE layer index, phase):
+// 8 bits of generation, 24 bits of step, 8 bits of MoE layer index, 8 bits
+// of phase. Wrapping is harmless: tags only need to differ between messages
+// that can be in flight together. The generation is the epoch at which the
+// mesh's membership last formed (the coordinator's formed_epoch): a mesh
+// re-formed after a failure counts steps from 0 again, and its tags never
+// match messages the old mesh left in flight. Placement switches within a
+// generation keep it, so a worker on the wrong placement still gets the
+// message and fails on the epoch check at once.
+inline uint64_t StepTag(int64_t generation, uint64_t step, int32_t moe_index, Phase phase) {
+  return ((static_cast<uint64_t>(generation) & 0xFF) << 40) | ((step & 0xFFFFFFull) << 16) |
+         ((static_cast<uint64_t>(moe_index) & 0xFF) << 8) | static_cast<uint64_t>(phase);
 }
 
 struct DispatchView {

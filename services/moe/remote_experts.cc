@@ -14,7 +14,7 @@ namespace sy::moe {
 
 RemoteExpertExecutor::RemoteExpertExecutor(const model::ModelConfig& cfg, eplb::Placement placement,
                                            MeshRanks ranks, transport::Transport* transport,
-                                           absl::Duration timeout)
+                                           absl::Duration timeout, int64_t generation)
     : cfg_(cfg),
       placement_(std::move(placement)),
       ranks_(std::move(ranks)),
@@ -23,13 +23,9 @@ RemoteExpertExecutor::RemoteExpertExecutor(const model::ModelConfig& cfg, eplb::
   next_replica_.resize(placement_.layers.size());
   leader_ = !ranks_.attention.empty() && transport_ != nullptr &&
             transport_->rank() == ranks_.attention[0];
+  generation_.store(generation);
   serving_epoch_.store(placement_.epoch);
-  const size_t n = ranks_.experts.size();
-  slots_.resize(n);
-  rows_.resize(n);
-  row_token_.resize(n);
-  row_weight_.resize(n);
-  send_.resize(n);
+  ResizeScratch();
 }
 
 absl::Status RemoteExpertExecutor::Run(int64_t layer, const void* hidden_v, int64_t num_tokens,
@@ -54,6 +50,72 @@ absl::Status RemoteExpertExecutor::Run(int64_t layer, const void* hidden_v, int6
     mesh_rows_ = 0;
   }
   return st;
+}
+
+void ReformMailbox::Post(MeshReform reform, int64_t current, transport::Transport* transport) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t newest = pending_.has_value() ? pending_->generation : current;
+  if (reform.generation <= newest) return;
+  pending_ = std::move(reform);
+  transport->Interrupt();
+  cv_.notify_all();
+}
+
+std::optional<MeshReform> ReformMailbox::Take(absl::Duration timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout), [&] { return pending_.has_value(); });
+  std::optional<MeshReform> out = std::move(pending_);
+  pending_.reset();
+  return out;
+}
+
+void ReformMailbox::Adopted(transport::Transport* transport) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!pending_.has_value()) transport->ClearInterrupt();
+}
+
+void RemoteExpertExecutor::ResizeScratch() {
+  const size_t n = ranks_.experts.size();
+  slots_.resize(n);
+  rows_.resize(n);
+  row_token_.resize(n);
+  row_weight_.resize(n);
+  send_.resize(n);
+}
+
+void RemoteExpertExecutor::RequestReform(MeshReform reform) {
+  reforms_.Post(std::move(reform), generation_.load(), transport_);
+}
+
+bool RemoteExpertExecutor::ApplyReform() { return AwaitReform(absl::ZeroDuration()); }
+
+bool RemoteExpertExecutor::AwaitReform(absl::Duration timeout) {
+  std::optional<MeshReform> reform = reforms_.Take(timeout);
+  if (!reform.has_value()) return false;
+  Adopt(*std::move(reform));
+  reforms_.Adopted(transport_);
+  return true;
+}
+
+void RemoteExpertExecutor::Adopt(MeshReform reform) {
+  placement_ = std::move(reform.placement);
+  ranks_ = std::move(reform.ranks);
+  generation_.store(reform.generation);
+  leader_ = !ranks_.attention.empty() && transport_->rank() == ranks_.attention[0];
+  switch_ = Switch{};
+  {
+    std::lock_guard<std::mutex> lock(offer_mu_);
+    if (offered_.has_value() && offered_->epoch <= placement_.epoch) offered_.reset();
+  }
+  step_ = 0;
+  last_moe_index_ = -1;
+  mesh_rows_ = last_step_mesh_rows_ = 0;
+  next_replica_.assign(placement_.layers.size(), {});
+  ResizeScratch();
+  serving_epoch_.store(placement_.epoch);
+  SY_LOG(INFO) << "attention worker rank " << transport_->rank() << ": mesh re-formed (generation "
+               << generation_.load() << "), serving placement epoch " << placement_.epoch
+               << " with " << ranks_.attention.size() << " attention workers";
 }
 
 void RemoteExpertExecutor::OfferPlacement(eplb::Placement next) {
@@ -132,26 +194,33 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
       row_weight_[w].push_back(topk_weights[t * top_k + k]);
     }
   }
-  std::vector<transport::SendItem> sends(num_ew);
+  // Expert workers without slots (dropped from a re-formed mesh) take no
+  // part.
+  std::vector<transport::SendItem> sends;
+  std::vector<int32_t> from, workers;
   for (size_t w = 0; w < num_ew; ++w) {
+    if (placement_.NumSlotsOf(static_cast<int32_t>(w)) == 0) continue;
     EncodeDispatch(placement_.epoch, switch_, slots_[w], rows_[w], &send_[w]);
-    sends[w] = {ranks_.experts[w], send_[w].data(), send_[w].size()};
+    sends.push_back({ranks_.experts[w], send_[w].data(), send_[w].size()});
+    from.push_back(ranks_.experts[w]);
+    workers.push_back(static_cast<int32_t>(w));
   }
   SY_RETURN_IF_ERROR(Annotate(
-      transport_->Exchange(StepTag(step_, moe_index, Phase::kDispatch), sends, {}, &recv_,
-                           timeout_),
+      transport_->Exchange(StepTag(generation_, step_, moe_index, Phase::kDispatch), sends, {},
+                           &recv_, timeout_),
       absl::StrCat("MoE dispatch, step ", step_, " layer ", placement_.layers[moe_index])));
   SY_RETURN_IF_ERROR(
-      Annotate(transport_->Exchange(StepTag(step_, moe_index, Phase::kCombine), {}, ranks_.experts,
-                                    &recv_, timeout_),
+      Annotate(transport_->Exchange(StepTag(generation_, step_, moe_index, Phase::kCombine), {},
+                                    from, &recv_, timeout_),
                absl::StrCat("MoE combine, step ", step_, " layer ", placement_.layers[moe_index])));
   if (num_tokens > 0) std::memset(out, 0, sizeof(float) * num_tokens * H);
-  for (size_t w = 0; w < num_ew; ++w) {
+  for (size_t i = 0; i < workers.size(); ++i) {
+    const int32_t w = workers[i];
     const float* rows = nullptr;
     uint32_t mesh_rows = 0;
     Switch next;
     SY_RETURN_IF_ERROR(Annotate(
-        DecodeCombine(recv_[w], placement_.epoch, static_cast<uint32_t>(row_token_[w].size()), H,
+        DecodeCombine(recv_[i], placement_.epoch, static_cast<uint32_t>(row_token_[w].size()), H,
                       &rows, &mesh_rows, &next),
         absl::StrCat("from expert worker ", w)));
     // The leader's switch, echoed by the expert workers.
@@ -173,7 +242,7 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
 absl::StatusOr<std::unique_ptr<ExpertServer>> ExpertServer::Create(
     const model::ModelConfig& cfg, const eplb::Placement& placement, int32_t worker_index,
     MeshRanks ranks, transport::Transport* transport, const model::Checkpoint* ckpt,
-    uint64_t dummy_seed, absl::Duration timeout, const kernels::Context& ctx) {
+    uint64_t dummy_seed, absl::Duration timeout, const kernels::Context& ctx, int64_t generation) {
   if (worker_index < 0 || worker_index >= placement.num_workers) {
     return absl::InvalidArgumentError(absl::StrCat("expert worker index ", worker_index,
                                                    " outside the placement's ",
@@ -188,8 +257,9 @@ absl::StatusOr<std::unique_ptr<ExpertServer>> ExpertServer::Create(
   s->ctx_ = ctx;
   s->ckpt_ = ckpt;
   s->dummy_seed_ = dummy_seed;
+  s->generation_.store(generation);
   StageStats stats;
-  SY_ASSIGN_OR_RETURN(s->cur_, s->Build(placement, nullptr, {}, /*budget=*/0, &stats));
+  SY_ASSIGN_OR_RETURN(s->cur_, s->Build(placement, {}, {}, /*budget=*/0, &stats));
   s->serving_epoch_.store(placement.epoch);
   return s;
 }
@@ -206,8 +276,8 @@ int64_t WeightBytes(const model::MlpWeights& w) {
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<ExpertServer::Generation>> ExpertServer::Build(
-    const eplb::Placement& placement, const Generation* reuse, const ExpertFetcher& fetch,
-    int64_t budget, StageStats* stats) {
+    const eplb::Placement& placement, const std::vector<const Generation*>& reuse,
+    const ExpertFetcher& fetch, int64_t budget, StageStats* stats) {
   // Every expert of a layer has the same size: the budget is checked before
   // each load, not after loading everything.
   const int64_t expert_size =
@@ -227,13 +297,12 @@ absl::StatusOr<std::shared_ptr<ExpertServer::Generation>> ExpertServer::Build(
     const int32_t layer = placement.layers[l];
     // The experts this worker serves in this layer now.
     std::vector<std::pair<int32_t, std::shared_ptr<const model::MlpWeights>>> held;
-    if (reuse != nullptr) {
-      const int32_t rl = reuse->placement.MoeIndex(layer);
-      if (rl >= 0) {
-        const int32_t rb = reuse->placement.SlotBegin(worker_index_);
-        for (size_t i = 0; i < reuse->slots[rl].size(); ++i) {
-          held.emplace_back(reuse->placement.phy2log[rl][rb + i], reuse->slots[rl][i]);
-        }
+    for (const Generation* g : reuse) {
+      const int32_t rl = g->placement.MoeIndex(layer);
+      if (rl < 0) continue;
+      const int32_t rb = g->placement.SlotBegin(worker_index_);
+      for (size_t i = 0; i < g->slots[rl].size(); ++i) {
+        held.emplace_back(g->placement.phy2log[rl][rb + i], g->slots[rl][i]);
       }
     }
     for (int32_t i = 0; i < n; ++i) {
@@ -271,7 +340,7 @@ absl::StatusOr<std::shared_ptr<ExpertServer::Generation>> ExpertServer::Build(
     // What the grouped FFN reads: the gate_up then the down pointers.
     for (const auto& w : gen->slots[l]) gen->ptrs[l].push_back(w->gate_up.ptr());
     for (const auto& w : gen->slots[l]) gen->ptrs[l].push_back(w->down.ptr());
-    if (reuse == nullptr) {
+    if (reuse.empty()) {
       SY_LOG(INFO) << "expert worker " << worker_index_ << ": loaded " << n << " slots of layer "
                    << layer << " (" << l + 1 << "/" << placement.layers.size() << ")";
     }
@@ -304,7 +373,7 @@ absl::StatusOr<StageStats> ExpertServer::Stage(const eplb::Placement& next,
   const int64_t budget = limit > 0 ? std::max<int64_t>(limit - expert_bytes(), 1) : 0;
   StageStats stats;
   SY_ASSIGN_OR_RETURN(std::shared_ptr<Generation> gen,
-                      Build(next, cur.get(), fetch, budget, &stats));
+                      Build(next, {cur.get()}, fetch, budget, &stats));
   std::lock_guard<std::mutex> lock(mu_);
   staged_ = std::move(gen);
   SY_LOG(INFO) << "expert worker " << worker_index_ << ": staged placement epoch " << next.epoch
@@ -356,6 +425,52 @@ int64_t ExpertServer::expert_bytes() const {
     }
   }
   return bytes;
+}
+
+void ExpertServer::RequestReform(MeshReform reform) {
+  reforms_.Post(std::move(reform), generation_.load(), transport_);
+}
+
+absl::StatusOr<bool> ExpertServer::ApplyReform(const ExpertFetcher& fetch) {
+  return AwaitReform(absl::ZeroDuration(), fetch);
+}
+
+absl::StatusOr<bool> ExpertServer::AwaitReform(absl::Duration timeout, const ExpertFetcher& fetch) {
+  std::optional<MeshReform> reform = reforms_.Take(timeout);
+  if (!reform.has_value()) return false;
+  std::shared_ptr<Generation> cur, staged;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cur = cur_;
+    staged = staged_;
+  }
+  std::vector<const Generation*> reuse = {cur.get()};
+  if (staged != nullptr) reuse.push_back(staged.get());
+  StageStats stats;
+  absl::StatusOr<std::shared_ptr<Generation>> built =
+      Build(reform->placement, reuse, fetch, /*budget=*/0, &stats);
+  if (!built.ok()) {
+    return Annotate(built.status(),
+                    absl::StrCat("expert worker ", worker_index_, ": adopting the re-formed mesh"));
+  }
+  std::shared_ptr<Generation> gen = *std::move(built);
+  FlushChunk();  // the old epoch's partial chunk
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cur_ = std::move(gen);
+    staged_.reset();
+    serving_epoch_.store(cur_->placement.epoch);
+  }
+  ranks_ = std::move(reform->ranks);
+  generation_.store(reform->generation);
+  switch_ = Switch{};
+  step_ = 0;
+  chunk_ = LoadDelta{};
+  reforms_.Adopted(transport_);
+  SY_LOG(INFO) << "expert worker " << worker_index_ << ": mesh re-formed (generation "
+               << generation_.load() << "), serving placement epoch " << serving_epoch() << " ("
+               << stats.kept_experts << " experts kept, " << stats.fetched_experts << " loaded)";
+  return true;
 }
 
 absl::Status ExpertServer::ServeStep() {
@@ -412,7 +527,7 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   const int32_t spw = placement.NumSlotsOf(worker_index_);
   const int32_t slot_begin = placement.SlotBegin(worker_index_);
   SY_RETURN_IF_ERROR(
-      Annotate(transport_->Exchange(StepTag(step_, moe_index, Phase::kDispatch), {},
+      Annotate(transport_->Exchange(StepTag(generation_, step_, moe_index, Phase::kDispatch), {},
                                     ranks_.attention, &recv_, timeout_),
                absl::StrCat("expert worker ", worker_index_, " dispatch, step ", step_)));
   const size_t num_aw = ranks_.attention.size();
@@ -444,8 +559,8 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
         EncodeCombine(placement.epoch, switch_, nullptr, 0, 0, H, &send_[w]);
         sends[w] = {ranks_.attention[w], send_[w].data(), send_[w].size()};
       }
-      (void)transport_->Exchange(StepTag(step_, moe_index, Phase::kCombine), sends, {}, &recv_,
-                                 timeout_);
+      (void)transport_->Exchange(StepTag(generation_, step_, moe_index, Phase::kCombine), sends, {},
+                                 &recv_, timeout_);
       return st;
     }
     SY_RETURN_IF_ERROR(st);
@@ -479,9 +594,9 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
                   mesh_rows, H, &send_[w]);
     sends[w] = {ranks_.attention[w], send_[w].data(), send_[w].size()};
   }
-  return Annotate(
-      transport_->Exchange(StepTag(step_, moe_index, Phase::kCombine), sends, {}, &recv_, timeout_),
-      absl::StrCat("expert worker ", worker_index_, " combine, step ", step_));
+  return Annotate(transport_->Exchange(StepTag(generation_, step_, moe_index, Phase::kCombine),
+                                       sends, {}, &recv_, timeout_),
+                  absl::StrCat("expert worker ", worker_index_, " combine, step ", step_));
 }
 
 }  // namespace sy::moe

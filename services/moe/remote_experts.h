@@ -57,12 +57,55 @@ struct MeshRanks {
   std::vector<int32_t> experts;    // transport ranks of the expert workers (worker w = experts[w])
 };
 
+// A mesh re-formed by the coordinator after a failure: a new serving
+// placement (dropped expert workers hold no slots and take no part in
+// steps), the attention workers left, and a new generation (the
+// coordinator's formed_epoch: the steps' tags). Every worker abandons its
+// step (RequestReform interrupts the transport), adopts it between steps and
+// counts steps from 0.
+struct MeshReform {
+  int64_t generation = 0;
+  eplb::Placement placement;
+  MeshRanks ranks;
+};
+
+// Hands a reform from the control thread to a worker's step thread.
+// Thread-safe.
+class ReformMailbox {
+ public:
+  // Keeps `reform` and interrupts `transport`, unless its generation is not
+  // newer than `current` (served) or the one already pending.
+  void Post(MeshReform reform, int64_t current, transport::Transport* transport);
+  // The pending reform, waiting up to `timeout` for one.
+  std::optional<MeshReform> Take(absl::Duration timeout = absl::ZeroDuration());
+  // After adopting: `transport` runs exchanges again, unless a newer reform
+  // came meanwhile (it stays interrupted for that one).
+  void Adopted(transport::Transport* transport);
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<MeshReform> pending_;  // guarded by mu_
+};
+
 class RemoteExpertExecutor : public engine::ExpertExecutor {
  public:
   // `transport` must outlive this object. The attention worker of rank
   // ranks.attention[0] leads placement switches.
   RemoteExpertExecutor(const model::ModelConfig& cfg, eplb::Placement placement, MeshRanks ranks,
-                       transport::Transport* transport, absl::Duration timeout);
+                       transport::Transport* transport, absl::Duration timeout,
+                       int64_t generation = 0);
+
+  // Any thread: the mesh was re-formed; interrupts the exchange in progress.
+  // Ignored unless its generation is newer than the one served or pending.
+  void RequestReform(MeshReform reform);
+  // Step thread, between steps: adopts a requested reform (true) and lets
+  // exchanges run again.
+  bool ApplyReform();
+  // Step thread, after a failed step: waits up to `timeout` for a reform and
+  // adopts it (false: none came).
+  bool AwaitReform(absl::Duration timeout);
+  int64_t generation() const { return generation_.load(); }
 
   // A committed placement with a newer epoch (any thread): the mesh switches
   // to it at a step the leader picks; a later offer replaces an earlier one
@@ -90,9 +133,14 @@ class RemoteExpertExecutor : public engine::ExpertExecutor {
   // leader schedules a switch to an offered placement for the next step.
   absl::Status BeginStep();
 
+  void Adopt(MeshReform reform);
+  void ResizeScratch();  // one of each per expert worker
+
   model::ModelConfig cfg_;
   eplb::Placement placement_;
   MeshRanks ranks_;
+  std::atomic<int64_t> generation_{0};  // written by the step thread
+  ReformMailbox reforms_;
   bool leader_ = false;
   Switch switch_;  // the switch this worker knows of (pending or none)
   std::atomic<int64_t> serving_epoch_{0};
@@ -138,7 +186,23 @@ class ExpertServer {
   static absl::StatusOr<std::unique_ptr<ExpertServer>> Create(
       const model::ModelConfig& cfg, const eplb::Placement& placement, int32_t worker_index,
       MeshRanks ranks, transport::Transport* transport, const model::Checkpoint* ckpt,
-      uint64_t dummy_seed, absl::Duration timeout, const kernels::Context& ctx);
+      uint64_t dummy_seed, absl::Duration timeout, const kernels::Context& ctx,
+      int64_t generation = 0);
+
+  // Any thread: the mesh was re-formed; interrupts the exchange in progress.
+  // Ignored unless its generation is newer than the one served or pending.
+  void RequestReform(MeshReform reform);
+  // Step thread, between steps: adopts a requested reform (true): builds the
+  // generation of its placement from the experts held (serving or staged)
+  // and `fetch` (this worker's own source when empty) for the rest, drops
+  // a staged placement, reports the partial load chunk and counts steps from
+  // 0. An error (an expert that cannot be loaded) leaves the worker unable
+  // to serve.
+  absl::StatusOr<bool> ApplyReform(const ExpertFetcher& fetch = {});
+  // Step thread, after a failed step: waits up to `timeout` for a reform and
+  // adopts it (false: none came).
+  absl::StatusOr<bool> AwaitReform(absl::Duration timeout, const ExpertFetcher& fetch = {});
+  int64_t generation() const { return generation_.load(); }
 
   // Serves one whole step (every MoE layer), first switching to the staged
   // generation when this is the agreed step. Errors (a peer gone, a timeout,
@@ -196,7 +260,7 @@ class ExpertServer {
   // `budget` > 0: ResourceExhausted before loading more than that many
   // bytes of new experts.
   absl::StatusOr<std::shared_ptr<Generation>> Build(const eplb::Placement& placement,
-                                                    const Generation* reuse,
+                                                    const std::vector<const Generation*>& reuse,
                                                     const ExpertFetcher& fetch, int64_t budget,
                                                     StageStats* stats);
 
@@ -209,6 +273,8 @@ class ExpertServer {
   const model::Checkpoint* ckpt_ = nullptr;
   uint64_t dummy_seed_ = 0;
   uint64_t step_ = 0;
+  std::atomic<int64_t> generation_{0};  // written by the step thread
+  ReformMailbox reforms_;
   // The serving generation: replaced only by the step thread, under mu_;
   // the step thread reads it without the lock.
   std::shared_ptr<Generation> cur_;
