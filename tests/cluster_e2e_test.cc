@@ -55,6 +55,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
 #include "common/text.h"
@@ -211,7 +212,8 @@ struct ClusterOptions {
   int64_t transport_timeout_ms = 30000;
   int64_t max_idle_sleep_us = 0;  // 0: the default
   int64_t expert_memory_limit_bytes = 0;
-  std::string eplb_yaml;  // the eplb section's keys, one "key: value" per line
+  std::string eplb_yaml;              // the eplb section's keys, one "key: value" per line
+  int64_t worker_timeout_ms = 10000;  // coordinator.worker_timeout_ms
 };
 
 class Cluster {
@@ -455,7 +457,7 @@ class Cluster {
       y << "]\n";
     }
     y << "coordinator:\n  listen: " << coordinator_address()
-      << "\n  heartbeat_ms: 500\n  worker_timeout_ms: 10000\n";
+      << "\n  heartbeat_ms: 500\n  worker_timeout_ms: " << o.worker_timeout_ms << "\n";
     y << "router:\n  listen: " << api_address() << "\n";
     y << "attention_worker:\n  base_port: " << attention_base_
       << "\n  max_num_seqs: " << o.max_num_seqs << "\n  kv_block_size: 16\n";
@@ -1956,6 +1958,7 @@ TEST(ClusterFailureTest, GenerationsCutByADeadExpertWorkerEndUnavailable) {
   ClusterOptions o;
   o.redundant_experts = 2;
   o.transport_timeout_ms = 5000;
+  o.worker_timeout_ms = 2000;  // the workers wait 4 s for a re-formed mesh
   Cluster cluster;
   const absl::Status started = cluster.Start(o, "dead-expert");
   ASSERT_TRUE(started.ok()) << started;
@@ -1997,15 +2000,96 @@ TEST(ClusterFailureTest, GenerationsCutByADeadExpertWorkerEndUnavailable) {
   }
   EXPECT_EQ(unary_status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << unary_status.error_message();
-  // Today a dead worker still stops the cluster (re-forming the mesh is the
-  // rest of this issue): the launcher stops by itself, leaving nothing.
+  // The survivors cannot hold the dead worker's experts (two redundant
+  // slots for six lost experts): the coordinator cannot re-form the mesh,
+  // the attention workers give up waiting for it and fail their requests,
+  // and with no attention worker left the launcher stops, leaving nothing.
   EXPECT_NE(cluster.AwaitSelfStop(std::chrono::seconds(60)), -1);
+  EXPECT_THAT(ReadFile(cluster.dir() + "/logs/coordinator.log"),
+              ::testing::HasSubstr("has no replica on a surviving expert worker"));
   // The launcher names the worker that was killed, not a peer that exited
   // because of it.
   EXPECT_THAT(ReadFile(cluster.dir() + "/launcher.stderr"),
               ::testing::HasSubstr("switchyard-local: expert-worker-0 was killed by signal 9"));
   Progress("dead expert worker: %zu streams and a unary call ended UNAVAILABLE (%s)", got.size(),
            got.empty() ? "" : got[0].status.error_message().c_str());
+}
+
+// kill -9 of an expert worker mid-stream when the other holds a replica of
+// every expert: the coordinator re-forms the mesh over the survivor, the
+// attention worker retries the interrupted step, and every stream finishes
+// OK with exactly the tokens of the same requests run before the kill
+// (greedy); the launcher keeps the cluster running and it serves on.
+TEST(ClusterFailoverTest, StreamsSurviveADeadExpertWorker) {
+  ClusterOptions o;
+  o.attention_workers = 1;
+  o.expert_workers = 2;
+  o.redundant_experts = 16;  // qwen3_moe's 16 experts twice: each worker holds all
+  o.worker_timeout_ms = 2000;
+  Cluster cluster;
+  const absl::Status started = cluster.Start(o, "failover");
+  ASSERT_TRUE(started.ok()) << started;
+  const std::vector<GoldenPrompt> golden = LoadGolden("qwen3_moe");
+  ASSERT_GE(golden.size(), 2u);
+  const int longest = LoadConfigJson("qwen3_moe").at("max_position_embeddings").get<int>() - 200;
+  std::vector<v1::GenerateRequest> requests;
+  for (int i = 0; i < 4; ++i) {
+    requests.push_back(GreedyRequest(golden[i % golden.size()].prompt, longest, {}));
+  }
+  const std::vector<StreamOutcome> reference = RunStreams(cluster.stub(), requests);
+  for (size_t i = 0; i < reference.size(); ++i) {
+    ASSERT_TRUE(reference[i].status.ok()) << i << ": " << reference[i].status.error_message();
+    // Greedy from the goldens' prefix on.
+    const auto& want = golden[i % golden.size()].greedy;
+    ASSERT_GE(reference[i].tokens.size(), want.size());
+    EXPECT_TRUE(std::equal(want.begin(), want.end(), reference[i].tokens.begin())) << i;
+  }
+  std::vector<StreamOutcome> got;
+  const auto t_start = Clock::now();
+  std::thread streams([&] { got = RunStreams(cluster.stub(), requests); });
+  const auto t0 = Clock::now();
+  int64_t steps_before = 0;
+  for (const auto& st : AllStats(cluster)) steps_before += st.steps();
+  while (Clock::now() - t0 < std::chrono::seconds(20)) {
+    int64_t steps = 0;
+    for (const auto& st : AllStats(cluster)) steps += st.steps();
+    if (steps >= steps_before + 20) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const pid_t victim = cluster.WorkerPid("switchyard-expert-worker", 1);
+  ASSERT_GT(victim, 0) << Describe(ProcessesMentioning(cluster.dir()));
+  const auto t_kill = Clock::now();
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  streams.join();
+  const double total_s = SecondsSince(t_start), after_kill_s = SecondsSince(t_kill);
+  ASSERT_EQ(got.size(), reference.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_TRUE(got[i].status.ok()) << "stream " << i << ": " << got[i].status.error_message();
+    EXPECT_EQ(got[i].finish, v1::FINISH_REASON_LENGTH) << "stream " << i;
+    EXPECT_EQ(got[i].tokens, reference[i].tokens) << "stream " << i;
+  }
+  // Still serving, on the survivor.
+  std::vector<StreamOutcome> after = RunStreams(cluster.stub(), {requests[0]});
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_TRUE(after[0].status.ok()) << after[0].status.error_message();
+  EXPECT_EQ(after[0].tokens, reference[0].tokens);
+  const std::string coordinator_log = ReadFile(cluster.dir() + "/logs/coordinator.log");
+  EXPECT_THAT(coordinator_log, ::testing::HasSubstr("mesh re-formed at epoch"));
+  EXPECT_THAT(coordinator_log, ::testing::HasSubstr("without ranks 2"));
+  // The kill came mid-stream: a step failed and was retried on the new mesh.
+  const std::string aw_log = ReadFile(cluster.dir() + "/logs/attention-worker-0.log");
+  EXPECT_THAT(aw_log, ::testing::HasSubstr("kept for the retry"));
+  EXPECT_THAT(aw_log, ::testing::HasSubstr("retrying the step"));
+  for (absl::string_view line : absl::StrSplit(coordinator_log, '\n')) {
+    if (absl::StrContains(line, "mesh re-formed")) Progress("%s", std::string(line).c_str());
+  }
+  EXPECT_THAT(
+      ReadFile(cluster.dir() + "/launcher.stderr"),
+      ::testing::HasSubstr("expert-worker-1 was killed by signal 9; the rest keeps running"));
+  Progress(
+      "failover: %zu streams of %d tokens finished with the reference tokens; %.1f s in all, "
+      "%.1f s from the kill to the end",
+      got.size(), longest, total_s, after_kill_s);
 }
 
 // A placement the coordinator would refuse (experts + redundant slots not a

@@ -28,6 +28,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/text.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -272,6 +273,42 @@ int main(int argc, char** argv) {
       bool all = true;
       for (const Child& c : children) all &= c.exited;
       if (all) break;
+    }
+    if (failed && ready) {
+      // A worker that dies once the cluster serves is left out: the
+      // coordinator re-forms the mesh over the survivors. The cluster stops
+      // when the coordinator or the router fails, or no attention or no
+      // expert worker is left.
+      bool fatal = false;
+      for (Child* c : dead) {
+        if (CleanExit(*c)) continue;
+        const bool worker = absl::StartsWith(c->name, "attention-worker-") ||
+                            absl::StartsWith(c->name, "expert-worker-");
+        fatal |= !worker;
+        std::cerr << "switchyard-local: " << c->name << " " << Describe(*c)
+                  << (worker ? "; the rest keeps running (the coordinator re-forms the mesh "
+                               "without it)"
+                             : "")
+                  << "; its log (" << c->log << ") ends with:\n"
+                  << LogTail(c->log);
+      }
+      int attention_left = 0, experts_left = 0;
+      for (const Child& c : children) {
+        if (c.exited) continue;
+        attention_left += absl::StartsWith(c.name, "attention-worker-") ? 1 : 0;
+        experts_left += absl::StartsWith(c.name, "expert-worker-") ? 1 : 0;
+      }
+      if (attention_left == 0 || experts_left == 0) {
+        std::cerr << "switchyard-local: no " << (attention_left == 0 ? "attention" : "expert")
+                  << " worker is left\n";
+        fatal = true;
+      }
+      if (!fatal) {
+        sy::cluster::WaitForShutdown(std::chrono::milliseconds(20));
+        continue;
+      }
+      exit_code = 1;
+      break;
     }
     if (failed) {
       Child* culprit = Culprit(dead);

@@ -111,8 +111,27 @@ void AttentionWorkerCore::FailAll(const std::string& why) {
   sinks_.clear();
 }
 
+bool AttentionWorkerCore::RecoverMesh(const absl::Status& failure) {
+  if (mesh_ == nullptr || stop_.load()) return false;
+  if (!absl::IsAborted(failure)) {
+    SY_LOG(WARNING) << "mesh step failed (" << failure
+                    << "); waiting for the coordinator to re-form the mesh";
+    if (options_.on_mesh_failure) options_.on_mesh_failure(mesh_->serving_epoch(), failure);
+  }
+  // Stop() ends the wait within a slice.
+  for (absl::Duration waited; waited < options_.reform_wait && !stop_.load();
+       waited += absl::Milliseconds(100)) {
+    if (mesh_->AwaitReform(absl::Milliseconds(100))) {
+      SY_LOG(INFO) << "mesh re-formed at epoch " << mesh_->serving_epoch() << "; retrying the step";
+      return true;
+    }
+  }
+  return false;
+}
+
 absl::Status AttentionWorkerCore::Run() {
   while (!stop_.load()) {
+    if (mesh_ != nullptr) mesh_->ApplyReform();
     const int admitted = Drain();
     // The other attention workers may be deep in an idle pause: ask them to
     // join the next mesh step now rather than when their pauses end.
@@ -125,6 +144,12 @@ absl::Status AttentionWorkerCore::Run() {
       const int64_t before = engine_->stats().steps;
       auto updates = engine_->Step();
       if (!updates.ok()) {
+        // The engine kept the batch (a mesh failure): step again on the
+        // re-formed mesh.
+        if (engine::IsMeshFailure(updates.status()) && RecoverMesh(updates.status())) {
+          Publish();
+          continue;
+        }
         FailAll(std::string(updates.status().message()));
         return updates.status();
       }
@@ -140,6 +165,10 @@ absl::Status AttentionWorkerCore::Run() {
     if (mesh_ != nullptr && !ran_forward) {
       // Take part in the mesh step without tokens.
       absl::Status st = mesh_->RunEmptyStep();
+      if (!st.ok() && RecoverMesh(st)) {
+        Publish();
+        continue;
+      }
       if (!st.ok()) {
         SY_LOG(ERROR) << "mesh step failed: " << st;
         FailAll(std::string(st.message()));

@@ -20,6 +20,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "engine/engine.h"
 #include "services/moe/remote_experts.h"
 
@@ -57,6 +58,14 @@ struct AttentionWorkerCoreOptions {
   // the whole mesh is idle, to end the other attention workers' idle pauses
   // (their Wake()); empty with one attention worker or without a mesh.
   std::function<void()> wake_peers;
+  // A mesh step failed (a peer gone or silent): called on the step thread
+  // with the epoch served and the error, to report it to the coordinator.
+  // The worker then waits up to reform_wait for the re-formed mesh, adopts
+  // it and retries the step (the engine keeps the batch:
+  // EngineOptions::keep_batch_on_mesh_failure); without one in time, every
+  // live request fails with UNAVAILABLE and Run returns the error.
+  std::function<void(int64_t epoch, const absl::Status&)> on_mesh_failure;
+  absl::Duration reform_wait = absl::Seconds(20);
 };
 
 inline constexpr int64_t kIdleBackoffStartUs = 100;
@@ -91,6 +100,9 @@ class AttentionWorkerCore {
 
   // Admits queued requests and cancels; returns how many requests it admitted.
   int Drain();
+  // After a failed mesh step: reports it and waits for a re-formed mesh
+  // (true: adopted, step again).
+  bool RecoverMesh(const absl::Status& failure);
   void Publish();
   void FailAll(const std::string& why);
 

@@ -1,5 +1,7 @@
 #include "services/attention_worker/attention_worker_runner.h"
 
+#include <atomic>
+#include <optional>
 #include <thread>
 
 #include "common/log.h"
@@ -37,7 +39,8 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
       cluster::JoinedMesh mesh,
       cluster::JoinMesh(cfg, true, index, listen, transport, std::chrono::seconds(120)));
   auto exec = std::make_unique<moe::RemoteExpertExecutor>(
-      model, mesh.placement, mesh.ranks, &transport, absl::Milliseconds(cfg.transport.timeout_ms));
+      model, mesh.placement, mesh.ranks, &transport, absl::Milliseconds(cfg.transport.timeout_ms),
+      mesh.generation);
   moe::RemoteExpertExecutor* mesh_exec = exec.get();
   SY_ASSIGN_OR_RETURN(
       std::unique_ptr<engine::ModelRunner> runner,
@@ -51,6 +54,8 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   eo.max_logprobs = cfg.limits.max_logprobs;
   eo.kv.block_size = cfg.attention_worker.kv_block_size;
   eo.kv.num_blocks = cfg.attention_worker.kv_blocks;
+  // A step that fails with the mesh is retried once the mesh is re-formed.
+  eo.keep_batch_on_mesh_failure = true;
   SY_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> engine,
                       engine::Engine::Create(std::move(runner), eo));
   PeerWaker waker(mesh.attention_grpc_addresses, index);
@@ -58,6 +63,10 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   co.idle_sleep_us = cfg.attention_worker.idle_sleep_us;
   co.max_idle_sleep_us = cfg.attention_worker.max_idle_sleep_us;
   if (!waker.empty()) co.wake_peers = [&waker] { waker.WakeAll(); };
+  co.on_mesh_failure = [&mesh](int64_t epoch, const absl::Status& st) {
+    mesh.heartbeat->ReportMeshFailure(epoch, st.ToString());
+  };
+  co.reform_wait = absl::FromChrono(cluster::ReformWait(cfg));
   AttentionWorkerCore core(std::move(engine), mesh_exec, co);
   AttentionWorkerService service(&core);
   SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {&service}));
@@ -70,7 +79,15 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
       },
       [mesh_exec] { return mesh_exec->serving_epoch(); });
   int64_t offered_epoch = 0;  // watcher thread only
+  std::atomic<bool> dropped{false};
   cluster::MeshWatcher watcher(cfg, [&](const pb::Mesh& m) {
+    // A re-formed mesh: the step loop abandons its step, adopts it and
+    // retries; a mesh re-formed without this worker: it stops.
+    if (cluster::FollowReforms(
+            cfg, m, mesh.rank, mesh_exec->generation(), transport, &dropped,
+            [&](moe::MeshReform r) { mesh_exec->RequestReform(std::move(r)); })) {
+      return;
+    }
     if (!m.has_next() || m.next().state() != pb::Transition::STATE_COMMITTED ||
         m.next().epoch() <= offered_epoch) {
       return;
@@ -98,7 +115,7 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
     loop_status = core.Run();
     loop_done.store(true);
   });
-  while (!should_stop() && !loop_done.load()) {
+  while (!should_stop() && !loop_done.load() && !dropped.load()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   server.SetServing({"switchyard.internal.v1.AttentionWorker"}, false);
@@ -107,6 +124,11 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   mesh.heartbeat->SetReporter({}, {});
   server.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   SY_LOG(INFO) << "attention worker " << index << " stopped";
+  if (dropped.load() && !should_stop()) {
+    return absl::UnavailableError(
+        "the coordinator re-formed the mesh without this attention worker (it was taken for "
+        "dead)");
+  }
   if (!loop_status.ok() && !should_stop()) return Annotate(loop_status, "step loop");
   return absl::OkStatus();
 }

@@ -1,5 +1,6 @@
 #include "services/cluster/worker_bootstrap.h"
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 
@@ -116,6 +117,7 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
         cfg.topology.attention_workers + cfg.topology.expert_workers, " workers registered)"));
   }
   SY_ASSIGN_OR_RETURN(out.placement, coordinator::PlacementFromProto(mesh.placement()));
+  out.generation = mesh.formed_epoch();
   std::vector<transport::PeerAddress> peers;
   out.attention_grpc_addresses.resize(cfg.topology.attention_workers);
   out.expert_staging_addresses.resize(cfg.topology.expert_workers);
@@ -160,6 +162,8 @@ Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank) {
       {
         std::lock_guard<std::mutex> lock(reporter_mu_);
         if (reporter_) reporter_(&req);
+        req.set_mesh_failed_epoch(mesh_failed_epoch_);
+        req.set_mesh_failure(mesh_failure_);
       }
       pb::HeartbeatResponse resp;
       grpc::Status st = stub->Heartbeat(&ctx, req, &resp);
@@ -183,6 +187,66 @@ Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank) {
       }
     }
   });
+}
+
+void Heartbeat::ReportMeshFailure(int64_t epoch, const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(reporter_mu_);
+    if (epoch < mesh_failed_epoch_) return;
+    mesh_failed_epoch_ = epoch;
+    mesh_failure_ = why;
+  }
+  beat_now_.store(true);
+}
+
+absl::StatusOr<std::optional<moe::MeshReform>> ReformFrom(const ClusterConfig& cfg,
+                                                          const pb::Mesh& m, int64_t generation) {
+  if (m.formed_epoch() <= generation) return std::optional<moe::MeshReform>();
+  moe::MeshReform r;
+  r.generation = m.formed_epoch();
+  SY_ASSIGN_OR_RETURN(r.placement, coordinator::PlacementFromProto(m.placement()));
+  for (const pb::Member& member : m.members()) {
+    if (member.role() == pb::ROLE_ATTENTION && !member.dropped()) {
+      r.ranks.attention.push_back(member.rank());
+    }
+  }
+  std::sort(r.ranks.attention.begin(), r.ranks.attention.end());
+  for (int32_t j = 0; j < cfg.topology.expert_workers; ++j) {
+    r.ranks.experts.push_back(RankOf(cfg, false, j));
+  }
+  return std::optional<moe::MeshReform>(std::move(r));
+}
+
+bool DroppedFrom(const pb::Mesh& m, int32_t rank) {
+  for (const pb::Member& member : m.members()) {
+    if (member.rank() == rank) return member.dropped();
+  }
+  return false;
+}
+
+bool FollowReforms(const ClusterConfig& cfg, const pb::Mesh& m, int32_t rank, int64_t generation,
+                   transport::Transport& transport, std::atomic<bool>* dropped,
+                   const std::function<void(moe::MeshReform)>& request) {
+  if (DroppedFrom(m, rank)) {
+    if (!dropped->exchange(true)) {
+      SY_LOG(ERROR) << "rank " << rank
+                    << ": the coordinator re-formed the mesh without this worker; stopping";
+      transport.Interrupt();
+    }
+    return true;
+  }
+  absl::StatusOr<std::optional<moe::MeshReform>> reform = ReformFrom(cfg, m, generation);
+  if (!reform.ok()) {
+    SY_LOG(ERROR) << "rank " << rank << ": re-formed mesh epoch " << m.epoch()
+                  << " is invalid: " << reform.status();
+  } else if (reform->has_value()) {
+    request(**std::move(reform));
+  }
+  return false;
+}
+
+std::chrono::milliseconds ReformWait(const ClusterConfig& cfg) {
+  return std::chrono::milliseconds(2 * cfg.coordinator.worker_timeout_ms);
 }
 
 void Heartbeat::SetReady() {

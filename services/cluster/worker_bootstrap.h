@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +26,7 @@ class Heartbeat;
 
 struct JoinedMesh {
   int32_t rank = -1;
+  int64_t generation = 0;  // the mesh's formed_epoch: the data plane's tag generation
   // Started right after registering, so a worker waiting for slow peers is
   // not taken for dead; runs until the JoinedMesh is destroyed.
   std::unique_ptr<Heartbeat> heartbeat;
@@ -45,6 +47,29 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
                                     transport::Transport& transport,
                                     std::chrono::milliseconds timeout,
                                     const std::string& staging_address = "");
+
+// The reform a worker of mesh generation `generation` must adopt from the
+// coordinator's mesh `m` (nullopt: the mesh has not been re-formed since;
+// an error: its placement is invalid). Attention ranks: the members not
+// dropped; expert ranks: every expert worker's, by index.
+absl::StatusOr<std::optional<moe::MeshReform>> ReformFrom(const ClusterConfig& cfg,
+                                                          const ::switchyard::internal::v1::Mesh& m,
+                                                          int64_t generation);
+// True when `m` lists `rank` as dropped (this worker was left out of a
+// re-formed mesh and must stop).
+bool DroppedFrom(const ::switchyard::internal::v1::Mesh& m, int32_t rank);
+// A worker's watcher, at each mesh `m`: when `m` dropped this worker (rank),
+// sets *dropped and interrupts `transport` (once) and returns true: the
+// worker must stop. Otherwise hands `request` the reform to adopt when `m`
+// re-formed the mesh since `generation` (an invalid one is logged).
+bool FollowReforms(const ClusterConfig& cfg, const ::switchyard::internal::v1::Mesh& m,
+                   int32_t rank, int64_t generation, transport::Transport& transport,
+                   std::atomic<bool>* dropped, const std::function<void(moe::MeshReform)>& request);
+
+// How long a worker whose step failed waits for the coordinator to re-form
+// the mesh before it gives up (twice the worker timeout: a frozen peer is
+// found by its missing heartbeats at the latest).
+std::chrono::milliseconds ReformWait(const ClusterConfig& cfg);
 
 // Waits until the coordinator reports the mesh ready (every worker alive and
 // loaded), logging every few seconds which ranks are still loading.
@@ -72,6 +97,9 @@ class Heartbeat {
   void SetReporter(Reporter reporter, NewsProbe news);
   // Sends the next heartbeat now.
   void BeatNow() { beat_now_.store(true); }
+  // A mesh step of placement epoch `epoch` failed with `why`: sent with every
+  // heartbeat from now on (the first at once) until a newer one.
+  void ReportMeshFailure(int64_t epoch, const std::string& why);
 
  private:
   std::atomic<bool> stop_{false};  // set by the destructor, polled by the thread
@@ -80,8 +108,10 @@ class Heartbeat {
   std::atomic<bool> ready_{false};
   std::atomic<bool> beat_now_{false};
   std::mutex reporter_mu_;
-  Reporter reporter_;  // guarded by reporter_mu_
-  NewsProbe news_;     // guarded by reporter_mu_
+  Reporter reporter_;              // guarded by reporter_mu_
+  NewsProbe news_;                 // guarded by reporter_mu_
+  int64_t mesh_failed_epoch_ = 0;  // guarded by reporter_mu_
+  std::string mesh_failure_;       // guarded by reporter_mu_
   std::thread thread_;
 };
 

@@ -14,7 +14,7 @@ CoordinatorCore::CoordinatorCore(const CoordinatorOptions& options, eplb::Placem
       experts_(options.expert_workers),
       placement_(std::move(placement)) {
   if (placement_.epoch <= 0) placement_.epoch = 1;
-  epoch_ = placement_.epoch;
+  epoch_ = formed_epoch_ = placement_.epoch;
 }
 
 bool CoordinatorCore::CompleteLocked() const {
@@ -327,6 +327,7 @@ MeshView CoordinatorCore::GetMesh() const {
   std::lock_guard<std::mutex> lock(mu_);
   MeshView v;
   v.epoch = epoch_;
+  v.formed_epoch = formed_epoch_;
   v.complete = CompleteLocked();
   v.ready = ReadyLocked();
   v.members = RegisteredLocked();
@@ -412,7 +413,7 @@ absl::StatusOr<int64_t> CoordinatorCore::ReformLocked(const std::vector<int32_t>
   }
   previous_ = std::move(placement_);
   placement_ = *std::move(next);
-  epoch_ = new_epoch;
+  epoch_ = formed_epoch_ = new_epoch;
   std::vector<int32_t> dropped;
   for (const auto* list : {&attention_, &experts_}) {
     for (const MemberInfo& m : *list) {

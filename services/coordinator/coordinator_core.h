@@ -95,8 +95,9 @@ struct TransitionProgress {
 };
 
 struct MeshView {
-  int64_t epoch = 0;    // serving epoch (== placement.epoch)
-  int64_t version = 0;  // changes with anything in the view
+  int64_t epoch = 0;         // serving epoch (== placement.epoch)
+  int64_t formed_epoch = 0;  // the epoch the membership last formed at (re-formations move it)
+  int64_t version = 0;       // changes with anything in the view
   bool complete = false;
   // Complete, and every member alive and ready: the mesh may step. Workers
   // start stepping, and the router serving, only then.
@@ -215,6 +216,7 @@ class CoordinatorCore {
   // Why the survivors of the last Reform cannot serve ("": they can).
   std::string unservable_;
   int64_t epoch_ = 1;
+  int64_t formed_epoch_ = 1;
   int64_t version_ = 1;
   std::optional<Transition> next_;
   std::optional<eplb::Placement> previous_;  // the placement before the last switch

@@ -1,5 +1,6 @@
 #include "services/coordinator/coordinator_runner.h"
 
+#include <algorithm>
 #include <thread>
 
 #include "common/log.h"
@@ -9,6 +10,7 @@
 #include "services/coordinator/admin_service.h"
 #include "services/coordinator/coordinator_service.h"
 #include "services/coordinator/load_window.h"
+#include "services/coordinator/mesh_prober.h"
 #include "services/coordinator/rebalancer.h"
 
 namespace sy::coordinator {
@@ -60,6 +62,13 @@ absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string
   const int64_t bytes_per_expert =
       3 * model.hidden_size * model.moe_intermediate_size * static_cast<int64_t>(sizeof(float));
   Rebalancer rebalancer(&core, &window, cfg.eplb, bytes_per_expert);
+  // A failed step reported by a worker: check the members, re-form the mesh.
+  MeshProber prober(&core,
+                    std::chrono::milliseconds(std::max<int64_t>(
+                        500, std::min<int64_t>(cfg.coordinator.worker_timeout_ms / 4, 2000))));
+  core.SetMeshFailureSink([&prober](int64_t epoch, int32_t rank, const std::string& why) {
+    prober.Report(epoch, rank, why);
+  });
   CoordinatorService service(&core);
   AdminService admin(&core, &window, &rebalancer);
   SY_ASSIGN_OR_RETURN(cluster::GrpcServer server,
@@ -82,6 +91,7 @@ absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   SY_LOG(INFO) << "coordinator shutting down";
+  core.SetMeshFailureSink({});
   rebalancer.Stop();
   service.Drain();
   server.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));

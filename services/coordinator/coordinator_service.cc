@@ -67,6 +67,7 @@ absl::StatusOr<eplb::Placement> PlacementFromProto(const pb::Placement& in) {
 
 void MeshToProto(const MeshView& mesh, pb::Mesh* out) {
   out->set_epoch(mesh.epoch);
+  out->set_formed_epoch(mesh.formed_epoch);
   out->set_complete(mesh.complete);
   out->set_ready(mesh.ready);
   for (const MemberInfo& m : mesh.members) {

@@ -372,6 +372,7 @@ TEST(CoordinatorReformTest, DropsADeadExpertWorkerAndKeepsServing) {
   EXPECT_EQ(*e, 2);
   const MeshView v = core->GetMesh();
   EXPECT_EQ(v.epoch, 2);
+  EXPECT_EQ(v.formed_epoch, 2);
   EXPECT_EQ(v.placement.epoch, 2);
   EXPECT_EQ(v.placement.NumSlotsOf(1), 0);
   EXPECT_EQ(v.placement.NumSlotsOf(0), initial.NumSlotsOf(0));
@@ -400,6 +401,7 @@ TEST(CoordinatorReformTest, DropsADeadExpertWorkerAndKeepsServing) {
   auto resync = core->Reform({}, 2, "a timed-out step");
   ASSERT_TRUE(resync.ok());
   EXPECT_EQ(*resync, 3);
+  EXPECT_EQ(core->GetMesh().formed_epoch, 3);
   EXPECT_EQ(core->GetMesh().placement.phy2log, v.placement.phy2log);
 }
 

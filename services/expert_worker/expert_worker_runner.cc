@@ -1,8 +1,11 @@
 #include "services/expert_worker/expert_worker_runner.h"
 
+#include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
 
+#include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "model/config.h"
@@ -112,7 +115,7 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
       std::unique_ptr<moe::ExpertServer> experts,
       moe::ExpertServer::Create(model, mesh.placement, index, mesh.ranks, &transport, ckpt.get(),
                                 cfg.model.dummy_seed, absl::Milliseconds(cfg.transport.timeout_ms),
-                                kernels::Context{}));
+                                kernels::Context{}, mesh.generation));
   SY_LOG(INFO)
       << "expert worker " << index << ": experts loaded in "
       << std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count()
@@ -146,7 +149,15 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
       // Staging news is sent by the watcher (BeatNow); a switch happens on
       // the step thread.
       [server_ptr] { return server_ptr->serving_epoch(); });
+  std::atomic<bool> dropped{false};
   cluster::MeshWatcher watcher(cfg, [&](const pb::Mesh& m) {
+    // A re-formed mesh: the step thread abandons its step and adopts it; a
+    // mesh re-formed without this worker: it stops.
+    if (cluster::FollowReforms(
+            cfg, m, mesh.rank, server_ptr->generation(), transport, &dropped,
+            [&](moe::MeshReform r) { server_ptr->RequestReform(std::move(r)); })) {
+      return;
+    }
     const int64_t staged = server_ptr->staged_epoch();
     const bool is_staging = m.has_next() && m.next().state() == pb::Transition::STATE_STAGING;
     if (staged != 0 && (!m.has_next() || m.next().epoch() != staged) &&
@@ -176,10 +187,36 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
   server.SetServing({}, true);
   SY_LOG(INFO) << "expert worker " << index << " serving " << mesh.placement.NumSlotsOf(index)
                << " slots per layer";
+  // A failed step (a peer gone or silent) is reported to the coordinator,
+  // which re-forms the mesh over the survivors; the worker adopts it and
+  // serves on. It gives up when no re-formed mesh comes in time.
   absl::Status st;
-  while (!should_stop()) {
+  const auto reform_wait = absl::FromChrono(cluster::ReformWait(cfg));
+  while (!should_stop() && !dropped.load()) {
+    absl::StatusOr<bool> adopted = experts->ApplyReform();
+    if (!adopted.ok()) {
+      st = adopted.status();
+      break;
+    }
     st = experts->ServeStep();
-    if (!st.ok()) break;
+    if (st.ok() || should_stop() || dropped.load()) continue;
+    if (!absl::IsAborted(st)) {
+      SY_LOG(WARNING) << "expert worker " << index << ": mesh step failed (" << st
+                      << "); waiting for the coordinator to re-form the mesh";
+      mesh.heartbeat->ReportMeshFailure(experts->serving_epoch(), st.ToString());
+    }
+    adopted = experts->AwaitReform(reform_wait);
+    if (!adopted.ok() || !*adopted) {
+      st = adopted.ok() ? Annotate(st, absl::StrCat("no re-formed mesh came within ",
+                                                    absl::FormatDuration(reform_wait)))
+                        : adopted.status();
+      break;
+    }
+    st = absl::OkStatus();
+  }
+  if (dropped.load() && !should_stop()) {
+    st = absl::UnavailableError(
+        "the coordinator re-formed the mesh without this worker (it was taken for dead)");
   }
   server.SetServing({}, false);
   mesh.heartbeat->SetReporter({}, {});
