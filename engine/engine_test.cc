@@ -8,9 +8,13 @@
 #include <functional>
 #include <map>
 
+#include "engine/experts.h"
 #include "engine/loader.h"
+#include "engine/model_runner.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "model/safetensors.h"
+#include "model/weights.h"
 #include "nlohmann/json.hpp"
 
 namespace sy::engine {
@@ -349,6 +353,109 @@ TEST(EngineTest, OversizedKvCacheIsAnError) {
   auto e = Engine::Create(*std::move(runner), opts);
   ASSERT_FALSE(e.ok());
   EXPECT_THAT(e.status().message(), HasSubstr("kv"));
+}
+
+// The local experts, failing calls `fail_from` .. `fail_from + fail_count - 1`
+// with `code` (a mesh that loses a worker, then comes back).
+class FlakyExperts : public ExpertExecutor {
+ public:
+  FlakyExperts(std::unique_ptr<ExpertExecutor> inner, int fail_from, int fail_count,
+               absl::StatusCode code)
+      : inner_(std::move(inner)),
+        fail_from_(fail_from),
+        fail_to_(fail_from + fail_count),
+        code_(code) {}
+  absl::Status Run(int64_t layer, const void* hidden, int64_t num_tokens, const int32_t* topk_ids,
+                   const float* topk_weights, int64_t top_k, void* out) override {
+    const int call = calls_++;
+    if (call >= fail_from_ && call < fail_to_)
+      return absl::Status(code_, "expert worker 1 is gone");
+    return inner_->Run(layer, hidden, num_tokens, topk_ids, topk_weights, top_k, out);
+  }
+
+ private:
+  std::unique_ptr<ExpertExecutor> inner_;
+  int calls_ = 0;
+  const int fail_from_, fail_to_;
+  const absl::StatusCode code_;
+};
+
+std::unique_ptr<Engine> MakeFlakyEngine(int fail_from, int fail_count, absl::StatusCode code,
+                                        bool keep) {
+  const std::string dir = std::string(SY_SOURCE_DIR) + kModel;
+  auto cfg = model::LoadModelConfig(dir);
+  auto ckpt = model::Checkpoint::Open(dir);
+  EXPECT_TRUE(cfg.ok() && ckpt.ok());
+  auto dense = model::LoadDenseWeights(*cfg, **ckpt);
+  auto local = LocalExpertExecutor::Load(*cfg, **ckpt, kernels::Context{});
+  EXPECT_TRUE(dense.ok() && local.ok());
+  auto runner = ModelRunner::Create(
+      *cfg, *std::move(dense),
+      std::make_unique<FlakyExperts>(*std::move(local), fail_from, fail_count, code),
+      kernels::Context{});
+  EXPECT_TRUE(runner.ok()) << runner.status();
+  EngineOptions opts;
+  opts.kv.max_tokens = 1024;
+  opts.keep_batch_on_mesh_failure = keep;
+  auto engine = Engine::Create(*std::move(runner), opts);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return *std::move(engine);
+}
+
+// keep_batch_on_mesh_failure: a step whose experts fail with a mesh error
+// (here at the second MoE layer of the third forward pass) leaves
+// every sequence as it was: Step() returns the error, the next Step() runs
+// the same batch again, and every request ends with the tokens of a run
+// without failures.
+TEST(EngineTest, AMeshFailureKeepsTheBatchForTheRetry) {
+  auto clean = MakeEngine();
+  ASSERT_TRUE(clean->Add(Req("a", 12)).ok());
+  ASSERT_TRUE(clean->Add(Req("b", 12)).ok());
+  const auto want = RunAll(*clean);
+  // qwen3_moe has 4 MoE layers: call 9 is the second of the third pass, after
+  // the first layer's KV rows and experts already ran.
+  auto e = MakeFlakyEngine(9, 1, absl::StatusCode::kUnavailable, true);
+  ASSERT_TRUE(e->Add(Req("a", 12)).ok());
+  ASSERT_TRUE(e->Add(Req("b", 12)).ok());
+  std::map<std::string, Out> got;
+  int failed_steps = 0;
+  while (e->HasWork()) {
+    auto updates = e->Step();
+    if (!updates.ok()) {
+      EXPECT_TRUE(IsMeshFailure(updates.status())) << updates.status();
+      ASSERT_LT(++failed_steps, 5);
+      continue;
+    }
+    for (const auto& u : *updates) {
+      EXPECT_NE(u.finish, FinishReason::kError) << u.error;
+      auto& o = got[u.id];
+      o.tokens.insert(o.tokens.end(), u.new_tokens.begin(), u.new_tokens.end());
+      if (u.finish != FinishReason::kNone) o.finish = u.finish;
+    }
+  }
+  EXPECT_EQ(failed_steps, 1);
+  EXPECT_EQ(got["a"].tokens, want.at("a").tokens);
+  EXPECT_EQ(got["b"].tokens, want.at("b").tokens);
+  EXPECT_EQ(got["a"].finish, FinishReason::kLength);
+  EXPECT_EQ(e->stats().kv_blocks_free, e->stats().kv_blocks_total);
+}
+
+// Without the option, or for an error that is not the mesh's, the step's
+// sequences fail with the error's code, as before.
+TEST(EngineTest, OtherFailuresStillFailTheBatch) {
+  for (const bool keep : {false, true}) {
+    SCOPED_TRACE(keep);
+    const absl::StatusCode code =
+        keep ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kUnavailable;
+    auto e = MakeFlakyEngine(0, 1, code, keep);
+    ASSERT_TRUE(e->Add(Req("a", 4)).ok());
+    auto updates = e->Step();
+    ASSERT_TRUE(updates.ok()) << updates.status();
+    ASSERT_EQ(updates->size(), 1u);
+    EXPECT_EQ((*updates)[0].finish, FinishReason::kError);
+    EXPECT_EQ((*updates)[0].error_code, code);
+    EXPECT_FALSE(e->HasWork());
+  }
 }
 
 }  // namespace
