@@ -2015,51 +2015,89 @@ TEST(ClusterFailureTest, GenerationsCutByADeadExpertWorkerEndUnavailable) {
            got.empty() ? "" : got[0].status.error_message().c_str());
 }
 
-// kill -9 of an expert worker mid-stream when the other holds a replica of
-// every expert: the coordinator re-forms the mesh over the survivor, the
-// attention worker retries the interrupted step, and every stream finishes
-// OK with exactly the tokens of the same requests run before the kill
-// (greedy); the launcher keeps the cluster running and it serves on.
-TEST(ClusterFailoverTest, StreamsSurviveADeadExpertWorker) {
+// `n` greedy requests of `tokens` new tokens over the golden prompts in turn.
+std::vector<v1::GenerateRequest> LongGreedyRequests(const std::vector<GoldenPrompt>& golden, int n,
+                                                    int tokens) {
+  std::vector<v1::GenerateRequest> out;
+  for (int i = 0; i < n && !golden.empty(); ++i) {
+    out.push_back(GreedyRequest(golden[i % golden.size()].prompt, tokens, {}));
+  }
+  return out;
+}
+
+// Waits (up to 20 s) until the attention workers have run `more` engine
+// steps beyond the count when it was called: streams started just before
+// are then decoding.
+void AwaitMoreSteps(const Cluster& cluster, int64_t more) {
+  int64_t before = 0;
+  for (const auto& st : AllStats(cluster)) before += st.steps();
+  const auto t0 = Clock::now();
+  while (Clock::now() - t0 < std::chrono::seconds(20)) {
+    int64_t steps = 0;
+    for (const auto& st : AllStats(cluster)) steps += st.steps();
+    if (steps >= before + more) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+// Four greedy streams as long as qwen3_moe's context allows, run once on a
+// healthy cluster: the reference a failover run must reproduce token for
+// token (checked OK and equal to the goldens' prefix; empty on failure).
+struct FailoverRun {
+  int longest = 0;
+  std::vector<v1::GenerateRequest> requests;
+  std::vector<StreamOutcome> reference;
+};
+FailoverRun PrepareFailover(Cluster& cluster) {
+  FailoverRun run;
+  const std::vector<GoldenPrompt> golden = LoadGolden("qwen3_moe");
+  run.longest = LoadConfigJson("qwen3_moe").at("max_position_embeddings").get<int>() - 200;
+  run.requests = LongGreedyRequests(golden, 4, run.longest);
+  std::vector<StreamOutcome> ref = RunStreams(cluster.stub(), run.requests);
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const auto& want = golden[i % golden.size()].greedy;
+    EXPECT_TRUE(ref[i].status.ok()) << i << ": " << ref[i].status.error_message();
+    if (!ref[i].status.ok() || ref[i].tokens.size() < want.size() ||
+        !std::equal(want.begin(), want.end(), ref[i].tokens.begin())) {
+      ADD_FAILURE() << "reference stream " << i << " is not the goldens' greedy continuation";
+      return run;
+    }
+  }
+  run.reference = std::move(ref);
+  return run;
+}
+
+// An expert worker killed (SIGKILL) or frozen (SIGSTOP) mid-stream when the
+// other holds a replica of every expert: the coordinator re-forms the mesh
+// over the survivor (a killed worker is found when a step fails and the
+// health check gets no answer; a frozen one when its heartbeats stop, well
+// before the 30 s transport timeout), the attention worker retries the
+// interrupted step, and every stream finishes OK with exactly the tokens of
+// the same requests run before (greedy); the launcher keeps the cluster
+// running and it serves on. A frozen worker that resumes finds itself
+// dropped and exits.
+void ExpectStreamsSurviveALostExpertWorker(int sig, const std::string& name) {
   ClusterOptions o;
   o.attention_workers = 1;
   o.expert_workers = 2;
   o.redundant_experts = 16;  // qwen3_moe's 16 experts twice: each worker holds all
   o.worker_timeout_ms = 2000;
   Cluster cluster;
-  const absl::Status started = cluster.Start(o, "failover");
+  const absl::Status started = cluster.Start(o, name);
   ASSERT_TRUE(started.ok()) << started;
-  const std::vector<GoldenPrompt> golden = LoadGolden("qwen3_moe");
-  ASSERT_GE(golden.size(), 2u);
-  const int longest = LoadConfigJson("qwen3_moe").at("max_position_embeddings").get<int>() - 200;
-  std::vector<v1::GenerateRequest> requests;
-  for (int i = 0; i < 4; ++i) {
-    requests.push_back(GreedyRequest(golden[i % golden.size()].prompt, longest, {}));
-  }
-  const std::vector<StreamOutcome> reference = RunStreams(cluster.stub(), requests);
-  for (size_t i = 0; i < reference.size(); ++i) {
-    ASSERT_TRUE(reference[i].status.ok()) << i << ": " << reference[i].status.error_message();
-    // Greedy from the goldens' prefix on.
-    const auto& want = golden[i % golden.size()].greedy;
-    ASSERT_GE(reference[i].tokens.size(), want.size());
-    EXPECT_TRUE(std::equal(want.begin(), want.end(), reference[i].tokens.begin())) << i;
-  }
+  const FailoverRun run = PrepareFailover(cluster);
+  ASSERT_EQ(run.reference.size(), 4u);
+  const int longest = run.longest;
+  const std::vector<v1::GenerateRequest>& requests = run.requests;
+  const std::vector<StreamOutcome>& reference = run.reference;
   std::vector<StreamOutcome> got;
   const auto t_start = Clock::now();
   std::thread streams([&] { got = RunStreams(cluster.stub(), requests); });
-  const auto t0 = Clock::now();
-  int64_t steps_before = 0;
-  for (const auto& st : AllStats(cluster)) steps_before += st.steps();
-  while (Clock::now() - t0 < std::chrono::seconds(20)) {
-    int64_t steps = 0;
-    for (const auto& st : AllStats(cluster)) steps += st.steps();
-    if (steps >= steps_before + 20) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  AwaitMoreSteps(cluster, 20);
   const pid_t victim = cluster.WorkerPid("switchyard-expert-worker", 1);
   ASSERT_GT(victim, 0) << Describe(ProcessesMentioning(cluster.dir()));
   const auto t_kill = Clock::now();
-  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  ASSERT_EQ(kill(victim, sig), 0);
   streams.join();
   const double total_s = SecondsSince(t_start), after_kill_s = SecondsSince(t_kill);
   ASSERT_EQ(got.size(), reference.size());
@@ -2076,6 +2114,17 @@ TEST(ClusterFailoverTest, StreamsSurviveADeadExpertWorker) {
   const std::string coordinator_log = ReadFile(cluster.dir() + "/logs/coordinator.log");
   EXPECT_THAT(coordinator_log, ::testing::HasSubstr("mesh re-formed at epoch"));
   EXPECT_THAT(coordinator_log, ::testing::HasSubstr("without ranks 2"));
+  if (sig == SIGSTOP) {
+    EXPECT_THAT(coordinator_log, ::testing::HasSubstr("missed heartbeats"));
+    ASSERT_EQ(kill(victim, SIGCONT), 0);
+    // It sees itself dropped and stops; the launcher logs it and goes on.
+    const auto t_cont = Clock::now();
+    while (ReadFile(cluster.dir() + "/launcher.stderr").find("expert-worker-1 exited") ==
+               std::string::npos &&
+           Clock::now() - t_cont < std::chrono::seconds(20)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
   // The kill came mid-stream: a step failed and was retried on the new mesh.
   const std::string aw_log = ReadFile(cluster.dir() + "/logs/attention-worker-0.log");
   EXPECT_THAT(aw_log, ::testing::HasSubstr("kept for the retry"));
@@ -2083,13 +2132,80 @@ TEST(ClusterFailoverTest, StreamsSurviveADeadExpertWorker) {
   for (absl::string_view line : absl::StrSplit(coordinator_log, '\n')) {
     if (absl::StrContains(line, "mesh re-formed")) Progress("%s", std::string(line).c_str());
   }
-  EXPECT_THAT(
-      ReadFile(cluster.dir() + "/launcher.stderr"),
-      ::testing::HasSubstr("expert-worker-1 was killed by signal 9; the rest keeps running"));
+  EXPECT_THAT(ReadFile(cluster.dir() + "/launcher.stderr"),
+              ::testing::HasSubstr(sig == SIGKILL ? "expert-worker-1 was killed by signal 9; "
+                                                    "the rest keeps running"
+                                                  : "expert-worker-1 exited with status 1; the "
+                                                    "rest keeps running"));
   Progress(
-      "failover: %zu streams of %d tokens finished with the reference tokens; %.1f s in all, "
-      "%.1f s from the kill to the end",
-      got.size(), longest, total_s, after_kill_s);
+      "%s: %zu streams of %d tokens finished with the reference tokens; %.1f s in all, "
+      "%.1f s from the signal to the end",
+      name.c_str(), got.size(), longest, total_s, after_kill_s);
+}
+
+TEST(ClusterFailoverTest, StreamsSurviveAKilledExpertWorker) {
+  ExpectStreamsSurviveALostExpertWorker(SIGKILL, "failover-kill");
+}
+
+TEST(ClusterFailoverTest, StreamsSurviveAFrozenExpertWorker) {
+  ExpectStreamsSurviveALostExpertWorker(SIGSTOP, "failover-freeze");
+}
+
+// kill -9 of one of two attention workers mid-stream: the expert workers'
+// step fails, the coordinator drops it and re-forms the mesh, and the other
+// attention worker's streams finish OK with the tokens of a run without the
+// kill. The dead worker's own streams end UNAVAILABLE (re-submitting them
+// elsewhere is not done yet), never OK with fewer tokens; new requests are
+// served by the survivor.
+TEST(ClusterFailoverTest, TheOtherAttentionWorkerServesOnAfterOneDies) {
+  ClusterOptions o;
+  o.attention_workers = 2;
+  o.expert_workers = 2;
+  o.worker_timeout_ms = 2000;
+  Cluster cluster;
+  const absl::Status started = cluster.Start(o, "aw-failover");
+  ASSERT_TRUE(started.ok()) << started;
+  const FailoverRun run = PrepareFailover(cluster);
+  ASSERT_EQ(run.reference.size(), 4u);
+  const std::vector<v1::GenerateRequest>& requests = run.requests;
+  const std::vector<StreamOutcome>& reference = run.reference;
+  std::vector<StreamOutcome> got;
+  std::thread streams([&] { got = RunStreams(cluster.stub(), requests); });
+  AwaitMoreSteps(cluster, 20);
+  const pid_t victim = cluster.WorkerPid("switchyard-attention-worker", 1);
+  ASSERT_GT(victim, 0) << Describe(ProcessesMentioning(cluster.dir()));
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  streams.join();
+  int ok = 0, unavailable = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i].status.ok()) {
+      ++ok;
+      EXPECT_EQ(got[i].tokens, reference[i].tokens) << "stream " << i;
+    } else {
+      ++unavailable;
+      EXPECT_EQ(got[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
+          << "stream " << i << ": " << got[i].status.error_message();
+    }
+  }
+  EXPECT_GT(ok, 0) << "no stream was on the surviving attention worker";
+  EXPECT_GT(unavailable, 0) << "no stream was on the killed attention worker";
+  // The survivor serves new requests (the router follows the mesh).
+  std::vector<StreamOutcome> after;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    after = RunStreams(cluster.stub(), {requests[0], requests[1]});
+    if (after[0].status.ok() && after[1].status.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  for (size_t i = 0; i < after.size(); ++i) {
+    EXPECT_TRUE(after[i].status.ok()) << after[i].status.error_message();
+    EXPECT_EQ(after[i].tokens, reference[i].tokens);
+  }
+  EXPECT_THAT(ReadFile(cluster.dir() + "/logs/coordinator.log"),
+              ::testing::HasSubstr("without ranks 1"));
+  Progress(
+      "attention-worker failover: %d streams finished on the survivor, %d on the killed "
+      "worker ended UNAVAILABLE",
+      ok, unavailable);
 }
 
 // A placement the coordinator would refuse (experts + redundant slots not a
