@@ -12,6 +12,7 @@
 #include "services/cluster/grpc_server.h"
 #include "services/cluster/worker_bootstrap.h"
 #include "services/coordinator/coordinator_service.h"
+#include "services/coordinator/mesh_prober.h"
 
 namespace sy::coordinator {
 namespace {
@@ -329,8 +330,10 @@ TEST_F(CoordinatorTest, ReadyOnlyOnceEveryWorkerHasLoaded) {
 
 // A ready mesh of 1 attention and 2 expert workers where each expert worker
 // holds every expert (4 experts, 4 redundant slots): losing either leaves a
-// replica of each.
-std::unique_ptr<CoordinatorCore> ReadyReplicatedMesh(eplb::Placement* initial) {
+// replica of each. `addresses`: the gRPC addresses of ranks 0, 1 and 2.
+std::unique_ptr<CoordinatorCore> ReadyReplicatedMesh(eplb::Placement* initial,
+                                                     const std::vector<std::string>& addresses = {
+                                                         "a0:1", "e0:1", "e1:1"}) {
   eplb::PlacementOptions po;
   po.num_workers = 2;
   po.redundant = 4;
@@ -342,9 +345,9 @@ std::unique_ptr<CoordinatorCore> ReadyReplicatedMesh(eplb::Placement* initial) {
   o.expert_workers = 2;
   o.worker_timeout = std::chrono::milliseconds(200);
   auto core = std::make_unique<CoordinatorCore>(o, *p);
-  EXPECT_TRUE(core->Register(Role::kAttention, 0, "a0:1", "t-a0", "a0").ok());
-  EXPECT_TRUE(core->Register(Role::kExpert, 0, "e0:1", "t-e0", "e0").ok());
-  EXPECT_TRUE(core->Register(Role::kExpert, 1, "e1:1", "t-e1", "e1").ok());
+  EXPECT_TRUE(core->Register(Role::kAttention, 0, addresses[0], "t-a0", "a0").ok());
+  EXPECT_TRUE(core->Register(Role::kExpert, 0, addresses[1], "t-e0", "e0").ok());
+  EXPECT_TRUE(core->Register(Role::kExpert, 1, addresses[2], "t-e1", "e1").ok());
   for (int32_t rank : {0, 1, 2}) EXPECT_TRUE(core->Heartbeat(rank, true).ok());
   EXPECT_TRUE(core->GetMesh().ready);
   return core;
@@ -440,6 +443,59 @@ TEST(CoordinatorReformTest, SilenceAfterTheMeshWasReadyReformsIt) {
   EXPECT_TRUE(v.members[2].dropped);
   EXPECT_EQ(v.placement.NumSlotsOf(1), 0);
   EXPECT_TRUE(v.ready);
+}
+
+// The prober after a reported failed step: it health-checks every member
+// over real gRPC, drops the one whose server is gone and re-forms the mesh;
+// a second report of the same epoch does nothing; a report when every
+// member answers only moves the epoch (a resync).
+TEST(MeshProberTest, DropsTheUnreachableAndResyncsOtherwise) {
+  std::vector<cluster::GrpcServer> servers;
+  for (int i = 0; i < 3; ++i) {
+    auto s = cluster::StartGrpcServer("127.0.0.1:0", {});
+    ASSERT_TRUE(s.ok()) << s.status();
+    s->SetServing({}, true);
+    servers.push_back(std::move(*s));
+  }
+  std::vector<std::string> addresses;
+  for (const auto& srv : servers) addresses.push_back("127.0.0.1:" + std::to_string(srv.port));
+  eplb::Placement initial;
+  std::unique_ptr<CoordinatorCore> owned = ReadyReplicatedMesh(&initial, addresses);
+  CoordinatorCore& core = *owned;
+  MeshProber prober(&core, std::chrono::milliseconds(500));
+  core.SetMeshFailureSink([&](int64_t epoch, int32_t rank, const std::string& why) {
+    prober.Report(epoch, rank, why);
+  });
+  auto await_epoch = [&](int64_t want) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (core.epoch() < want && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return core.epoch();
+  };
+  servers[2].server->Shutdown();  // expert worker 1 is gone
+  HeartbeatInfo failed;
+  failed.ready = true;
+  failed.mesh_failed_epoch = 1;
+  failed.mesh_failure = "peer rank 2 is unavailable";
+  ASSERT_TRUE(core.Heartbeat(0, failed).ok());
+  ASSERT_TRUE(core.Heartbeat(1, failed).ok());  // the same failure, seen by another worker
+  EXPECT_EQ(await_epoch(2), 2);
+  MeshView v = core.GetMesh();
+  EXPECT_TRUE(v.members[2].dropped);
+  EXPECT_FALSE(v.members[0].dropped);
+  EXPECT_FALSE(v.members[1].dropped);
+  EXPECT_TRUE(v.ready);
+  // Every member left answers: a report of epoch 2 resyncs to epoch 3.
+  failed.mesh_failed_epoch = 2;
+  ASSERT_TRUE(core.Heartbeat(1, failed).ok());
+  EXPECT_EQ(await_epoch(3), 3);
+  v = core.GetMesh();
+  EXPECT_EQ(v.formed_epoch, 3);
+  EXPECT_FALSE(v.members[1].dropped);
+  EXPECT_EQ(prober.reforms(), 2);
+  core.SetMeshFailureSink({});
+  for (int i = 0; i < 2; ++i) servers[i].server->Shutdown();
 }
 
 }  // namespace
