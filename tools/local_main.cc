@@ -31,9 +31,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/text.h"
-#include "grpc/health/v1/health.grpc.pb.h"
-#include "grpcpp/grpcpp.h"
 #include "services/cluster/cluster_config.h"
+#include "services/cluster/grpc_server.h"
 #include "services/cluster/process.h"
 #include "services/coordinator/coordinator_runner.h"
 #include "tools/local_single_process.h"
@@ -152,15 +151,9 @@ std::string LogTail(const std::string& path) {
 }
 
 bool RouterServing(const std::string& address) {
-  auto stub = grpc::health::v1::Health::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
-  grpc::health::v1::HealthCheckRequest req;
-  req.set_service("switchyard.v1.Generate");
-  grpc::health::v1::HealthCheckResponse resp;
-  return stub->Check(&ctx, req, &resp).ok() &&
-         resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+  return sy::cluster::HealthCheckFailure(address, "switchyard.v1.Generate",
+                                         std::chrono::milliseconds(500))
+      .empty();
 }
 
 std::string Describe(const Child& c) {

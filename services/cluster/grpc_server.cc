@@ -1,6 +1,7 @@
 #include "services/cluster/grpc_server.h"
 
 #include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -12,6 +13,21 @@ void GrpcServer::SetServing(const std::vector<std::string>& services, bool servi
   if (health == nullptr) return;
   health->SetServingStatus("", serving);
   for (const auto& s : services) health->SetServingStatus(s, serving);
+}
+
+std::string HealthCheckFailure(const std::string& address, const std::string& service,
+                               std::chrono::milliseconds timeout) {
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service(service);
+  grpc::health::v1::HealthCheckResponse resp;
+  const grpc::Status st = stub->Check(&ctx, req, &resp);
+  if (!st.ok()) return st.error_message().empty() ? "no answer" : st.error_message();
+  if (resp.status() != grpc::health::v1::HealthCheckResponse::SERVING) return "not serving";
+  return "";
 }
 
 absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,

@@ -2,6 +2,7 @@
 // services, grpc.health.v1 and server reflection, listening on one address.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +19,12 @@ struct GrpcServer {
   // Sets the health status of "" and of each named service.
   void SetServing(const std::vector<std::string>& services, bool serving);
 };
+
+// Empty when the gRPC server at `address` answers SERVING for `service` ("":
+// the server as a whole) within `timeout`; else why not (no answer, not
+// serving).
+std::string HealthCheckFailure(const std::string& address, const std::string& service,
+                               std::chrono::milliseconds timeout);
 
 // Starts a server on `address` (host:port; port 0 picks a free one) with
 // `services` (not owned; must outlive the server). Unavailable when the

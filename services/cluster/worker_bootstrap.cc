@@ -44,6 +44,36 @@ bool PollMesh(pb::Coordinator::Stub& stub, const pb::GetMeshRequest& req,
   return false;
 }
 
+// The reform a worker of mesh generation `generation` must adopt from `m`
+// (nullopt: not re-formed since; an error: its placement is invalid).
+// Attention ranks: the members not dropped; expert ranks: every expert
+// worker's, by index.
+absl::StatusOr<std::optional<moe::MeshReform>> ReformFrom(const ClusterConfig& cfg,
+                                                          const pb::Mesh& m, int64_t generation) {
+  if (m.formed_epoch() <= generation) return std::optional<moe::MeshReform>();
+  moe::MeshReform r;
+  r.generation = m.formed_epoch();
+  SY_ASSIGN_OR_RETURN(r.placement, coordinator::PlacementFromProto(m.placement()));
+  for (const pb::Member& member : m.members()) {
+    if (member.role() == pb::ROLE_ATTENTION && !member.dropped()) {
+      r.ranks.attention.push_back(member.rank());
+    }
+  }
+  std::sort(r.ranks.attention.begin(), r.ranks.attention.end());
+  for (int32_t j = 0; j < cfg.topology.expert_workers; ++j) {
+    r.ranks.experts.push_back(RankOf(cfg, false, j));
+  }
+  return std::optional<moe::MeshReform>(std::move(r));
+}
+
+// True when `m` lists `rank` as dropped.
+bool DroppedFrom(const pb::Mesh& m, int32_t rank) {
+  for (const pb::Member& member : m.members()) {
+    if (member.rank() == rank) return member.dropped();
+  }
+  return false;
+}
+
 }  // namespace
 
 int32_t RankOf(const ClusterConfig& cfg, bool attention, int32_t index) {
@@ -197,31 +227,6 @@ void Heartbeat::ReportMeshFailure(int64_t epoch, const std::string& why) {
     mesh_failure_ = why;
   }
   beat_now_.store(true);
-}
-
-absl::StatusOr<std::optional<moe::MeshReform>> ReformFrom(const ClusterConfig& cfg,
-                                                          const pb::Mesh& m, int64_t generation) {
-  if (m.formed_epoch() <= generation) return std::optional<moe::MeshReform>();
-  moe::MeshReform r;
-  r.generation = m.formed_epoch();
-  SY_ASSIGN_OR_RETURN(r.placement, coordinator::PlacementFromProto(m.placement()));
-  for (const pb::Member& member : m.members()) {
-    if (member.role() == pb::ROLE_ATTENTION && !member.dropped()) {
-      r.ranks.attention.push_back(member.rank());
-    }
-  }
-  std::sort(r.ranks.attention.begin(), r.ranks.attention.end());
-  for (int32_t j = 0; j < cfg.topology.expert_workers; ++j) {
-    r.ranks.experts.push_back(RankOf(cfg, false, j));
-  }
-  return std::optional<moe::MeshReform>(std::move(r));
-}
-
-bool DroppedFrom(const pb::Mesh& m, int32_t rank) {
-  for (const pb::Member& member : m.members()) {
-    if (member.rank() == rank) return member.dropped();
-  }
-  return false;
 }
 
 bool FollowReforms(const ClusterConfig& cfg, const pb::Mesh& m, int32_t rank, int64_t generation,

@@ -48,16 +48,6 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
                                     std::chrono::milliseconds timeout,
                                     const std::string& staging_address = "");
 
-// The reform a worker of mesh generation `generation` must adopt from the
-// coordinator's mesh `m` (nullopt: the mesh has not been re-formed since;
-// an error: its placement is invalid). Attention ranks: the members not
-// dropped; expert ranks: every expert worker's, by index.
-absl::StatusOr<std::optional<moe::MeshReform>> ReformFrom(const ClusterConfig& cfg,
-                                                          const ::switchyard::internal::v1::Mesh& m,
-                                                          int64_t generation);
-// True when `m` lists `rank` as dropped (this worker was left out of a
-// re-formed mesh and must stop).
-bool DroppedFrom(const ::switchyard::internal::v1::Mesh& m, int32_t rank);
 // A worker's watcher, at each mesh `m`: when `m` dropped this worker (rank),
 // sets *dropped and interrupts `transport` (once) and returns true: the
 // worker must stop. Otherwise hands `request` the reform to adopt when `m`

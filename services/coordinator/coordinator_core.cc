@@ -289,7 +289,6 @@ TransitionProgress CoordinatorCore::ProgressLocked() const {
   p.epoch = next_->placement.epoch;
   p.state = next_->state;
   p.failure = next_->failure;
-  p.expert_workers = static_cast<int32_t>(experts_.size());
   p.expert_workers = 0;
   for (const MemberInfo& m : experts_) {
     if (m.dropped) continue;

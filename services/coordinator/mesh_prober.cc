@@ -1,33 +1,13 @@
 #include "services/coordinator/mesh_prober.h"
 
-#include <memory>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/log.h"
-#include "grpc/health/v1/health.grpc.pb.h"
-#include "grpcpp/grpcpp.h"
+#include "services/cluster/grpc_server.h"
 
 namespace sy::coordinator {
-
-namespace {
-
-// Empty when `address` answers SERVING within `timeout`, else why not.
-std::string Probe(const std::string& address, std::chrono::milliseconds timeout) {
-  auto stub = grpc::health::v1::Health::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + timeout);
-  grpc::health::v1::HealthCheckRequest req;
-  grpc::health::v1::HealthCheckResponse resp;
-  const grpc::Status st = stub->Check(&ctx, req, &resp);
-  if (!st.ok()) return st.error_message().empty() ? "no answer" : st.error_message();
-  if (resp.status() != grpc::health::v1::HealthCheckResponse::SERVING) return "not serving";
-  return "";
-}
-
-}  // namespace
 
 MeshProber::MeshProber(CoordinatorCore* core, std::chrono::milliseconds probe_timeout)
     : core_(core), probe_timeout_(probe_timeout) {
@@ -73,8 +53,9 @@ void MeshProber::Run() {
     std::vector<std::thread> probes;
     for (size_t i = 0; i < mesh.members.size(); ++i) {
       if (mesh.members[i].dropped) continue;
-      probes.emplace_back(
-          [&, i] { verdict[i] = Probe(mesh.members[i].grpc_address, probe_timeout_); });
+      probes.emplace_back([&, i] {
+        verdict[i] = cluster::HealthCheckFailure(mesh.members[i].grpc_address, "", probe_timeout_);
+      });
     }
     for (std::thread& t : probes) t.join();
     std::vector<int32_t> dead;
@@ -84,9 +65,6 @@ void MeshProber::Run() {
       dead.push_back(mesh.members[i].rank);
       reasons.push_back(absl::StrCat("rank ", mesh.members[i].rank, " at ",
                                      mesh.members[i].grpc_address, ": ", verdict[i]));
-    }
-    if (!dead.empty()) {
-      SY_LOG(WARNING) << "unreachable: " << absl::StrJoin(reasons, "; ");
     }
     const absl::StatusOr<int64_t> e = core_->Reform(
         dead, epoch,

@@ -222,12 +222,10 @@ TEST_P(MoeMeshTest, MatchesSingleProcessEngine) {
         MakeAttentionSide(*cfg, **ckpt, *placement, ranks, transports[1].get(), timeout);
     ASSERT_NE(side.runner, nullptr);
     RemoteExpertExecutor* raw = side.exec;
-    auto* runner = &side.runner;
-    auto* cache = &side.cache;
-    auto blocks = (*cache)->allocator().Allocate(8);
+    auto blocks = side.cache->allocator().Allocate(8);
     ASSERT_TRUE(blocks.ok());
-    ASSERT_TRUE((*runner)
-                    ->Forward(engine::SingleSequenceBatch(prompts[1], 0, *blocks, 8), **cache,
+    ASSERT_TRUE(side.runner
+                    ->Forward(engine::SingleSequenceBatch(prompts[1], 0, *blocks, 8), *side.cache,
                               &got1.prefill)
                     .ok());
     ASSERT_TRUE(raw->RunEmptyStep().ok());
@@ -354,10 +352,8 @@ TEST(MoeMeshReformTest, SurvivorsServeOnAfterAnExpertWorkerDies) {
       MakeAttentionSide(*cfg, **ckpt, *placement, ranks, transports[0].get(), timeout, 1);
   ASSERT_NE(side.runner, nullptr);
   RemoteExpertExecutor* aw = side.exec;
-  auto* runner = &side.runner;
-  auto* cache = &side.cache;
   const auto& prompt = prompts[0];
-  auto blocks = (*cache)->allocator().Allocate(8 + (prompt.size() + kDecode) / 8);
+  auto blocks = side.cache->allocator().Allocate(8 + (prompt.size() + kDecode) / 8);
   ASSERT_TRUE(blocks.ok());
   int failures = 0;
   std::vector<std::vector<float>> got(kDecode + 1);
@@ -366,7 +362,7 @@ TEST(MoeMeshReformTest, SurvivorsServeOnAfterAnExpertWorkerDies) {
         i == 0 ? engine::SingleSequenceBatch(prompt, 0, *blocks, 8)
                : engine::SingleSequenceBatch({prompt[static_cast<size_t>(i) % prompt.size()]},
                                              prompt.size() + i - 1, *blocks, 8);
-    absl::Status st = (*runner)->Forward(b, **cache, &got[i]);
+    absl::Status st = side.runner->Forward(b, *side.cache, &got[i]);
     if (!st.ok()) {
       ++failures;
       ASSERT_LE(failures, 1) << st;
@@ -377,7 +373,7 @@ TEST(MoeMeshReformTest, SurvivorsServeOnAfterAnExpertWorkerDies) {
       aw->RequestReform(reform);
       ASSERT_TRUE(aw->AwaitReform(absl::Seconds(5)));
       EXPECT_EQ(aw->serving_epoch(), survivors->epoch);
-      st = (*runner)->Forward(b, **cache, &got[i]);
+      st = side.runner->Forward(b, *side.cache, &got[i]);
       ASSERT_TRUE(st.ok()) << "retry of step " << i << ": " << st;
     }
     EXPECT_LT(MaxDiff(got[i], ref[i]), 1e-4) << "step " << i;

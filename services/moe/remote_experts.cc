@@ -87,7 +87,9 @@ void RemoteExpertExecutor::RequestReform(MeshReform reform) {
   reforms_.Post(std::move(reform), generation_.load(), transport_);
 }
 
-bool RemoteExpertExecutor::ApplyReform() { return AwaitReform(absl::ZeroDuration()); }
+bool RemoteExpertExecutor::ApplyReform() {
+  return transport_->interrupted() && AwaitReform(absl::ZeroDuration());
+}
 
 bool RemoteExpertExecutor::AwaitReform(absl::Duration timeout) {
   std::optional<MeshReform> reform = reforms_.Take(timeout);
@@ -431,11 +433,12 @@ void ExpertServer::RequestReform(MeshReform reform) {
   reforms_.Post(std::move(reform), generation_.load(), transport_);
 }
 
-absl::StatusOr<bool> ExpertServer::ApplyReform(const ExpertFetcher& fetch) {
-  return AwaitReform(absl::ZeroDuration(), fetch);
+absl::StatusOr<bool> ExpertServer::ApplyReform() {
+  if (!transport_->interrupted()) return false;
+  return AwaitReform(absl::ZeroDuration());
 }
 
-absl::StatusOr<bool> ExpertServer::AwaitReform(absl::Duration timeout, const ExpertFetcher& fetch) {
+absl::StatusOr<bool> ExpertServer::AwaitReform(absl::Duration timeout) {
   std::optional<MeshReform> reform = reforms_.Take(timeout);
   if (!reform.has_value()) return false;
   std::shared_ptr<Generation> cur, staged;
@@ -448,7 +451,7 @@ absl::StatusOr<bool> ExpertServer::AwaitReform(absl::Duration timeout, const Exp
   if (staged != nullptr) reuse.push_back(staged.get());
   StageStats stats;
   absl::StatusOr<std::shared_ptr<Generation>> built =
-      Build(reform->placement, reuse, fetch, /*budget=*/0, &stats);
+      Build(reform->placement, reuse, {}, /*budget=*/0, &stats);
   if (!built.ok()) {
     return Annotate(built.status(),
                     absl::StrCat("expert worker ", worker_index_, ": adopting the re-formed mesh"));

@@ -71,6 +71,8 @@ struct MeshReform {
 
 // Hands a reform from the control thread to a worker's step thread.
 // Thread-safe.
+// A pending reform always has its transport interrupted, so a step thread
+// may check Transport::interrupted() before taking one.
 class ReformMailbox {
  public:
   // Keeps `reform` and interrupts `transport`, unless its generation is not
@@ -100,7 +102,7 @@ class RemoteExpertExecutor : public engine::ExpertExecutor {
   // Ignored unless its generation is newer than the one served or pending.
   void RequestReform(MeshReform reform);
   // Step thread, between steps: adopts a requested reform (true) and lets
-  // exchanges run again.
+  // exchanges run again. Costs one atomic load when none is pending.
   bool ApplyReform();
   // Step thread, after a failed step: waits up to `timeout` for a reform and
   // adopts it (false: none came).
@@ -194,14 +196,14 @@ class ExpertServer {
   void RequestReform(MeshReform reform);
   // Step thread, between steps: adopts a requested reform (true): builds the
   // generation of its placement from the experts held (serving or staged)
-  // and `fetch` (this worker's own source when empty) for the rest, drops
-  // a staged placement, reports the partial load chunk and counts steps from
-  // 0. An error (an expert that cannot be loaded) leaves the worker unable
-  // to serve.
-  absl::StatusOr<bool> ApplyReform(const ExpertFetcher& fetch = {});
+  // and this worker's own source (Load) for the rest, drops a staged
+  // placement, reports the partial load chunk and counts steps from 0. An
+  // error (an expert that cannot be loaded) leaves the worker unable to
+  // serve. Costs one atomic load when none is pending.
+  absl::StatusOr<bool> ApplyReform();
   // Step thread, after a failed step: waits up to `timeout` for a reform and
   // adopts it (false: none came).
-  absl::StatusOr<bool> AwaitReform(absl::Duration timeout, const ExpertFetcher& fetch = {});
+  absl::StatusOr<bool> AwaitReform(absl::Duration timeout);
   int64_t generation() const { return generation_.load(); }
 
   // Serves one whole step (every MoE layer), first switching to the staged

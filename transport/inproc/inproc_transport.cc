@@ -68,8 +68,7 @@ void Fabric::Wake(int32_t dst) {
 
 absl::Status Fabric::Collect(int32_t dst, uint64_t tag, const std::vector<int32_t>& srcs,
                              std::vector<std::vector<uint8_t>>* out, absl::Time deadline,
-                             const std::function<bool()>& interrupted,
-                             const absl::Status& aborted) {
+                             const std::function<bool()>& interrupted) {
   out->assign(srcs.size(), {});
   std::vector<bool> got(srcs.size(), false);
   size_t num_got = 0;
@@ -97,7 +96,7 @@ absl::Status Fabric::Collect(int32_t dst, uint64_t tag, const std::vector<int32_
     }
     if (interrupted && interrupted()) {
       out->clear();
-      return aborted;
+      return absl::AbortedError("interrupted");
     }
     const absl::Duration left = deadline - absl::Now();
     if (left <= absl::ZeroDuration()) {
@@ -168,9 +167,9 @@ absl::Status InprocTransport::Exchange(uint64_t tag, const std::vector<SendItem>
     if (received != nullptr) received->clear();
     return absl::OkStatus();
   }
-  return fabric_->Collect(
-      rank_, tag, recv_from, received, deadline, [this] { return interrupted(); },
-      InterruptedError());
+  const absl::Status st =
+      fabric_->Collect(rank_, tag, recv_from, received, deadline, [this] { return interrupted(); });
+  return absl::IsAborted(st) ? InterruptedError() : st;
 }
 
 absl::Status InprocTransport::Close() {

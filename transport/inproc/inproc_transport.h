@@ -49,11 +49,11 @@ class Fabric {
   // Takes one message with `tag` from each rank of `srcs` (in that order)
   // into (*out)[i], waiting until `deadline`. Unavailable when a source has
   // left without leaving the message; DeadlineExceeded naming the missing
-  // sources otherwise; Aborted (`aborted`) once `interrupted` holds. Messages
-  // already taken when it fails are dropped.
+  // sources otherwise; Aborted once `interrupted` holds. Messages already
+  // taken when it fails are dropped.
   absl::Status Collect(int32_t dst, uint64_t tag, const std::vector<int32_t>& srcs,
                        std::vector<std::vector<uint8_t>>* out, absl::Time deadline,
-                       const std::function<bool()>& interrupted, const absl::Status& aborted);
+                       const std::function<bool()>& interrupted);
   // Wakes `dst`'s waits (so they check their interrupt).
   void Wake(int32_t dst);
 
