@@ -214,6 +214,7 @@ struct ClusterOptions {
   int64_t expert_memory_limit_bytes = 0;
   std::string eplb_yaml;              // the eplb section's keys, one "key: value" per line
   int64_t worker_timeout_ms = 10000;  // coordinator.worker_timeout_ms
+  bool restart_workers = false;       // switchyard-local --restart-workers
 };
 
 class Cluster {
@@ -255,6 +256,7 @@ class Cluster {
     const std::string launcher = LauncherPath();
     const std::string log_dir = dir_ + "/logs";
     std::vector<std::string> argv_s = {launcher, "--config", yaml_, "--log-dir", log_dir};
+    if (options.restart_workers) argv_s.push_back("--restart-workers");
     std::vector<char*> argv;
     for (auto& a : argv_s) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -2149,6 +2151,81 @@ TEST(ClusterFailoverTest, StreamsSurviveAKilledExpertWorker) {
 
 TEST(ClusterFailoverTest, StreamsSurviveAFrozenExpertWorker) {
   ExpectStreamsSurviveALostExpertWorker(SIGSTOP, "failover-freeze");
+}
+
+// switchyard-local --restart-workers: an expert worker killed mid-stream is
+// restarted and joins the running mesh as a replacement. The streams under
+// way finish with the reference tokens on the survivor; the replacement
+// loads, is admitted at a new epoch with no slots, and the coordinator moves
+// its experts back (the placement from before the kill, a "rejoin"
+// re-placement); the same requests then give the same tokens again, now
+// served by both expert workers.
+TEST(ClusterFailoverTest, ARestartedExpertWorkerRejoinsAndGetsItsExpertsBack) {
+  ClusterOptions o;
+  o.attention_workers = 1;
+  o.expert_workers = 2;
+  o.redundant_experts = 16;  // each worker holds every expert
+  o.worker_timeout_ms = 2000;
+  o.restart_workers = true;
+  Cluster cluster;
+  const absl::Status started = cluster.Start(o, "rejoin");
+  ASSERT_TRUE(started.ok()) << started;
+  const v1::StatusResponse before = AdminStatus(cluster);
+  const FailoverRun run = PrepareFailover(cluster);
+  ASSERT_EQ(run.reference.size(), 4u);
+  std::vector<StreamOutcome> got;
+  std::thread streams([&] { got = RunStreams(cluster.stub(), run.requests); });
+  AwaitMoreSteps(cluster, 20);
+  const pid_t victim = cluster.WorkerPid("switchyard-expert-worker", 1);
+  ASSERT_GT(victim, 0) << Describe(ProcessesMentioning(cluster.dir()));
+  const auto t_kill = Clock::now();
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  streams.join();
+  ASSERT_EQ(got.size(), run.reference.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_TRUE(got[i].status.ok()) << "stream " << i << ": " << got[i].status.error_message();
+    EXPECT_EQ(got[i].tokens, run.reference[i].tokens) << "stream " << i;
+  }
+  // The replacement joins and the experts move back.
+  v1::StatusResponse now;
+  bool restored = false;
+  while (!restored && Clock::now() - t_kill < std::chrono::seconds(90)) {
+    now = AdminStatus(cluster);
+    for (const v1::RebalanceRecord& r : now.rebalances()) {
+      restored |= r.trigger() == "rejoin" && r.outcome() == "committed";
+    }
+    if (!restored) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const double restored_s = SecondsSince(t_kill);
+  ASSERT_TRUE(restored) << "no rejoin re-placement committed\n" << cluster.Logs();
+  for (const v1::AdminMember& m : now.members()) {
+    EXPECT_TRUE(m.alive() && m.ready() && !m.dropped() && !m.joining()) << m.ShortDebugString();
+  }
+  EXPECT_GT(now.epoch(), before.epoch());
+  EXPECT_THAT(now.worker_slot_begin(), ::testing::ElementsAreArray(before.worker_slot_begin()));
+  ASSERT_EQ(now.placement_size(), before.placement_size());
+  for (int l = 0; l < now.placement_size(); ++l) {
+    EXPECT_THAT(now.placement(l).phy2log(),
+                ::testing::ElementsAreArray(before.placement(l).phy2log()))
+        << "MoE layer " << l;
+  }
+  std::vector<StreamOutcome> after = RunStreams(cluster.stub(), run.requests);
+  ASSERT_EQ(after.size(), run.reference.size());
+  for (size_t i = 0; i < after.size(); ++i) {
+    EXPECT_TRUE(after[i].status.ok()) << "stream " << i << ": " << after[i].status.error_message();
+    EXPECT_EQ(after[i].tokens, run.reference[i].tokens) << "stream " << i;
+  }
+  const std::string launcher = ReadFile(cluster.dir() + "/launcher.stderr");
+  EXPECT_THAT(launcher, ::testing::HasSubstr("restarted expert-worker-1 (restart 1)"));
+  const std::string coordinator_log = ReadFile(cluster.dir() + "/logs/coordinator.log");
+  EXPECT_THAT(coordinator_log, ::testing::HasSubstr("(a replacement) joined"));
+  const std::string ew_log = ReadFile(cluster.dir() + "/logs/expert-worker-1.log");
+  EXPECT_THAT(ew_log, ::testing::HasSubstr("waiting to be admitted to the mesh"));
+  EXPECT_THAT(ew_log, ::testing::HasSubstr("expert worker 1: serving placement epoch"));
+  Progress(
+      "rejoin: streams finished on the survivor; replacement admitted and its experts back "
+      "%.1f s after the kill",
+      restored_s);
 }
 
 // kill -9 of one of two attention workers mid-stream: the expert workers'

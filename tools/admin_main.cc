@@ -101,6 +101,8 @@ int Status(v1::Admin::Stub& stub) {
                        {"grpc_address", m.grpc_address()},
                        {"alive", m.alive()},
                        {"ready", m.ready()},
+                       {"dropped", m.dropped()},
+                       {"joining", m.joining()},
                        {"serving_epoch", m.serving_epoch()},
                        {"staged_epoch", m.staged_epoch()}});
   }

@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -44,16 +45,32 @@ ABSL_FLAG(std::string, log_dir, "",
 ABSL_FLAG(std::string, bin_dir, "",
           "Where the switchyard-* binaries are (default: next to this one)");
 ABSL_FLAG(int32_t, ready_timeout_s, 180, "Give up when the cluster is not serving after this long");
+ABSL_FLAG(bool, restart_workers, false,
+          "Restart a worker that dies once the cluster serves (after 1 s, doubling up to 30 s "
+          "while it keeps dying within a minute of starting); the restarted worker joins the "
+          "running mesh as a replacement");
 
 namespace {
 
 struct Child {
   std::string name;
+  std::vector<std::string> argv;
   pid_t pid = -1;
   std::string log;
   bool exited = false;
   int status = 0;
+  // --restart-workers: when to start it again (after it died), and the
+  // delay after the next death.
+  std::optional<std::chrono::steady_clock::time_point> restart_at;
+  std::chrono::steady_clock::time_point started;
+  std::chrono::milliseconds backoff{1000};
+  int restarts = 0;
 };
+
+bool IsWorker(const Child& c) {
+  return absl::StartsWith(c.name, "attention-worker-") ||
+         absl::StartsWith(c.name, "expert-worker-");
+}
 
 std::string SelfDir() {
   std::error_code ec;
@@ -230,8 +247,33 @@ int main(int argc, char** argv) {
       return false;
     }
     c.pid = *pid;
+    c.argv = std::move(argv);
+    c.started = std::chrono::steady_clock::now();
     children.push_back(c);
     return true;
+  };
+  const bool restart_workers = absl::GetFlag(FLAGS_restart_workers);
+  // Starts the dead workers whose restart is due.
+  auto restart_due = [&] {
+    const auto now = std::chrono::steady_clock::now();
+    for (Child& c : children) {
+      if (!c.exited || !c.restart_at.has_value() || now < *c.restart_at) continue;
+      auto pid = Spawn(c.argv, c.log);
+      if (!pid.ok()) {
+        std::cerr << "switchyard-local: restarting " << c.name << ": " << pid.status().message()
+                  << "; trying again in " << c.backoff.count() << " ms\n";
+        c.restart_at = now + c.backoff;
+        continue;
+      }
+      ++c.restarts;
+      std::cerr << "switchyard-local: restarted " << c.name << " (restart " << c.restarts
+                << "); it joins the running mesh once it has loaded\n";
+      c.pid = *pid;
+      c.exited = false;
+      c.status = 0;
+      c.restart_at.reset();
+      c.started = now;
+    }
   };
   bool ok = start("coordinator", {bin + "/switchyard-coordinator", "--config", config});
   for (int i = 0; ok && i < cfg->topology.expert_workers; ++i) {
@@ -275,19 +317,30 @@ int main(int argc, char** argv) {
       bool fatal = false;
       for (Child* c : dead) {
         if (CleanExit(*c)) continue;
-        const bool worker = absl::StartsWith(c->name, "attention-worker-") ||
-                            absl::StartsWith(c->name, "expert-worker-");
+        const bool worker = IsWorker(*c);
         fatal |= !worker;
+        std::string restart;
+        if (worker && restart_workers) {
+          // A worker that dies soon after starting backs off; one that ran
+          // for a minute starts again after a second.
+          const auto now = std::chrono::steady_clock::now();
+          if (now - c->started > std::chrono::minutes(1)) c->backoff = std::chrono::seconds(1);
+          c->restart_at = now + c->backoff;
+          restart = absl::StrCat(" and restarts it in ", c->backoff.count(), " ms");
+          c->backoff =
+              std::min<std::chrono::milliseconds>(2 * c->backoff, std::chrono::seconds(30));
+        }
         std::cerr << "switchyard-local: " << c->name << " " << Describe(*c)
-                  << (worker ? "; the rest keeps running (the coordinator re-forms the mesh "
-                               "without it)"
+                  << (worker ? absl::StrCat("; the rest keeps running (the coordinator re-forms "
+                                            "the mesh without it)",
+                                            restart)
                              : "")
                   << "; its log (" << c->log << ") ends with:\n"
                   << LogTail(c->log);
       }
       int attention_left = 0, experts_left = 0;
       for (const Child& c : children) {
-        if (c.exited) continue;
+        if (c.exited && !c.restart_at.has_value()) continue;
         attention_left += absl::StartsWith(c.name, "attention-worker-") ? 1 : 0;
         experts_left += absl::StartsWith(c.name, "expert-worker-") ? 1 : 0;
       }
@@ -317,6 +370,7 @@ int main(int argc, char** argv) {
       exit_code = 1;
       break;
     }
+    if (ready) restart_due();
     if (!ready) {
       if (RouterServing(api)) {
         ready = true;

@@ -4,6 +4,7 @@
 #include <optional>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "engine/model_runner.h"
@@ -104,6 +105,17 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   // Ready: the router may send requests (they queue in the engine); steps
   // start once every worker has loaded.
   mesh.heartbeat->SetReady();
+  if (mesh.joining) {
+    // A replacement: the coordinator admits it with a reform once it is
+    // ready; the router sends it requests from then on.
+    SY_RETURN_IF_ERROR(cluster::AwaitAdmission(
+        absl::StrCat("attention worker ", index), [&] { return mesh_exec->in_mesh(); },
+        [&](absl::Duration poll) {
+          mesh_exec->AwaitReform(poll);
+          return absl::OkStatus();
+        },
+        [&] { return should_stop() || dropped.load(); }));
+  }
   SY_RETURN_IF_ERROR(cluster::WaitForReadyMesh(cfg, cluster::kReadyTimeout));
   server.SetServing({"switchyard.internal.v1.AttentionWorker"}, true);
   SY_LOG(INFO) << "attention worker " << index << " serving on " << listen;

@@ -54,24 +54,44 @@ absl::StatusOr<std::optional<moe::MeshReform>> ReformFrom(const ClusterConfig& c
   moe::MeshReform r;
   r.generation = m.formed_epoch();
   SY_ASSIGN_OR_RETURN(r.placement, coordinator::PlacementFromProto(m.placement()));
+  r.ranks.experts.assign(cfg.topology.expert_workers, -1);
   for (const pb::Member& member : m.members()) {
-    if (member.role() == pb::ROLE_ATTENTION && !member.dropped()) {
+    if (member.dropped() || member.joining()) continue;
+    if (member.role() == pb::ROLE_ATTENTION) {
       r.ranks.attention.push_back(member.rank());
+    } else {
+      const int32_t j = member.rank() - cfg.topology.attention_workers;
+      if (j >= 0 && j < cfg.topology.expert_workers) r.ranks.experts[j] = member.rank();
     }
   }
   std::sort(r.ranks.attention.begin(), r.ranks.attention.end());
-  for (int32_t j = 0; j < cfg.topology.expert_workers; ++j) {
-    r.ranks.experts.push_back(RankOf(cfg, false, j));
-  }
   return std::optional<moe::MeshReform>(std::move(r));
 }
 
-// True when `m` lists `rank` as dropped.
-bool DroppedFrom(const pb::Mesh& m, int32_t rank) {
+// Why `m` no longer has this process (rank, at `address`) as a member: it
+// was dropped, or another process registered the rank since; "" when it has.
+std::string GoneFrom(const pb::Mesh& m, int32_t rank, const std::string& address) {
   for (const pb::Member& member : m.members()) {
-    if (member.rank() == rank) return member.dropped();
+    if (member.rank() != rank) continue;
+    if (member.dropped()) return "the coordinator re-formed the mesh without this worker";
+    if (member.transport_address() != address) {
+      return absl::StrCat("rank ", rank, " registered again from ", member.grpc_address(),
+                          ": this worker was replaced");
+    }
   }
-  return false;
+  return "";
+}
+
+// The transport addresses of the members in the mesh (not dropped, not
+// joining).
+std::vector<transport::PeerAddress> MeshPeers(const pb::Mesh& m) {
+  std::vector<transport::PeerAddress> peers;
+  for (const pb::Member& member : m.members()) {
+    if (!member.dropped() && !member.joining()) {
+      peers.push_back({member.rank(), member.transport_address()});
+    }
+  }
+  return peers;
 }
 
 }  // namespace
@@ -130,12 +150,13 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
   }
   JoinedMesh out;
   out.rank = resp.rank();
+  out.registration = resp.registration();
   if (out.rank != transport.rank()) {
     return absl::InternalError(absl::StrCat("coordinator assigned rank ", out.rank,
                                             " but the transport was built for rank ",
                                             transport.rank()));
   }
-  out.heartbeat = std::make_unique<Heartbeat>(cfg, out.rank);
+  out.heartbeat = std::make_unique<Heartbeat>(cfg, out.rank, out.registration);
   SY_LOG(INFO) << "registered as rank " << out.rank << "; waiting for the mesh";
   pb::Mesh mesh;
   pb::GetMeshRequest complete;
@@ -148,32 +169,53 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
   }
   SY_ASSIGN_OR_RETURN(out.placement, coordinator::PlacementFromProto(mesh.placement()));
   out.generation = mesh.formed_epoch();
-  std::vector<transport::PeerAddress> peers;
   out.attention_grpc_addresses.resize(cfg.topology.attention_workers);
   out.expert_staging_addresses.resize(cfg.topology.expert_workers);
+  out.ranks.experts.assign(cfg.topology.expert_workers, -1);
   for (const pb::Member& m : mesh.members()) {
-    peers.push_back({m.rank(), m.transport_address()});
+    if (m.rank() == out.rank) {
+      out.joining = m.joining();
+      continue;
+    }
+    // Dropped members are gone; a replacement still loading joins later.
+    if (m.dropped() || m.joining()) continue;
     if (m.role() == pb::ROLE_ATTENTION) {
       out.ranks.attention.push_back(m.rank());
       out.attention_grpc_addresses[m.rank()] = m.grpc_address();
     } else {
-      out.ranks.experts.push_back(m.rank());
       const int32_t j = m.rank() - cfg.topology.attention_workers;
       if (j >= 0 && j < cfg.topology.expert_workers) {
+        out.ranks.experts[j] = m.rank();
         out.expert_staging_addresses[j] = m.staging_address();
       }
     }
   }
-  SY_RETURN_IF_ERROR(Annotate(transport.Connect(peers), "connecting the mesh"));
-  SY_LOG(INFO) << "mesh joined at epoch " << mesh.epoch() << ": " << out.ranks.attention.size()
-               << " attention and " << out.ranks.experts.size() << " expert workers";
+  // A replacement takes part once the reform that admits it lists it.
+  if (!out.joining && attention) {
+    out.ranks.attention.push_back(out.rank);
+    std::sort(out.ranks.attention.begin(), out.ranks.attention.end());
+    out.attention_grpc_addresses[out.rank] = grpc_address;
+  } else if (!out.joining) {
+    out.ranks.experts[out.rank - cfg.topology.attention_workers] = out.rank;
+  }
+  if (!attention) {
+    out.expert_staging_addresses[out.rank - cfg.topology.attention_workers] = staging_address;
+  }
+  SY_RETURN_IF_ERROR(Annotate(transport.Connect(MeshPeers(mesh)), "connecting the mesh"));
+  if (out.joining) {
+    SY_LOG(INFO) << "registered as a replacement into the running mesh (epoch " << mesh.epoch()
+                 << "); it joins once this worker has loaded";
+  } else {
+    SY_LOG(INFO) << "mesh joined at epoch " << mesh.epoch() << ": " << out.ranks.attention.size()
+                 << " attention and " << out.ranks.experts.size() << " expert workers";
+  }
   return out;
 }
 
-Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank) {
+Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank, uint64_t registration) {
   const std::string address = cfg.coordinator.listen.address();
   const auto period = std::chrono::milliseconds(cfg.coordinator.heartbeat_ms);
-  thread_ = std::thread([this, address, period, rank] {
+  thread_ = std::thread([this, address, period, rank, registration] {
     auto stub =
         pb::Coordinator::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
     int64_t sent_news = 0;
@@ -187,6 +229,7 @@ Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank) {
       ctx.set_deadline(std::chrono::system_clock::now() + period);
       pb::HeartbeatRequest req;
       req.set_rank(rank);
+      req.set_registration(registration);
       req.set_ready(ready_.load(std::memory_order_relaxed));
       sent_news = news();
       {
@@ -232,10 +275,9 @@ void Heartbeat::ReportMeshFailure(int64_t epoch, const std::string& why) {
 bool FollowReforms(const ClusterConfig& cfg, const pb::Mesh& m, int32_t rank, int64_t generation,
                    transport::Transport& transport, std::atomic<bool>* dropped,
                    const std::function<void(moe::MeshReform)>& request) {
-  if (DroppedFrom(m, rank)) {
+  if (const std::string gone = GoneFrom(m, rank, transport.local_address()); !gone.empty()) {
     if (!dropped->exchange(true)) {
-      SY_LOG(ERROR) << "rank " << rank
-                    << ": the coordinator re-formed the mesh without this worker; stopping";
+      SY_LOG(ERROR) << "rank " << rank << ": " << gone << "; stopping";
       transport.Interrupt();
     }
     return true;
@@ -245,9 +287,28 @@ bool FollowReforms(const ClusterConfig& cfg, const pb::Mesh& m, int32_t rank, in
     SY_LOG(ERROR) << "rank " << rank << ": re-formed mesh epoch " << m.epoch()
                   << " is invalid: " << reform.status();
   } else if (reform->has_value()) {
+    // A replacement that joined has a new address: reach it before stepping.
+    if (absl::Status st = transport.Connect(MeshPeers(m)); !st.ok()) {
+      SY_LOG(ERROR) << "rank " << rank << ": connecting the re-formed mesh: " << st;
+    }
     request(**std::move(reform));
   }
   return false;
+}
+
+absl::Status AwaitAdmission(const std::string& who, const std::function<bool()>& admitted,
+                            const std::function<absl::Status(absl::Duration poll)>& adopt,
+                            const std::function<bool()>& give_up) {
+  SY_LOG(INFO) << who << ": loaded; waiting to be admitted to the mesh";
+  const auto deadline = Clock::now() + kReadyTimeout;
+  while (!admitted() && !give_up()) {
+    if (Clock::now() > deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(who, ": the coordinator did not admit this replacement"));
+    }
+    SY_RETURN_IF_ERROR(adopt(absl::Milliseconds(200)));
+  }
+  return absl::OkStatus();
 }
 
 std::chrono::milliseconds ReformWait(const ClusterConfig& cfg) {

@@ -26,12 +26,16 @@ class Heartbeat;
 
 struct JoinedMesh {
   int32_t rank = -1;
+  uint64_t registration = 0;  // the coordinator's token for this registration
+  // Registered as a replacement into a running mesh: the worker loads, reports
+  // ready, and takes part in steps from the reform that admits it.
+  bool joining = false;
   int64_t generation = 0;  // the mesh's formed_epoch: the data plane's tag generation
   // Started right after registering, so a worker waiting for slow peers is
   // not taken for dead; runs until the JoinedMesh is destroyed.
   std::unique_ptr<Heartbeat> heartbeat;
   eplb::Placement placement;
-  moe::MeshRanks ranks;
+  moe::MeshRanks ranks;  // the members in the mesh (this worker included)
   std::vector<std::string> attention_grpc_addresses;  // by attention index
   std::vector<std::string> expert_staging_addresses;  // by expert index ("" when none)
 };
@@ -49,12 +53,22 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
                                     const std::string& staging_address = "");
 
 // A worker's watcher, at each mesh `m`: when `m` dropped this worker (rank),
-// sets *dropped and interrupts `transport` (once) and returns true: the
-// worker must stop. Otherwise hands `request` the reform to adopt when `m`
-// re-formed the mesh since `generation` (an invalid one is logged).
+// or lists another process at its rank (it was replaced), sets *dropped and
+// interrupts `transport` (once) and returns true: the worker must stop.
+// Otherwise, when `m` re-formed the mesh since `generation`, connects the
+// transport to the members (a replacement's new address) and hands
+// `request` the reform to adopt (an invalid one is logged).
 bool FollowReforms(const ClusterConfig& cfg, const ::switchyard::internal::v1::Mesh& m,
                    int32_t rank, int64_t generation, transport::Transport& transport,
                    std::atomic<bool>* dropped, const std::function<void(moe::MeshReform)>& request);
+
+// A replacement (JoinedMesh::joining) that has reported ready: polls
+// `adopt` (waits up to `poll` for a reform and adopts it) until `admitted`
+// holds or `give_up` does; DeadlineExceeded after kReadyTimeout, an error
+// from `adopt` as is.
+absl::Status AwaitAdmission(const std::string& who, const std::function<bool()>& admitted,
+                            const std::function<absl::Status(absl::Duration poll)>& adopt,
+                            const std::function<bool()>& give_up);
 
 // How long a worker whose step failed waits for the coordinator to re-form
 // the mesh before it gives up (twice the worker timeout: a frozen peer is
@@ -79,7 +93,7 @@ class Heartbeat {
   // for (a switched or staged epoch): a change sends a heartbeat at once.
   using NewsProbe = std::function<int64_t()>;
 
-  Heartbeat(const ClusterConfig& cfg, int32_t rank);
+  Heartbeat(const ClusterConfig& cfg, int32_t rank, uint64_t registration);
   ~Heartbeat();
   // The worker has loaded what it serves; sent with the next heartbeat
   // (which is sent at once).

@@ -63,6 +63,8 @@ grpc::ServerUnaryReactor* AdminService::Status(grpc::CallbackServerContext* ctx,
     am->set_index(m.role == Role::kAttention ? m.rank : m.rank - num_aw);
     am->set_grpc_address(m.grpc_address);
     am->set_alive(m.alive);
+    am->set_dropped(m.dropped);
+    am->set_joining(m.joining);
     am->set_ready(m.ready);
     am->set_serving_epoch(m.serving_epoch);
     am->set_staged_epoch(m.staged_epoch);

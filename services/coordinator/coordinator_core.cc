@@ -10,6 +10,7 @@ namespace sy::coordinator {
 
 CoordinatorCore::CoordinatorCore(const CoordinatorOptions& options, eplb::Placement placement)
     : options_(options),
+      rng_(std::random_device{}()),
       attention_(options.attention_workers),
       experts_(options.expert_workers),
       placement_(std::move(placement)) {
@@ -31,7 +32,7 @@ bool CoordinatorCore::ReadyLocked() const {
   bool any_attention = false;
   for (const auto* list : {&attention_, &experts_}) {
     for (const MemberInfo& m : *list) {
-      if (m.dropped) continue;
+      if (m.dropped || m.joining) continue;
       if (!m.alive || !m.ready) return false;
       any_attention |= m.role == Role::kAttention;
     }
@@ -43,7 +44,7 @@ bool CoordinatorCore::ReadyLocked() const {
 bool CoordinatorCore::DegradedLocked() const {
   for (const auto* list : {&attention_, &experts_}) {
     for (const MemberInfo& m : *list) {
-      if (m.dropped) return true;
+      if (m.dropped || m.joining) return true;
     }
   }
   return false;
@@ -59,11 +60,9 @@ std::vector<MemberInfo> CoordinatorCore::RegisteredLocked() const {
   return out;
 }
 
-absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
-                                                  const std::string& grpc_address,
-                                                  const std::string& transport_address,
-                                                  const std::string& name,
-                                                  const std::string& staging_address) {
+absl::StatusOr<int32_t> CoordinatorCore::Register(
+    Role role, int32_t index, const std::string& grpc_address, const std::string& transport_address,
+    const std::string& name, const std::string& staging_address, uint64_t* registration) {
   if (grpc_address.empty()) return absl::InvalidArgumentError("grpc_address must not be empty");
   if (transport_address.empty()) {
     return absl::InvalidArgumentError("transport_address must not be empty");
@@ -76,14 +75,25 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
                                                    " ", role_name, " workers of the topology"));
   }
   MemberInfo& m = list[index];
-  if (m.dropped) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        role_name, " worker ", index, " was dropped from the mesh at epoch ", m.dropped_epoch,
-        "; a replacement cannot join a running mesh yet (restart the cluster to bring it back)"));
-  }
-  if (m.rank >= 0 && m.grpc_address != grpc_address && m.alive) {
+  if (m.rank >= 0 && m.grpc_address != grpc_address && m.alive && !m.dropped && !m.joining) {
     return absl::AlreadyExistsError(
         absl::StrCat(role_name, " worker ", index, " is already registered from ", m.grpc_address));
+  }
+  if (ever_ready_ && m.rank >= 0 && !m.dropped && !m.joining) {
+    // A member of the running mesh registers again: its process restarted,
+    // so the one the mesh holds is gone. Re-form without it (as for a
+    // failure found otherwise); the new one joins as its replacement.
+    const absl::StatusOr<int64_t> e =
+        ReformLocked({m.rank}, absl::StrCat("rank ", m.rank, " registered again (restarted)"));
+    if (!e.ok()) SY_LOG(ERROR) << "re-forming the mesh: " << e.status();
+  }
+  const bool replaces = m.dropped || m.joining;
+  if (replaces) {
+    SY_LOG(WARNING) << role_name << " worker " << index << " ('" << name << "') registered from "
+                    << grpc_address << " to replace the one dropped at epoch " << m.dropped_epoch
+                    << "; it joins the mesh once it has loaded";
+    m.dropped = false;
+    m.joining = true;
   }
   m.role = role;
   m.rank = role == Role::kAttention ? index : options_.attention_workers + index;
@@ -96,10 +106,14 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
   m.last_heartbeat = std::chrono::steady_clock::now();
   m.serving_epoch = 0;
   m.staged_epoch = 0;
+  do {
+    m.registration = rng_();
+  } while (m.registration == 0);
+  if (registration != nullptr) *registration = m.registration;
   ++version_;
   SY_LOG(INFO) << "registered " << role_name << " worker " << index << " ('" << name << "') at "
                << grpc_address << " as rank " << m.rank << " (version " << version_ << ")";
-  if (CompleteLocked()) SY_LOG(INFO) << "mesh complete at epoch " << epoch_;
+  if (CompleteLocked() && !replaces) SY_LOG(INFO) << "mesh complete at epoch " << epoch_;
   const int32_t rank = m.rank;
   lock.unlock();
   NotifyChange();
@@ -108,6 +122,7 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(Role role, int32_t index,
 
 absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank, const HeartbeatInfo& info) {
   bool found = false, changed = false, became_ready = false, mesh_ready = false;
+  MemberInfo* admit = nullptr;
   int64_t epoch = 0;
   int32_t expert_index = -1;
   std::vector<std::pair<eplb::Placement, LoadSample>> samples;
@@ -122,6 +137,11 @@ absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank, const Heartbeat
               absl::StrCat("rank ", rank, " was dropped from the mesh at epoch ", m.dropped_epoch,
                            "; the others serve without it (restart the worker)"));
         }
+        if (info.registration != 0 && info.registration != m.registration) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("rank ", rank, " has registered again since (from ", m.grpc_address,
+                           "): this process was replaced"));
+        }
         found = true;
         if (list == &experts_) expert_index = static_cast<int32_t>(i);
         m.last_heartbeat = std::chrono::steady_clock::now();
@@ -135,6 +155,7 @@ absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank, const Heartbeat
           m.ready = true;
           changed = became_ready = true;
           SY_LOG(INFO) << "rank " << rank << " (" << m.grpc_address << ") is ready";
+          if (m.joining) admit = &m;
         }
         if (info.serving_epoch != m.serving_epoch || info.staged_epoch != m.staged_epoch) {
           m.serving_epoch = info.serving_epoch;
@@ -162,6 +183,15 @@ absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank, const Heartbeat
         }
         if (p != nullptr) samples.emplace_back(*p, ls);
       }
+    }
+    if (admit != nullptr) {
+      // The replacement has loaded: re-form the mesh with it.
+      admit->joining = false;
+      admit->dropped_epoch = 0;
+      const absl::StatusOr<int64_t> e =
+          ReformLocked({}, absl::StrCat("rank ", rank, " (a replacement) joined"));
+      if (!e.ok()) SY_LOG(ERROR) << "re-forming the mesh with rank " << rank << ": " << e.status();
+      if (!DegradedLocked() && whole_.has_value()) restore_due_ = true;
     }
     if (found && MaybeFinishLocked()) changed = true;
     if (changed) ++version_;
@@ -200,7 +230,7 @@ bool CoordinatorCore::MaybeFinishLocked() {
   const int64_t e = next_->placement.epoch;
   for (const auto* list : {&attention_, &experts_}) {
     for (const MemberInfo& m : *list) {
-      if (!m.dropped && m.serving_epoch != e) return false;
+      if (!m.dropped && !m.joining && m.serving_epoch != e) return false;
     }
   }
   previous_ = std::move(placement_);
@@ -291,7 +321,7 @@ TransitionProgress CoordinatorCore::ProgressLocked() const {
   p.failure = next_->failure;
   p.expert_workers = 0;
   for (const MemberInfo& m : experts_) {
-    if (m.dropped) continue;
+    if (m.dropped || m.joining) continue;
     ++p.expert_workers;
     if (m.staged_epoch == p.epoch || m.serving_epoch == p.epoch) ++p.staged;
   }
@@ -339,18 +369,29 @@ MeshView CoordinatorCore::GetMesh() const {
 std::vector<int32_t> CoordinatorCore::ExpireSilent(std::chrono::steady_clock::time_point now) {
   std::unique_lock<std::mutex> lock(mu_);
   std::vector<int32_t> expired;
+  bool changed = false;
   for (auto* list : {&attention_, &experts_}) {
     for (MemberInfo& m : *list) {
       if (m.rank >= 0 && m.alive && now - m.last_heartbeat > options_.worker_timeout) {
         m.alive = false;
+        if (m.joining) {
+          // A replacement that went silent while loading: dropped again; the
+          // serving mesh never included it.
+          m.joining = false;
+          m.dropped = true;
+          SY_LOG(WARNING) << "rank " << m.rank << " (" << m.grpc_address
+                          << "), a replacement still loading, missed heartbeats; dropped again";
+          changed = true;
+          continue;
+        }
         expired.push_back(m.rank);
         SY_LOG(WARNING) << "rank " << m.rank << " (" << m.grpc_address
                         << ") missed heartbeats; marked dead";
       }
     }
   }
-  if (expired.empty()) return expired;
-  if (ever_ready_) {
+  if (expired.empty() && !changed) return expired;
+  if (!expired.empty() && ever_ready_) {
     // Steps may be under way: the survivors go on without the silent.
     const absl::StatusOr<int64_t> e = ReformLocked(expired, "missed heartbeats");
     if (!e.ok()) SY_LOG(ERROR) << "re-forming the mesh: " << e.status();
@@ -374,23 +415,27 @@ absl::StatusOr<int64_t> CoordinatorCore::Reform(const std::vector<int32_t>& dead
 
 absl::StatusOr<int64_t> CoordinatorCore::ReformLocked(const std::vector<int32_t>& dead,
                                                       const std::string& why) {
-  for (int32_t rank : dead) {
-    for (auto* list : {&attention_, &experts_}) {
-      for (MemberInfo& m : *list) {
-        if (m.rank != rank || m.rank < 0 || m.dropped) continue;
-        m.alive = false;
-        m.dropped = true;
-      }
-    }
-  }
   // The committed re-placement, if one is under way, is what the expert
   // workers hold or have staged; a staging one is dropped.
   const int64_t new_epoch = std::max(epoch_, next_.has_value() ? next_->placement.epoch : 0) + 1;
   const eplb::Placement& base = next_.has_value() && next_->state == TransitionState::kCommitted
                                     ? next_->placement
                                     : placement_;
+  if (!dead.empty() && !DegradedLocked()) whole_ = base;  // what to restore once whole again
+  for (int32_t rank : dead) {
+    for (auto* list : {&attention_, &experts_}) {
+      for (MemberInfo& m : *list) {
+        if (m.rank != rank || m.rank < 0 || m.dropped) continue;
+        m.alive = false;
+        m.dropped = true;
+        m.joining = false;
+      }
+    }
+  }
   std::vector<bool> alive(experts_.size());
-  for (size_t j = 0; j < experts_.size(); ++j) alive[j] = !experts_[j].dropped;
+  for (size_t j = 0; j < experts_.size(); ++j) {
+    alive[j] = !experts_[j].dropped && !experts_[j].joining;
+  }
   eplb::SurvivorStats stats;
   absl::StatusOr<eplb::Placement> next = eplb::SurvivorPlacement(base, alive, new_epoch, &stats);
   for (auto* list : {&attention_, &experts_}) {
@@ -426,6 +471,18 @@ absl::StatusOr<int64_t> CoordinatorCore::ReformLocked(const std::vector<int32_t>
                   << " (" << stats.dropped_slots << " slots per layer dropped, "
                   << stats.reloaded_slots << " slots given experts left without a replica)";
   return epoch_;
+}
+
+std::optional<eplb::Placement> CoordinatorCore::TakeRestore() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!restore_due_ || !whole_.has_value() || DegradedLocked() || next_.has_value() ||
+      !ReadyLocked()) {
+    return std::nullopt;
+  }
+  restore_due_ = false;
+  std::optional<eplb::Placement> out = std::move(whole_);
+  whole_.reset();
+  return out;
 }
 
 int64_t CoordinatorCore::epoch() const {

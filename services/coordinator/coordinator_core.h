@@ -27,6 +27,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,12 @@ struct MemberInfo {
   // and takes no part in steps from then on.
   bool dropped = false;
   int64_t dropped_epoch = 0;
+  // Registered at a dropped member's index while the mesh runs: it loads
+  // what the serving placement gives its index and joins (the mesh is
+  // re-formed with it) once it reports ready; until then it takes no part.
+  bool joining = false;
+  // Identifies the registration; heartbeats of an earlier one are refused.
+  uint64_t registration = 0;
 };
 
 // Tokens per local slot of an expert worker's range in placement `epoch`,
@@ -75,6 +82,9 @@ struct HeartbeatInfo {
   std::vector<LoadSample> load;
   int64_t mesh_failed_epoch = 0;  // a mesh step failed while serving this epoch
   std::string mesh_failure;
+  // The registration the worker got (Register's *registration); 0 skips the
+  // check (the gRPC front requires one).
+  uint64_t registration = 0;
 };
 
 enum class TransitionState { kStaging, kCommitted };
@@ -117,18 +127,27 @@ class CoordinatorCore {
  public:
   CoordinatorCore(const CoordinatorOptions& options, eplb::Placement placement);
 
-  // Adds worker `index` of `role` and returns its rank. InvalidArgument for an
+  // Adds worker `index` of `role` and returns its rank (and, in
+  // *registration, the token its heartbeats carry). InvalidArgument for an
   // index outside the topology or an empty address; AlreadyExists when
-  // another address holds that index. Re-registering the same address (a
-  // restart) replaces its transport address.
+  // another live address holds that index. Re-registering the same address
+  // (a restart) replaces its transport address. At the index of a member
+  // dropped from the running mesh it registers a replacement, which joins
+  // once it reports ready: the mesh is re-formed with it at a new epoch
+  // (holding what the serving placement gives its index: nothing after a
+  // survivor placement), and once no member is dropped any more, TakeRestore
+  // hands out the placement to move the experts back to.
   absl::StatusOr<int32_t> Register(Role role, int32_t index, const std::string& grpc_address,
                                    const std::string& transport_address, const std::string& name,
-                                   const std::string& staging_address = "");
+                                   const std::string& staging_address = "",
+                                   uint64_t* registration = nullptr);
   // Records a heartbeat, and `ready` once the worker reports it (readiness
   // is sticky until the worker registers again; the change listener runs
   // when the mesh becomes ready), the epochs it serves and has staged, a
   // staging failure, and hands its load samples to the load sink. NotFound
-  // for an unknown rank. Returns the serving epoch.
+  // for an unknown rank; FailedPrecondition for a dropped member or the
+  // token of an earlier registration. A joining member's first ready
+  // heartbeat re-forms the mesh with it. Returns the serving epoch.
   absl::StatusOr<int64_t> Heartbeat(int32_t rank, const HeartbeatInfo& info);
   absl::StatusOr<int64_t> Heartbeat(int32_t rank, bool ready = false) {
     HeartbeatInfo info;
@@ -184,6 +203,13 @@ class CoordinatorCore {
   using MeshFailureSink = std::function<void(int64_t epoch, int32_t rank, const std::string& why)>;
   void SetMeshFailureSink(MeshFailureSink sink);
 
+  // After replacements made the mesh whole again (no member dropped, every
+  // one ready, no re-placement under way): the placement that served before
+  // the first member was dropped, to re-place the experts back onto the
+  // replacements (its epoch is for BeginTransition to set). Handed out once;
+  // nullopt otherwise.
+  std::optional<eplb::Placement> TakeRestore();
+
   int64_t epoch() const;
   int64_t version() const;
 
@@ -215,6 +241,11 @@ class CoordinatorCore {
   bool ever_ready_ = false;  // the mesh has been ready once: steps may have run
   // Why the survivors of the last Reform cannot serve ("": they can).
   std::string unservable_;
+  // The placement serving when the mesh, whole, first lost a member; a
+  // restore is due once replacements make it whole again.
+  std::optional<eplb::Placement> whole_;
+  bool restore_due_ = false;
+  std::mt19937_64 rng_;  // registration tokens
   int64_t epoch_ = 1;
   int64_t formed_epoch_ = 1;
   int64_t version_ = 1;

@@ -82,6 +82,7 @@ void MeshToProto(const MeshView& mesh, pb::Mesh* out) {
     pm->set_last_heartbeat_unix_ms(0);
     pm->set_dropped(m.dropped);
     pm->set_dropped_epoch(m.dropped_epoch);
+    pm->set_joining(m.joining);
   }
   PlacementToProto(mesh.placement, out->mutable_placement());
   out->set_version(mesh.version);
@@ -112,10 +113,12 @@ grpc::ServerUnaryReactor* CoordinatorService::Register(grpc::CallbackServerConte
     return Done(ctx, "Register", start,
                 absl::InvalidArgumentError("role must be ROLE_ATTENTION or ROLE_EXPERT"));
   }
+  uint64_t registration = 0;
   auto rank = core_->Register(role, req->index(), req->grpc_address(), req->transport_address(),
-                              req->worker_name(), req->staging_address());
+                              req->worker_name(), req->staging_address(), &registration);
   if (rank.ok()) {
     resp->set_rank(*rank);
+    resp->set_registration(registration);
     resp->set_epoch(core_->epoch());
   }
   return Done(ctx, "Register", start, rank.status());
@@ -233,6 +236,12 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
       ls.slot_tokens.emplace_back(l.slot_tokens().begin(), l.slot_tokens().end());
     }
     info.load.push_back(std::move(ls));
+  }
+  info.registration = req->registration();
+  if (info.registration == 0) {
+    return Done(ctx, "Heartbeat", start,
+                absl::InvalidArgumentError(
+                    "registration must be set (the token RegisterResponse.registration gave)"));
   }
   auto epoch = core_->Heartbeat(req->rank(), info);
   if (epoch.ok()) {

@@ -1,6 +1,7 @@
 // The coordinator over real gRPC on 127.0.0.1: registration, ranks, mesh
 // completion, placement round trip, heartbeats and expiry.
 #include <atomic>
+#include <map>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -247,7 +248,12 @@ TEST_F(CoordinatorTest, HeartbeatsAndExpiry) {
   pb::HeartbeatRequest hb;
   hb.set_rank(r.rank());
   pb::HeartbeatResponse resp;
-  ASSERT_TRUE(stub_->Heartbeat(&ctx, hb, &resp).ok());
+  // Without the registration's token: refused.
+  EXPECT_EQ(stub_->Heartbeat(&ctx, hb, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_NE(r.registration(), 0u);
+  hb.set_registration(r.registration());
+  grpc::ClientContext ctx1;
+  ASSERT_TRUE(stub_->Heartbeat(&ctx1, hb, &resp).ok());
   const int64_t version = resp.version();
   EXPECT_TRUE(core_->ExpireSilent(std::chrono::steady_clock::now()).empty());
   auto later = std::chrono::steady_clock::now() + std::chrono::seconds(1);
@@ -267,7 +273,7 @@ TEST_F(CoordinatorTest, HeartbeatsTheCoordinatorDoesNotKnowAreLogged) {
   cfg.coordinator.heartbeat_ms = 20;
   ::testing::internal::CaptureStderr();
   {
-    cluster::Heartbeat hb(cfg, 3);
+    cluster::Heartbeat hb(cfg, 3, 12345);
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
   }
   const std::string err = ::testing::internal::GetCapturedStderr();
@@ -285,15 +291,18 @@ TEST_F(CoordinatorTest, ReadyOnlyOnceEveryWorkerHasLoaded) {
   const std::vector<std::pair<pb::Role, int32_t>> workers = {
       {pb::ROLE_ATTENTION, 0}, {pb::ROLE_ATTENTION, 1}, {pb::ROLE_EXPERT, 0}, {pb::ROLE_EXPERT, 1}};
   std::vector<int32_t> ranks;
+  std::map<int32_t, uint64_t> tokens;
   for (const auto& [role, index] : workers) {
     pb::RegisterResponse r;
     ASSERT_TRUE(Register(role, index, "w" + std::to_string(ranks.size()) + ":1", &r).ok());
     ranks.push_back(r.rank());
+    tokens[r.rank()] = r.registration();
   }
   auto heartbeat = [&](int32_t rank, bool ready) {
     grpc::ClientContext ctx;
     pb::HeartbeatRequest hb;
     hb.set_rank(rank);
+    hb.set_registration(tokens[rank]);
     hb.set_ready(ready);
     pb::HeartbeatResponse resp;
     return stub_->Heartbeat(&ctx, hb, &resp);
@@ -395,8 +404,6 @@ TEST(CoordinatorReformTest, DropsADeadExpertWorkerAndKeepsServing) {
   auto hb = core->Heartbeat(2, true);
   EXPECT_EQ(hb.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(hb.status().message(), HasSubstr("dropped from the mesh at epoch 2"));
-  EXPECT_EQ(core->Register(Role::kExpert, 1, "e1:2", "t-e1b", "e1").status().code(),
-            absl::StatusCode::kFailedPrecondition);
   // No re-placement while degraded.
   EXPECT_EQ(core->BeginTransition(v.placement).status().code(),
             absl::StatusCode::kFailedPrecondition);
@@ -406,6 +413,87 @@ TEST(CoordinatorReformTest, DropsADeadExpertWorkerAndKeepsServing) {
   EXPECT_EQ(*resync, 3);
   EXPECT_EQ(core->GetMesh().formed_epoch, 3);
   EXPECT_EQ(core->GetMesh().placement.phy2log, v.placement.phy2log);
+}
+
+// A replacement registers at the dropped worker's index while the survivors
+// serve: it is joining (the mesh stays ready and is not re-formed), the old
+// process's heartbeats are refused, and its first ready heartbeat re-forms
+// the mesh with it (holding no slots yet). The mesh is whole again, so the
+// placement from before the failure is handed out once, to move the experts
+// back.
+TEST(CoordinatorReformTest, AReplacementJoinsAndThePlacementBeforeTheFailureComesBack) {
+  eplb::Placement initial;
+  auto core = ReadyReplicatedMesh(&initial);
+  ASSERT_TRUE(core->Reform({2}, 1, "a failed step").ok());
+  EXPECT_FALSE(core->TakeRestore().has_value());
+  uint64_t token = 0;
+  auto rank = core->Register(Role::kExpert, 1, "e1:2", "t-e1b", "e1", "", &token);
+  ASSERT_TRUE(rank.ok()) << rank.status();
+  EXPECT_EQ(*rank, 2);
+  ASSERT_NE(token, 0u);
+  MeshView v = core->GetMesh();
+  EXPECT_TRUE(v.members[2].joining);
+  EXPECT_FALSE(v.members[2].dropped);
+  EXPECT_EQ(v.members[2].transport_address, "t-e1b");
+  EXPECT_TRUE(v.ready) << "the survivors go on serving while the replacement loads";
+  EXPECT_EQ(v.formed_epoch, 2);
+  EXPECT_EQ(v.placement.NumSlotsOf(1), 0);
+  EXPECT_EQ(core->BeginTransition(initial).status().code(), absl::StatusCode::kFailedPrecondition);
+  // A heartbeat carrying another registration's token (the replaced process).
+  HeartbeatInfo stale;
+  stale.ready = true;
+  stale.registration = token ^ 1;
+  auto refused = core->Heartbeat(2, stale);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("this process was replaced"));
+  EXPECT_TRUE(core->GetMesh().members[2].joining);
+  // Loaded: admitted at a new epoch, with no slots yet.
+  HeartbeatInfo loaded;
+  loaded.ready = true;
+  loaded.registration = token;
+  auto epoch = core->Heartbeat(2, loaded);
+  ASSERT_TRUE(epoch.ok()) << epoch.status();
+  EXPECT_EQ(*epoch, 3);
+  v = core->GetMesh();
+  EXPECT_EQ(v.formed_epoch, 3);
+  EXPECT_FALSE(v.members[2].joining);
+  EXPECT_FALSE(v.members[2].dropped);
+  EXPECT_EQ(v.members[2].dropped_epoch, 0);
+  EXPECT_EQ(v.placement.NumSlotsOf(1), 0);
+  EXPECT_TRUE(v.ready);
+  std::optional<eplb::Placement> restore = core->TakeRestore();
+  ASSERT_TRUE(restore.has_value());
+  EXPECT_EQ(restore->phy2log, initial.phy2log);
+  EXPECT_EQ(restore->worker_begin, initial.worker_begin);
+  EXPECT_FALSE(core->TakeRestore().has_value()) << "handed out once";
+  auto next = core->BeginTransition(*restore);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(*next, 4);
+}
+
+// A replacement that goes silent while it loads is dropped again; the
+// serving mesh, which never included it, is not re-formed.
+TEST(CoordinatorReformTest, AReplacementThatGoesSilentIsDroppedWithoutAReform) {
+  eplb::Placement initial;
+  auto core = ReadyReplicatedMesh(&initial);
+  ASSERT_TRUE(core->Reform({2}, 1, "a failed step").ok());
+  ASSERT_TRUE(core->Register(Role::kExpert, 1, "e1:2", "t-e1b", "e1").ok());
+  // The survivors keep beating; the replacement does not.
+  for (int i = 0; i < 4; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(80));
+    for (int32_t rank : {0, 1}) ASSERT_TRUE(core->Heartbeat(rank, true).ok());
+  }
+  const int64_t version = core->version();
+  EXPECT_TRUE(core->ExpireSilent(std::chrono::steady_clock::now()).empty());
+  const MeshView v = core->GetMesh();
+  EXPECT_GT(v.version, version);
+  EXPECT_TRUE(v.members[2].dropped);
+  EXPECT_FALSE(v.members[2].joining);
+  EXPECT_EQ(v.epoch, 2);
+  EXPECT_EQ(v.formed_epoch, 2);
+  EXPECT_TRUE(v.ready);
+  // Another replacement may register.
+  EXPECT_TRUE(core->Register(Role::kExpert, 1, "e1:3", "t-e1c", "e1").ok());
 }
 
 TEST(CoordinatorReformTest, SurvivorsWithoutEveryExpertAreNotReady) {

@@ -1,6 +1,8 @@
 #include "services/coordinator/rebalancer.h"
 
 #include <algorithm>
+#include <set>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -43,7 +45,7 @@ void Rebalancer::Stop() {
 }
 
 void Rebalancer::Start() {
-  if (!options_.enabled || thread_.joinable()) return;
+  if (thread_.joinable()) return;
   thread_ = std::thread([this] { TriggerLoop(); });
 }
 
@@ -65,6 +67,11 @@ void Rebalancer::TriggerLoop() {
       std::unique_lock<std::mutex> lock(mu_);
       if (cv_.wait_for(lock, check, [this] { return stop_; })) return;
     }
+    if (std::optional<eplb::Placement> whole = core_->TakeRestore(); whole.has_value()) {
+      Restore(*whole);
+      continue;
+    }
+    if (!options_.enabled) continue;
     const MeshView mesh = core_->GetMesh();
     if (!mesh.ready || mesh.next.has_value()) continue;
     const auto now = Clock::now();
@@ -103,6 +110,11 @@ absl::StatusOr<RebalanceRecord> Rebalancer::RunOnce(const std::string& trigger,
   running_.store(true);
   RebalanceRecord r = Run(trigger, policy, force, mesh);
   running_.store(false);
+  Record(r);
+  return r;
+}
+
+void Rebalancer::Record(const RebalanceRecord& r) {
   SY_LOG(INFO) << "rebalance " << r.id << " (" << r.trigger << ", " << r.policy
                << "): " << r.outcome << (r.reason.empty() ? "" : ": ") << r.reason
                << "; balancedness " << r.balancedness_before << " -> " << r.balancedness_after
@@ -111,7 +123,51 @@ absl::StatusOr<RebalanceRecord> Rebalancer::RunOnce(const std::string& trigger,
   std::lock_guard<std::mutex> lock(mu_);
   history_.push_back(r);
   if (history_.size() > 100) history_.erase(history_.begin());
-  return r;
+}
+
+void Rebalancer::Restore(const eplb::Placement& whole) {
+  std::lock_guard<std::mutex> run(run_mu_);
+  if (stopping_.load()) return;
+  const MeshView mesh = core_->GetMesh();
+  RebalanceRecord r;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    r.id = next_id_++;
+  }
+  r.trigger = "rejoin";
+  r.policy = "restore";
+  r.planner = "the placement before the failure";
+  r.epoch_before = r.epoch_after = mesh.epoch;
+  r.started_unix_ms = UnixMs();
+  const auto start = Clock::now();
+  // (layer, worker, expert) copies the move needs (the ranges may differ).
+  for (size_t l = 0; l < whole.phy2log.size() && l < mesh.placement.phy2log.size(); ++l) {
+    std::set<std::pair<int32_t, int32_t>> held, placed;
+    for (int32_t s = 0; s < static_cast<int32_t>(mesh.placement.phy2log[l].size()); ++s) {
+      held.emplace(mesh.placement.WorkerOfSlot(s), mesh.placement.phy2log[l][s]);
+    }
+    for (int32_t s = 0; s < static_cast<int32_t>(whole.phy2log[l].size()); ++s) {
+      const std::pair<int32_t, int32_t> key(whole.WorkerOfSlot(s), whole.phy2log[l][s]);
+      if (held.count(key) == 0 && placed.insert(key).second) ++r.moved_experts;
+    }
+  }
+  r.moved_bytes = r.moved_experts * bytes_per_expert_;
+  if (mesh.placement.phy2log == whole.phy2log &&
+      mesh.placement.worker_begin == whole.worker_begin) {
+    r.outcome = "skipped";
+    r.reason = "the serving placement is the one from before the failure";
+  } else {
+    running_.store(true);
+    int64_t epoch = 0;
+    const absl::Status st = Transition(whole, &epoch);
+    running_.store(false);
+    r.outcome = st.ok() ? "committed" : "aborted";
+    r.reason = st.ok() ? "experts moved back onto the replacements" : std::string(st.message());
+    r.rounds = st.ok() ? 1 : 0;
+  }
+  r.epoch_after = core_->epoch();
+  r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  Record(r);
 }
 
 RebalanceRecord Rebalancer::Run(const std::string& trigger, eplb::Policy policy, bool force,

@@ -14,6 +14,10 @@
 //
 // With max_staging_bytes, the layers are re-placed in rounds, each its own
 // epoch, holding at most that many extra bytes on any expert worker.
+//
+// Whether or not automatic rebalancing is on, the thread also moves the
+// experts back once replacements have made a re-formed mesh whole again
+// (CoordinatorCore::TakeRestore; recorded with trigger "rejoin").
 // Thread-safe; one rebalance runs at a time.
 #pragma once
 
@@ -36,7 +40,7 @@ namespace sy::coordinator {
 
 struct RebalanceRecord {
   int64_t id = 0;
-  std::string trigger;  // interval | threshold | operator
+  std::string trigger;  // interval | threshold | operator | rejoin
   std::string outcome;  // committed | skipped | aborted
   std::string reason;
   std::string policy, planner;
@@ -57,7 +61,8 @@ class Rebalancer {
   // Stops the trigger thread.
   ~Rebalancer();
 
-  // Starts the trigger thread (only when options.enabled).
+  // Starts the trigger thread (the automatic triggers only when
+  // options.enabled).
   void Start();
   // Runs one rebalance to its end. `policy`: "" for the configured one.
   // FailedPrecondition when the mesh is not ready; InvalidArgument for an
@@ -75,6 +80,9 @@ class Rebalancer {
   void TriggerLoop();
   RebalanceRecord Run(const std::string& trigger, eplb::Policy policy, bool force,
                       const MeshView& mesh);
+  // Re-places to `whole` (the placement from before a failure), recorded.
+  void Restore(const eplb::Placement& whole);
+  void Record(const RebalanceRecord& r);
   // Takes one round's placement through stage, commit and switch; the
   // error names what failed.
   absl::Status Transition(const eplb::Placement& next, int64_t* epoch);

@@ -150,6 +150,7 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
       // the step thread.
       [server_ptr] { return server_ptr->serving_epoch(); });
   std::atomic<bool> dropped{false};
+  std::vector<std::string> staging_peers = mesh.expert_staging_addresses;  // watcher thread only
   cluster::MeshWatcher watcher(cfg, [&](const pb::Mesh& m) {
     // A re-formed mesh: the step thread abandons its step and adopts it; a
     // mesh re-formed without this worker: it stops.
@@ -157,6 +158,22 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
             cfg, m, mesh.rank, server_ptr->generation(), transport, &dropped,
             [&](moe::MeshReform r) { server_ptr->RequestReform(std::move(r)); })) {
       return;
+    }
+    // A replacement's staging transport, for copies from it later.
+    if (staging != nullptr) {
+      for (const pb::Member& member : m.members()) {
+        const int32_t j = member.rank() - cfg.topology.attention_workers;
+        if (member.role() != pb::ROLE_EXPERT || member.dropped() || member.joining() || j < 0 ||
+            j >= static_cast<int32_t>(staging_peers.size()) || member.staging_address().empty() ||
+            member.staging_address() == staging_peers[j]) {
+          continue;
+        }
+        if (absl::Status st = staging->Connect({{j, member.staging_address()}}); !st.ok()) {
+          SY_LOG(WARNING) << "expert worker " << index << ": staging transport to expert worker "
+                          << j << ": " << st;
+        }
+        staging_peers[j] = member.staging_address();
+      }
     }
     const int64_t staged = server_ptr->staged_epoch();
     const bool is_staging = m.has_next() && m.next().state() == pb::Transition::STATE_STAGING;
@@ -183,6 +200,13 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
     mesh.heartbeat->BeatNow();
   });
   mesh.heartbeat->SetReady();
+  if (mesh.joining) {
+    // A replacement: the coordinator admits it with a reform once it is ready.
+    SY_RETURN_IF_ERROR(cluster::AwaitAdmission(
+        absl::StrCat("expert worker ", index), [&] { return experts->in_mesh(); },
+        [&](absl::Duration poll) { return experts->AwaitReform(poll).status(); },
+        [&] { return should_stop() || dropped.load(); }));
+  }
   SY_RETURN_IF_ERROR(cluster::WaitForReadyMesh(cfg, cluster::kReadyTimeout));
   server.SetServing({}, true);
   SY_LOG(INFO) << "expert worker " << index << " serving " << mesh.placement.NumSlotsOf(index)

@@ -367,8 +367,11 @@ TEST(MoeMeshReformTest, SurvivorsServeOnAfterAnExpertWorkerDies) {
       ++failures;
       ASSERT_LE(failures, 1) << st;
       EXPECT_TRUE(engine::IsMeshFailure(st)) << st;
-      // The coordinator re-forms the mesh over the survivor.
-      const MeshReform reform{2, *survivors, ranks};
+      // The coordinator re-forms the mesh over the survivor (the dead
+      // worker's rank out of the mesh).
+      MeshRanks survivor_ranks = ranks;
+      survivor_ranks.experts[1] = -1;
+      const MeshReform reform{2, *survivors, survivor_ranks};
       servers[0]->RequestReform(reform);
       aw->RequestReform(reform);
       ASSERT_TRUE(aw->AwaitReform(absl::Seconds(5)));

@@ -190,18 +190,23 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
       // share whatever the batch sizes (what the planner's scores assume).
       const int32_t slot = replicas[next_replica[e]++ % replicas.size()];
       const int32_t w = placement_.WorkerOfSlot(slot);
+      if (ranks_.experts[w] < 0) {
+        return absl::UnavailableError(absl::StrCat("expert ", e, "'s slot ", slot,
+                                                   " is on expert worker ", w,
+                                                   ", which is out of the mesh"));
+      }
       slots_[w].push_back(slot);  // global slot id: the receiver checks it is its own
       rows_[w].insert(rows_[w].end(), hidden + t * H, hidden + (t + 1) * H);
       row_token_[w].push_back(static_cast<int32_t>(t));
       row_weight_[w].push_back(topk_weights[t * top_k + k]);
     }
   }
-  // Expert workers without slots (dropped from a re-formed mesh) take no
+  // Expert workers out of the mesh (dropped, or not yet admitted) take no
   // part.
   std::vector<transport::SendItem> sends;
   std::vector<int32_t> from, workers;
   for (size_t w = 0; w < num_ew; ++w) {
-    if (placement_.NumSlotsOf(static_cast<int32_t>(w)) == 0) continue;
+    if (ranks_.experts[w] < 0) continue;
     EncodeDispatch(placement_.epoch, switch_, slots_[w], rows_[w], &send_[w]);
     sends.push_back({ranks_.experts[w], send_[w].data(), send_[w].size()});
     from.push_back(ranks_.experts[w]);

@@ -30,6 +30,7 @@
 // drives it.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -54,12 +55,16 @@ namespace sy::moe {
 
 struct MeshRanks {
   std::vector<int32_t> attention;  // transport ranks of the attention workers
-  std::vector<int32_t> experts;    // transport ranks of the expert workers (worker w = experts[w])
+  // Transport ranks of the expert workers (worker w = experts[w]); -1 for a
+  // worker out of the mesh (dropped, or a replacement not yet admitted),
+  // which takes no part in steps. A member with no slots takes part (empty
+  // messages), so it keeps the step count and hears placement switches.
+  std::vector<int32_t> experts;
 };
 
-// A mesh re-formed by the coordinator after a failure: a new serving
-// placement (dropped expert workers hold no slots and take no part in
-// steps), the attention workers left, and a new generation (the
+// A mesh re-formed by the coordinator after a failure or to admit a
+// replacement: a new serving placement (dropped expert workers hold no
+// slots and take no part in steps), the members in the mesh, and a new generation (the
 // coordinator's formed_epoch: the steps' tags). Every worker abandons its
 // step (RequestReform interrupts the transport), adopts it between steps and
 // counts steps from 0.
@@ -108,6 +113,12 @@ class RemoteExpertExecutor : public engine::ExpertExecutor {
   // adopts it (false: none came).
   bool AwaitReform(absl::Duration timeout);
   int64_t generation() const { return generation_.load(); }
+  // Step thread: the mesh's attention ranks include this worker (a
+  // replacement's only from the reform that admits it).
+  bool in_mesh() const {
+    return transport_ != nullptr && std::find(ranks_.attention.begin(), ranks_.attention.end(),
+                                              transport_->rank()) != ranks_.attention.end();
+  }
 
   // A committed placement with a newer epoch (any thread): the mesh switches
   // to it at a step the leader picks; a later offer replaces an earlier one
@@ -205,6 +216,12 @@ class ExpertServer {
   // adopts it (false: none came).
   absl::StatusOr<bool> AwaitReform(absl::Duration timeout);
   int64_t generation() const { return generation_.load(); }
+  // Step thread: the mesh's ranks include this worker (a replacement's only
+  // from the reform that admits it).
+  bool in_mesh() const {
+    return worker_index_ < static_cast<int32_t>(ranks_.experts.size()) &&
+           ranks_.experts[worker_index_] >= 0;
+  }
 
   // Serves one whole step (every MoE layer), first switching to the staged
   // generation when this is the agreed step. Errors (a peer gone, a timeout,

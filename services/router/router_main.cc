@@ -63,18 +63,20 @@ void FollowCoordinator(const std::string& coordinator, sy::router::RouterServer*
       // Workers serve only once the whole mesh has formed and every worker
       // has loaded what it serves (liveness aside: a dead worker's absence
       // shows in the live list). Members dropped from a re-formed mesh take
-      // no part; a re-formed mesh whose survivors cannot hold every expert
-      // is not ready, and nothing is served.
+      // no part, nor do replacements until they are admitted; a re-formed
+      // mesh whose survivors cannot hold every expert is not ready, and
+      // nothing is served.
       bool loaded = mesh.complete();
       bool dropped_any = false;
       for (const pb::Member& m : mesh.members()) {
-        dropped_any |= m.dropped();
-        loaded = loaded && (m.dropped() || m.ready());
+        const bool out = m.dropped() || m.joining();
+        dropped_any |= out;
+        loaded = loaded && (out || m.ready());
       }
       if (dropped_any) loaded = loaded && mesh.ready();
       if (loaded) {
         for (const pb::Member& m : mesh.members()) {
-          if (m.role() == pb::ROLE_ATTENTION && m.alive() && !m.dropped()) {
+          if (m.role() == pb::ROLE_ATTENTION && m.alive() && !m.dropped() && !m.joining()) {
             live.push_back(m.grpc_address());
           }
         }
