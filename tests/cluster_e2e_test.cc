@@ -2228,6 +2228,85 @@ TEST(ClusterFailoverTest, ARestartedExpertWorkerRejoinsAndGetsItsExpertsBack) {
       restored_s);
 }
 
+// The same for an attention worker: killed mid-stream with
+// --restart-workers, its streams end UNAVAILABLE (the router does not
+// re-submit them yet) while the other's finish with the reference tokens;
+// the restarted one is admitted to the mesh, the router sends it requests
+// again, and they give the reference tokens.
+TEST(ClusterFailoverTest, ARestartedAttentionWorkerRejoinsAndServes) {
+  ClusterOptions o;
+  o.attention_workers = 2;
+  o.expert_workers = 2;
+  o.worker_timeout_ms = 2000;
+  o.restart_workers = true;
+  Cluster cluster;
+  const absl::Status started = cluster.Start(o, "aw-rejoin");
+  ASSERT_TRUE(started.ok()) << started;
+  const FailoverRun run = PrepareFailover(cluster);
+  ASSERT_EQ(run.reference.size(), 4u);
+  std::vector<StreamOutcome> got;
+  std::thread streams([&] { got = RunStreams(cluster.stub(), run.requests); });
+  AwaitMoreSteps(cluster, 20);
+  const pid_t victim = cluster.WorkerPid("switchyard-attention-worker", 1);
+  ASSERT_GT(victim, 0) << Describe(ProcessesMentioning(cluster.dir()));
+  const auto t_kill = Clock::now();
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  streams.join();
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i].status.ok()) {
+      EXPECT_EQ(got[i].tokens, run.reference[i].tokens) << "stream " << i;
+    } else {
+      EXPECT_EQ(got[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
+          << "stream " << i << ": " << got[i].status.error_message();
+    }
+  }
+  // Admitted again: every member in the mesh, ready.
+  bool whole = false;
+  while (!whole && Clock::now() - t_kill < std::chrono::seconds(90)) {
+    const v1::StatusResponse now = AdminStatus(cluster);
+    whole = now.members_size() == 4;
+    for (const v1::AdminMember& m : now.members()) {
+      whole = whole && m.alive() && m.ready() && !m.dropped() && !m.joining();
+    }
+    if (!whole) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const double rejoined_s = SecondsSince(t_kill);
+  ASSERT_TRUE(whole) << "the restarted attention worker was not admitted\n" << cluster.Logs();
+  // The router follows the mesh: new requests reach the restarted worker
+  // too (least outstanding work spreads concurrent streams over both), and
+  // every one gives the reference tokens.
+  int64_t served_by_restarted = 0;
+  for (int attempt = 0; attempt < 20 && served_by_restarted == 0; ++attempt) {
+    std::atomic<bool> done{false};
+    std::vector<StreamOutcome> after;
+    std::thread again([&] {
+      after = RunStreams(cluster.stub(), run.requests);
+      done.store(true);
+    });
+    while (!done.load()) {
+      const std::vector<internal::WorkerStats> stats = AllStats(cluster);
+      if (stats.size() == 2)
+        served_by_restarted = std::max(served_by_restarted, stats[1].running());
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    again.join();
+    for (size_t i = 0; i < after.size(); ++i) {
+      EXPECT_TRUE(after[i].status.ok())
+          << "stream " << i << ": " << after[i].status.error_message();
+      EXPECT_EQ(after[i].tokens, run.reference[i].tokens) << "stream " << i;
+    }
+  }
+  EXPECT_GT(served_by_restarted, 0) << "the router sent the restarted worker nothing";
+  EXPECT_THAT(ReadFile(cluster.dir() + "/launcher.stderr"),
+              ::testing::HasSubstr("restarted attention-worker-1 (restart 1)"));
+  EXPECT_THAT(ReadFile(cluster.dir() + "/logs/attention-worker-1.log"),
+              ::testing::HasSubstr("waiting to be admitted to the mesh"));
+  EXPECT_THAT(ReadFile(cluster.dir() + "/logs/coordinator.log"),
+              ::testing::HasSubstr("rank 1 (a replacement) joined"));
+  Progress("aw-rejoin: the restarted attention worker was admitted %.1f s after the kill",
+           rejoined_s);
+}
+
 // kill -9 of one of two attention workers mid-stream: the expert workers'
 // step fails, the coordinator drops it and re-forms the mesh, and the other
 // attention worker's streams finish OK with the tokens of a run without the
