@@ -41,6 +41,11 @@ void RouterCall::Attach(std::shared_ptr<BackendCall> call) {
   if (cancel && call != nullptr) call->Cancel();
 }
 
+bool RouterCall::cancelled() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cancelled_;
+}
+
 RouterCore::RouterCore(const RouterCoreOptions& options, BackendFactory factory)
     : options_(options), factory_(std::move(factory)), id_prefix_(RandomPrefix()) {}
 
@@ -94,10 +99,13 @@ bool RouterCore::serving() const {
 
 std::string RouterCore::NextRequestIdLocked() { return absl::StrCat(id_prefix_, "-", next_id_++); }
 
-std::shared_ptr<RouterCore::Backend> RouterCore::PickBackendLocked() {
+std::shared_ptr<RouterCore::Backend> RouterCore::PickBackendLocked(
+    const std::vector<std::string>& exclude) {
   std::vector<std::shared_ptr<Backend>> all;
   all.reserve(backends_.size());
-  for (const auto& [a, b] : backends_) all.push_back(b);
+  for (const auto& [a, b] : backends_) {
+    if (std::find(exclude.begin(), exclude.end(), a) == exclude.end()) all.push_back(b);
+  }
   if (all.empty()) return nullptr;
   const size_t start = next_pick_++ % all.size();
   std::shared_ptr<Backend> best;
@@ -139,6 +147,11 @@ absl::StatusOr<std::shared_ptr<RouterCall>> RouterCore::Submit(engine::Generatio
     f.prompt_tokens = static_cast<int64_t>(request.prompt.size());
     f.max_new_tokens = request.stopping.max_new_tokens;
     f.charged = f.prompt_tokens + f.max_new_tokens;
+    f.request = request;
+    f.deadline = deadline;
+    f.caller = std::make_shared<BackendCallbacks>(std::move(callbacks));
+    f.tried.push_back(backend->impl->address());
+    f.arrival = std::chrono::steady_clock::now();
     handle = std::shared_ptr<RouterCall>(new RouterCall(request.id, backend->impl->address()));
     f.handle = handle;
     backend->outstanding += f.charged;
@@ -146,51 +159,135 @@ absl::StatusOr<std::shared_ptr<RouterCall>> RouterCore::Submit(engine::Generatio
     in_flight_.emplace(request.id, std::move(f));
   }
   SY_LOG(DEBUG) << "router: request " << request.id << " -> " << handle->backend_address();
-
-  // The wrappers keep the load accounting, then hand over to the caller. The
-  // core outlives every call (its destructor waits), so `this` stays valid
-  // until OnDone has run; nothing touches the core after that.
-  BackendCallbacks wrapped;
-  wrapped.on_update = [this, id = request.id,
-                       on_update = std::move(callbacks.on_update)](engine::RequestUpdate u) {
-    OnUpdate(id, u);
-    on_update(std::move(u));
-  };
-  wrapped.on_done = [this, id = request.id, on_done = std::move(callbacks.on_done)](
-                        absl::Status status) { on_done(OnDone(id, std::move(status))); };
-  std::shared_ptr<BackendCall> call = backend->impl->Start(request, deadline, std::move(wrapped));
-  handle->Attach(std::move(call));
+  StartAttempt(request.id, 0, request, deadline, backend, handle);
   return handle;
 }
 
-void RouterCore::OnUpdate(const std::string& id, const engine::RequestUpdate& update) {
+void RouterCore::StartAttempt(const std::string& id, int attempt,
+                              const engine::GenerationRequest& request, Deadline deadline,
+                              const std::shared_ptr<Backend>& backend,
+                              const std::shared_ptr<RouterCall>& handle) {
+  // The wrappers keep the load accounting, then hand over to the caller. The
+  // core outlives every call (its destructor waits), so `this` stays valid
+  // until the last OnDone has run; nothing touches the core after that.
+  std::shared_ptr<BackendCallbacks> caller;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    caller = in_flight_.at(id).caller;
+  }
+  BackendCallbacks wrapped;
+  wrapped.on_update = [this, id, attempt, caller](engine::RequestUpdate u) {
+    OnUpdate(id, attempt, &u);
+    caller->on_update(std::move(u));
+  };
+  wrapped.on_done = [this, id, attempt, caller](absl::Status status) {
+    std::optional<absl::Status> done = OnDone(id, attempt, std::move(status));
+    if (done.has_value()) caller->on_done(*std::move(done));
+  };
+  std::shared_ptr<BackendCall> call = backend->impl->Start(request, deadline, std::move(wrapped));
+  handle->Attach(std::move(call));
+}
+
+void RouterCore::OnUpdate(const std::string& id, int attempt, engine::RequestUpdate* update) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = in_flight_.find(id);
-  if (it == in_flight_.end()) return;
+  if (it == in_flight_.end() || it->second.attempt != attempt) return;
   InFlight& f = it->second;
-  f.produced += static_cast<int64_t>(update.new_tokens.size());
+  f.produced += static_cast<int64_t>(update->new_tokens.size());
+  f.tokens.insert(f.tokens.end(), update->new_tokens.begin(), update->new_tokens.end());
+  if (f.ttft_ms < 0 && !update->new_tokens.empty()) {
+    f.ttft_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - f.arrival)
+            .count();
+  }
   const int64_t now = f.prompt_tokens + std::max<int64_t>(0, f.max_new_tokens - f.produced);
   f.backend->outstanding -= f.charged - now;
   f.charged = now;
-  if (update.finish != engine::FinishReason::kNone) f.finished = true;
+  if (update->finish != engine::FinishReason::kNone) f.finished = true;
+  if (attempt > 0) {
+    // The caller asked about its own prompt, and got its prompt logprobs
+    // from the first backend; the usage and timings cover the whole request.
+    update->prompt_logprobs.reset();
+    if (update->timings.has_value()) {
+      update->timings->prompt_tokens = f.prompt_tokens;
+      update->timings->output_tokens = f.produced;
+      update->timings->ttft_ms = f.ttft_ms < 0 ? 0 : f.ttft_ms;
+      update->timings->total_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - f.arrival)
+              .count();
+    }
+  }
 }
 
-absl::Status RouterCore::OnDone(const std::string& id, absl::Status status) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = in_flight_.find(id);
-  if (it == in_flight_.end()) return status;
-  if (status.ok() && !it->second.finished) {
-    status =
-        absl::InternalError(absl::StrCat("attention worker ", it->second.backend->impl->address(),
-                                         " ended request ", id, " without a finish reason"));
+std::optional<absl::Status> RouterCore::OnDone(const std::string& id, int attempt,
+                                               absl::Status status) {
+  std::shared_ptr<Backend> next;
+  std::shared_ptr<RouterCall> handle;
+  engine::GenerationRequest again;
+  Deadline deadline;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = in_flight_.find(id);
+    if (it == in_flight_.end() || it->second.attempt != attempt) return status;
+    InFlight& f = it->second;
+    handle = f.handle.lock();
+    const std::string failed = f.backend->impl->address();
+    if (absl::IsUnavailable(status) && !f.finished && attempt < kMaxResubmits &&
+        handle != nullptr && !handle->cancelled()) {
+      next = PickBackendLocked(f.tried);
+    }
+    if (next != nullptr) {
+      // Re-submit: the prompt and the tokens streamed so far, the rest of
+      // the budget.
+      again = f.request;
+      again.prompt.insert(again.prompt.end(), f.tokens.begin(), f.tokens.end());
+      const auto produced = static_cast<int32_t>(f.produced);
+      again.stopping.max_new_tokens = f.request.stopping.max_new_tokens - produced;
+      again.stopping.min_new_tokens = std::max(0, f.request.stopping.min_new_tokens - produced);
+      again.prompt_logprobs = -1;
+      deadline = f.deadline;
+      f.backend->outstanding -= f.charged;
+      f.backend->in_flight -= 1;
+      f.backend = next;
+      f.charged = static_cast<int64_t>(again.prompt.size()) + again.stopping.max_new_tokens;
+      next->outstanding += f.charged;
+      next->in_flight += 1;
+      f.tried.push_back(next->impl->address());
+      f.attempt = attempt + 1;
+      SY_LOG(WARNING) << "router: request " << id << " failed on " << failed << " (" << status
+                      << ") after " << f.produced << " tokens; re-submitting it to "
+                      << next->impl->address();
+    } else {
+      if (status.ok() && !f.finished) {
+        status = absl::InternalError(absl::StrCat("attention worker ", failed, " ended request ",
+                                                  id, " without a finish reason"));
+      }
+      f.backend->outstanding -= f.charged;
+      f.backend->in_flight -= 1;
+      in_flight_.erase(it);
+      // Notified under the lock: the destructor may free the core as soon
+      // as it sees the map empty, and it cannot before this lock is released.
+      if (in_flight_.empty()) drained_.notify_all();
+      return status;
+    }
   }
-  it->second.backend->outstanding -= it->second.charged;
-  it->second.backend->in_flight -= 1;
-  in_flight_.erase(it);
-  // Notified under the lock: the destructor may free the core as soon as it
-  // sees the map empty, and it cannot before this lock is released.
-  if (in_flight_.empty()) drained_.notify_all();
-  return status;
+  if (again.stopping.max_new_tokens <= 0) {
+    // Every token was streamed, only the finish was lost: finish it here.
+    engine::RequestUpdate last;
+    last.id = id;
+    last.finish = engine::FinishReason::kLength;
+    last.timings = engine::RequestTimings{};
+    std::shared_ptr<BackendCallbacks> caller;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      caller = in_flight_.at(id).caller;
+    }
+    OnUpdate(id, attempt + 1, &last);
+    caller->on_update(std::move(last));
+    return OnDone(id, attempt + 1, absl::OkStatus());
+  }
+  StartAttempt(id, attempt + 1, again, deadline, next, handle);
+  return std::nullopt;
 }
 
 std::vector<RouterCore::BackendLoad> RouterCore::Loads() const {

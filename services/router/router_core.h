@@ -8,17 +8,30 @@
 // (prompt tokens + max_new_tokens - tokens produced so far), updated as tokens
 // stream back; ties go round robin.
 //
+// Failover: a request whose backend call ends UNAVAILABLE before its finish
+// (the attention worker died, or is shutting down) is re-submitted to
+// another backend (not one it failed on, at most kMaxResubmits times) with
+// the prompt plus the tokens already streamed and the rest of its token
+// budget; the caller's stream goes on with the new backend's tokens, with no
+// gap or duplicate (greedy requests give the tokens they would have). The
+// final usage counts the original prompt and every token streamed; after a
+// re-submission the timings are the router's (from the request's arrival at
+// the router). Prompt logprobs, when asked, were delivered by the first
+// backend and are not asked again.
+//
 // Ownership: the core owns the backend set (shared with the calls still
 // running on a backend that was removed). Threads: every method is
 // thread-safe; callbacks run on the backends' threads. The destructor cancels
 // what is still in flight and waits for it to finish.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -39,6 +52,7 @@ struct RouterCoreOptions {
 class RouterCall {
  public:
   const std::string& request_id() const { return request_id_; }
+  // The backend it was first sent to.
   const std::string& backend_address() const { return backend_address_; }
   // Cancels the request on its backend (client cancel or deadline). The
   // callbacks still end with on_done. Thread-safe, idempotent.
@@ -49,6 +63,7 @@ class RouterCall {
   RouterCall(std::string request_id, std::string backend_address)
       : request_id_(std::move(request_id)), backend_address_(std::move(backend_address)) {}
   void Attach(std::shared_ptr<BackendCall> call);
+  bool cancelled();
 
   const std::string request_id_;
   const std::string backend_address_;
@@ -59,6 +74,8 @@ class RouterCall {
 
 class RouterCore {
  public:
+  static constexpr int kMaxResubmits = 2;
+
   RouterCore(const RouterCoreOptions& options, BackendFactory factory);
   ~RouterCore();
   RouterCore(const RouterCore&) = delete;
@@ -101,13 +118,32 @@ class RouterCore {
     int64_t produced = 0;
     int64_t charged = 0;    // what this request adds to backend->outstanding now
     bool finished = false;  // an update with a finish reason has arrived
+    // For a re-submission: the request as admitted, the tokens streamed,
+    // the caller's callbacks, the backends tried, the attempt running.
+    engine::GenerationRequest request;
+    Deadline deadline;
+    std::vector<int32_t> tokens;
+    std::shared_ptr<BackendCallbacks> caller;
+    std::vector<std::string> tried;
+    int attempt = 0;
+    std::chrono::steady_clock::time_point arrival;
+    double ttft_ms = -1;  // the router's, once a token arrived
   };
 
-  std::shared_ptr<Backend> PickBackendLocked();
-  void OnUpdate(const std::string& id, const engine::RequestUpdate& update);
-  // Releases the request's share; returns the status to report (INTERNAL
-  // when a backend ends a call with OK but never sent a finish reason).
-  absl::Status OnDone(const std::string& id, absl::Status status);
+  std::shared_ptr<Backend> PickBackendLocked(const std::vector<std::string>& exclude = {});
+  // Starts attempt `attempt` of request `id` (its request as given) on
+  // `backend`, outside the lock.
+  void StartAttempt(const std::string& id, int attempt, const engine::GenerationRequest& request,
+                    Deadline deadline, const std::shared_ptr<Backend>& backend,
+                    const std::shared_ptr<RouterCall>& handle);
+  // Load accounting, and the update as the caller sees it (a re-submitted
+  // attempt's final usage and timings made the whole request's).
+  void OnUpdate(const std::string& id, int attempt, engine::RequestUpdate* update);
+  // The attempt ended. Either re-submits the request (returns nullopt: the
+  // caller hears nothing) or releases its share and returns the status to
+  // report (INTERNAL when a backend ends a call with OK but never sent a
+  // finish reason).
+  std::optional<absl::Status> OnDone(const std::string& id, int attempt, absl::Status status);
   std::string NextRequestIdLocked();
 
   const RouterCoreOptions options_;

@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,8 @@ struct Sink {
   engine::FinishReason finish = engine::FinishReason::kNone;
   bool done = false;
   absl::Status status;
+  std::optional<engine::RequestTimings> timings;
+  int prompt_logprobs = 0;  // updates that carried them
 
   BackendCallbacks Callbacks() {
     BackendCallbacks cb;
@@ -32,6 +35,8 @@ struct Sink {
       std::lock_guard<std::mutex> lock(mu);
       tokens.insert(tokens.end(), u.new_tokens.begin(), u.new_tokens.end());
       if (u.finish != engine::FinishReason::kNone) finish = u.finish;
+      if (u.timings.has_value()) timings = u.timings;
+      if (u.prompt_logprobs.has_value()) ++prompt_logprobs;
     };
     cb.on_done = [this](absl::Status s) {
       std::lock_guard<std::mutex> lock(mu);
@@ -290,6 +295,88 @@ TEST_F(RouterCoreTest, StreamEndingWithoutFinishReasonIsInternal) {
   fake->Fail(absl::OkStatus());
   EXPECT_EQ(sink.status.code(), absl::StatusCode::kInternal);
   EXPECT_THAT(std::string(sink.status.message()), HasSubstr("without a finish reason"));
+}
+
+// The attention worker of a stream dies: the router re-submits the request
+// to the other one with the prompt plus the tokens streamed so far and the
+// rest of the budget; the caller sees one stream with no gap or duplicate,
+// and a usage that counts the original prompt and every token.
+TEST_F(RouterCoreTest, AStreamCutByADeadBackendGoesOnOnAnother) {
+  MakeCore();
+  core_->SetBackends({"a:1", "b:1"});
+  Sink& sink = NewSink();
+  engine::GenerationRequest r = Request(3, 5, "stream-1");
+  r.prompt = {1, 2, 3};
+  r.stopping.min_new_tokens = 3;
+  r.prompt_logprobs = 0;
+  auto call = MustSubmit(r, &sink);
+  ASSERT_NE(call, nullptr);
+  const std::string first = call->backend_address();
+  const std::string other = first == "a:1" ? "b:1" : "a:1";
+  auto fake = LastCall(first);
+  fake->Emit({4, 5});
+  fake->Fail(absl::UnavailableError("connection reset"));
+  EXPECT_FALSE(sink.done) << "the caller hears nothing of the failure";
+  auto resumed = LastCall(other);
+  ASSERT_NE(resumed, nullptr);
+  EXPECT_EQ(resumed->request().id, "stream-1");
+  EXPECT_EQ(resumed->request().prompt, std::vector<int32_t>({1, 2, 3, 4, 5}));
+  EXPECT_EQ(resumed->request().stopping.max_new_tokens, 3);
+  EXPECT_EQ(resumed->request().stopping.min_new_tokens, 1);
+  EXPECT_EQ(resumed->request().prompt_logprobs, -1);
+  EXPECT_EQ(Outstanding(first), 0);
+  EXPECT_EQ(Outstanding(other), 5 + 3);
+  EXPECT_EQ(core_->in_flight(), 1);
+  resumed->Emit({6, 7});
+  resumed->Emit({8});
+  resumed->Finish();
+  EXPECT_TRUE(sink.done);
+  EXPECT_TRUE(sink.status.ok()) << sink.status;
+  EXPECT_EQ(sink.tokens, std::vector<int32_t>({4, 5, 6, 7, 8}));
+  EXPECT_EQ(sink.finish, engine::FinishReason::kLength);
+  ASSERT_TRUE(sink.timings.has_value());
+  EXPECT_EQ(sink.timings->prompt_tokens, 3);
+  EXPECT_EQ(sink.timings->output_tokens, 5);
+  EXPECT_EQ(core_->in_flight(), 0);
+  EXPECT_EQ(Outstanding(other), 0);
+}
+
+// Only an UNAVAILABLE end of a live request is re-submitted: another error,
+// or a request the client cancelled, ends the call; so does running out of
+// backends not yet tried.
+TEST_F(RouterCoreTest, OnlyUnavailableLiveRequestsAreResubmittedAndNotForever) {
+  MakeCore();
+  core_->SetBackends({"a:1", "b:1"});
+  Sink& invalid = NewSink();
+  auto c1 = MustSubmit(Request(2, 4), &invalid);
+  LastCall(c1->backend_address())->Fail(absl::InvalidArgumentError("bad"));
+  EXPECT_EQ(invalid.status.code(), absl::StatusCode::kInvalidArgument);
+
+  Sink& cancelled = NewSink();
+  auto c2 = MustSubmit(Request(2, 4, "cancelled"), &cancelled);
+  c2->Cancel();  // the fake ends a cancelled call at once
+  LastCall(c2->backend_address())->Fail(absl::UnavailableError("gone"));
+  EXPECT_EQ(cancelled.status.code(), absl::StatusCode::kCancelled);
+  for (const auto& [a, f] : fakes_) {
+    int starts = 0;
+    for (const auto& c : f->calls()) starts += c->request().id == "cancelled" ? 1 : 0;
+    EXPECT_EQ(starts, a == c2->backend_address() ? 1 : 0) << a;
+  }
+
+  Sink& twice = NewSink();
+  auto c3 = MustSubmit(Request(2, 4), &twice);
+  const std::string first = c3->backend_address();
+  const std::string other = first == "a:1" ? "b:1" : "a:1";
+  LastCall(first)->Emit({9});
+  LastCall(first)->Fail(absl::UnavailableError("gone"));
+  EXPECT_FALSE(twice.done);
+  LastCall(other)->Fail(absl::UnavailableError("gone too"));
+  EXPECT_TRUE(twice.done);
+  EXPECT_EQ(twice.status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(twice.status.message()), HasSubstr("gone too"));
+  EXPECT_EQ(twice.tokens, std::vector<int32_t>({9}));
+  EXPECT_EQ(core_->in_flight(), 0);
+  for (const auto& l : core_->Loads()) EXPECT_EQ(l.outstanding, 0) << l.address;
 }
 
 }  // namespace
