@@ -215,6 +215,7 @@ struct ClusterOptions {
   std::string eplb_yaml;              // the eplb section's keys, one "key: value" per line
   int64_t worker_timeout_ms = 10000;  // coordinator.worker_timeout_ms
   bool restart_workers = false;       // switchyard-local --restart-workers
+  bool restart_coordinator = false;   // switchyard-local --restart-coordinator
 };
 
 class Cluster {
@@ -257,6 +258,7 @@ class Cluster {
     const std::string log_dir = dir_ + "/logs";
     std::vector<std::string> argv_s = {launcher, "--config", yaml_, "--log-dir", log_dir};
     if (options.restart_workers) argv_s.push_back("--restart-workers");
+    if (options.restart_coordinator) argv_s.push_back("--restart-coordinator");
     std::vector<char*> argv;
     for (auto& a : argv_s) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -367,6 +369,17 @@ class Cluster {
     // Logs help with any failure of the test that used the cluster.
     if (!ok || ::testing::Test::HasFailure()) std::fprintf(stderr, "%s", Logs().c_str());
     Progress("%s: stopped in %.1f s", fs::path(dir_).filename().c_str(), SecondsSince(t0));
+  }
+
+  // The PID of the coordinator of this cluster (-1 when none runs).
+  pid_t CoordinatorPid() const {
+    for (pid_t p : ProcessesMentioning(yaml_)) {
+      if (ReadFile("/proc/" + std::to_string(p) + "/cmdline").find("switchyard-coordinator") !=
+          std::string::npos) {
+        return p;
+      }
+    }
+    return -1;
   }
 
   // The PID of a worker process of this cluster (-1 when none runs).
@@ -2042,6 +2055,28 @@ void AwaitMoreSteps(const Cluster& cluster, int64_t more) {
   }
 }
 
+// One attention and two expert workers, each holding every expert of
+// qwen3_moe (its 16 experts twice): either expert worker can be lost.
+ClusterOptions ReplicatedPair() {
+  ClusterOptions o;
+  o.attention_workers = 1;
+  o.expert_workers = 2;
+  o.redundant_experts = 16;
+  o.worker_timeout_ms = 2000;
+  return o;
+}
+
+// The Admin API's placement (slot ranges and every layer's experts) is the same.
+void ExpectSamePlacement(const v1::StatusResponse& want, const v1::StatusResponse& got) {
+  EXPECT_THAT(got.worker_slot_begin(), ::testing::ElementsAreArray(want.worker_slot_begin()));
+  ASSERT_EQ(got.placement_size(), want.placement_size());
+  for (int l = 0; l < got.placement_size(); ++l) {
+    EXPECT_THAT(got.placement(l).phy2log(),
+                ::testing::ElementsAreArray(want.placement(l).phy2log()))
+        << "MoE layer " << l;
+  }
+}
+
 // Four greedy streams as long as qwen3_moe's context allows, run once on a
 // healthy cluster: the reference a failover run must reproduce token for
 // token (checked OK and equal to the goldens' prefix; empty on failure).
@@ -2079,11 +2114,7 @@ FailoverRun PrepareFailover(Cluster& cluster) {
 // running and it serves on. A frozen worker that resumes finds itself
 // dropped and exits.
 void ExpectStreamsSurviveALostExpertWorker(int sig, const std::string& name) {
-  ClusterOptions o;
-  o.attention_workers = 1;
-  o.expert_workers = 2;
-  o.redundant_experts = 16;  // qwen3_moe's 16 experts twice: each worker holds all
-  o.worker_timeout_ms = 2000;
+  ClusterOptions o = ReplicatedPair();
   Cluster cluster;
   const absl::Status started = cluster.Start(o, name);
   ASSERT_TRUE(started.ok()) << started;
@@ -2161,11 +2192,7 @@ TEST(ClusterFailoverTest, StreamsSurviveAFrozenExpertWorker) {
 // re-placement); the same requests then give the same tokens again, now
 // served by both expert workers.
 TEST(ClusterFailoverTest, ARestartedExpertWorkerRejoinsAndGetsItsExpertsBack) {
-  ClusterOptions o;
-  o.attention_workers = 1;
-  o.expert_workers = 2;
-  o.redundant_experts = 16;  // each worker holds every expert
-  o.worker_timeout_ms = 2000;
+  ClusterOptions o = ReplicatedPair();
   o.restart_workers = true;
   Cluster cluster;
   const absl::Status started = cluster.Start(o, "rejoin");
@@ -2202,13 +2229,7 @@ TEST(ClusterFailoverTest, ARestartedExpertWorkerRejoinsAndGetsItsExpertsBack) {
     EXPECT_TRUE(m.alive() && m.ready() && !m.dropped() && !m.joining()) << m.ShortDebugString();
   }
   EXPECT_GT(now.epoch(), before.epoch());
-  EXPECT_THAT(now.worker_slot_begin(), ::testing::ElementsAreArray(before.worker_slot_begin()));
-  ASSERT_EQ(now.placement_size(), before.placement_size());
-  for (int l = 0; l < now.placement_size(); ++l) {
-    EXPECT_THAT(now.placement(l).phy2log(),
-                ::testing::ElementsAreArray(before.placement(l).phy2log()))
-        << "MoE layer " << l;
-  }
+  ExpectSamePlacement(before, now);
   std::vector<StreamOutcome> after = RunStreams(cluster.stub(), run.requests);
   ASSERT_EQ(after.size(), run.reference.size());
   for (size_t i = 0; i < after.size(); ++i) {
@@ -2300,6 +2321,91 @@ TEST(ClusterFailoverTest, ARestartedAttentionWorkerRejoinsAndServes) {
               ::testing::HasSubstr("rank 1 (a replacement) joined"));
   Progress("aw-rejoin: the restarted attention worker was admitted %.1f s after the kill",
            rejoined_s);
+}
+
+// switchyard-local --restart-coordinator: the coordinator killed mid-stream.
+// The workers serve on without it: the streams under way finish with the
+// reference tokens, and a request sent while it is down is served (the
+// router keeps the attention workers it knows). The restarted coordinator
+// comes up empty; every worker registers again with what it serves, and it
+// rebuilds the mesh (the same epoch and placement, every member ready).
+// Then it does its job: an expert worker killed mid-stream is dropped and
+// the streams finish with the reference tokens on the survivor.
+TEST(ClusterFailoverTest, ARestartedCoordinatorRebuildsTheMeshFromTheWorkers) {
+  ClusterOptions o = ReplicatedPair();
+  o.restart_coordinator = true;
+  Cluster cluster;
+  const absl::Status started = cluster.Start(o, "coordinator-restart");
+  ASSERT_TRUE(started.ok()) << started;
+  const v1::StatusResponse before = AdminStatus(cluster);
+  const FailoverRun run = PrepareFailover(cluster);
+  ASSERT_EQ(run.reference.size(), 4u);
+  std::vector<StreamOutcome> got;
+  std::thread streams([&] { got = RunStreams(cluster.stub(), run.requests); });
+  AwaitMoreSteps(cluster, 20);
+  const pid_t victim = cluster.CoordinatorPid();
+  ASSERT_GT(victim, 0) << Describe(ProcessesMentioning(cluster.dir()));
+  const auto t_kill = Clock::now();
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  // The restarted coordinator re-learns the mesh (watched from the kill on).
+  v1::StatusResponse now;
+  bool rebuilt = false;
+  double rebuilt_s = 0;
+  std::thread watch([&] {
+    while (!rebuilt && Clock::now() - t_kill < std::chrono::seconds(60)) {
+      // A channel per attempt: one made while the coordinator is down backs
+      // off for seconds after it is back.
+      auto admin = v1::Admin::NewStub(
+          grpc::CreateChannel(cluster.coordinator_address(), grpc::InsecureChannelCredentials()));
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      now.Clear();
+      if (admin->Status(&ctx, v1::StatusRequest(), &now).ok() && now.members_size() == 3) {
+        rebuilt = true;
+        for (const v1::AdminMember& m : now.members()) rebuilt = rebuilt && m.alive() && m.ready();
+      }
+      if (!rebuilt) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    rebuilt_s = SecondsSince(t_kill);
+  });
+  // Served while the coordinator is down.
+  for (const StreamOutcome& m : RunStreams(cluster.stub(), {run.requests[1]})) {
+    EXPECT_TRUE(m.status.ok()) << m.status.error_message();
+    EXPECT_EQ(m.tokens, run.reference[1].tokens);
+  }
+  streams.join();
+  watch.join();  // before any ASSERT can leave the test
+  ASSERT_EQ(got.size(), run.reference.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_TRUE(got[i].status.ok()) << "stream " << i << ": " << got[i].status.error_message();
+    EXPECT_EQ(got[i].tokens, run.reference[i].tokens) << "stream " << i;
+  }
+  ASSERT_TRUE(rebuilt) << "the restarted coordinator did not rebuild the mesh\n" << cluster.Logs();
+  EXPECT_EQ(now.epoch(), before.epoch());
+  ExpectSamePlacement(before, now);
+  const std::string launcher = ReadFile(cluster.dir() + "/launcher.stderr");
+  EXPECT_THAT(launcher, ::testing::HasSubstr("restarted coordinator (restart 1)"));
+  const std::string coordinator_log = ReadFile(cluster.dir() + "/logs/coordinator.log");
+  EXPECT_THAT(coordinator_log, ::testing::HasSubstr("this coordinator restarted; rebuilding"));
+  EXPECT_THAT(coordinator_log, ::testing::HasSubstr("the mesh is recovered at epoch"));
+  // It does its job: the failover of a killed expert worker.
+  std::vector<StreamOutcome> after;
+  std::thread more([&] { after = RunStreams(cluster.stub(), run.requests); });
+  AwaitMoreSteps(cluster, 20);
+  const pid_t ew = cluster.WorkerPid("switchyard-expert-worker", 1);
+  ASSERT_GT(ew, 0);
+  ASSERT_EQ(kill(ew, SIGKILL), 0);
+  more.join();
+  for (size_t i = 0; i < after.size(); ++i) {
+    EXPECT_TRUE(after[i].status.ok()) << "stream " << i << ": " << after[i].status.error_message();
+    EXPECT_EQ(after[i].tokens, run.reference[i].tokens) << "stream " << i;
+  }
+  EXPECT_THAT(ReadFile(cluster.dir() + "/logs/coordinator.log"),
+              ::testing::HasSubstr("without ranks 2"));
+  Progress(
+      "coordinator-restart: streams and a request during the outage served; the mesh "
+      "rebuilt %.1f s after the kill; a later failover worked",
+      rebuilt_s);
 }
 
 // kill -9 of one of two attention workers mid-stream: the expert workers'

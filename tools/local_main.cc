@@ -45,6 +45,10 @@ ABSL_FLAG(std::string, log_dir, "",
 ABSL_FLAG(std::string, bin_dir, "",
           "Where the switchyard-* binaries are (default: next to this one)");
 ABSL_FLAG(int32_t, ready_timeout_s, 180, "Give up when the cluster is not serving after this long");
+ABSL_FLAG(bool, restart_coordinator, false,
+          "Restart the coordinator when it dies once the cluster serves (with the same delays as "
+          "--restart-workers); the workers serve on meanwhile and register again with it, and it "
+          "rebuilds its state from them");
 ABSL_FLAG(bool, restart_workers, false,
           "Restart a worker that dies once the cluster serves (after 1 s, doubling up to 30 s "
           "while it keeps dying within a minute of starting); the restarted worker joins the "
@@ -253,6 +257,7 @@ int main(int argc, char** argv) {
     return true;
   };
   const bool restart_workers = absl::GetFlag(FLAGS_restart_workers);
+  const bool restart_coordinator = absl::GetFlag(FLAGS_restart_coordinator);
   // Starts the dead workers whose restart is due.
   auto restart_due = [&] {
     const auto now = std::chrono::steady_clock::now();
@@ -267,7 +272,8 @@ int main(int argc, char** argv) {
       }
       ++c.restarts;
       std::cerr << "switchyard-local: restarted " << c.name << " (restart " << c.restarts
-                << "); it joins the running mesh once it has loaded\n";
+                << (IsWorker(c) ? "); it joins the running mesh once it has loaded\n"
+                                : "); the workers register again with it\n");
       c.pid = *pid;
       c.exited = false;
       c.status = 0;
@@ -318,9 +324,11 @@ int main(int argc, char** argv) {
       for (Child* c : dead) {
         if (CleanExit(*c)) continue;
         const bool worker = IsWorker(*c);
-        fatal |= !worker;
+        const bool restarts =
+            (worker && restart_workers) || (c->name == "coordinator" && restart_coordinator);
+        fatal |= !worker && !restarts;
         std::string restart;
-        if (worker && restart_workers) {
+        if (restarts) {
           // A worker that dies soon after starting backs off; one that ran
           // for a minute starts again after a second.
           const auto now = std::chrono::steady_clock::now();
@@ -334,7 +342,8 @@ int main(int argc, char** argv) {
                   << (worker ? absl::StrCat("; the rest keeps running (the coordinator re-forms "
                                             "the mesh without it)",
                                             restart)
-                             : "")
+                      : restarts ? absl::StrCat("; the workers serve on", restart)
+                                 : "")
                   << "; its log (" << c->log << ") ends with:\n"
                   << LogTail(c->log);
       }

@@ -117,6 +117,11 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
         [&] { return should_stop() || dropped.load(); }));
   }
   SY_RETURN_IF_ERROR(cluster::WaitForReadyMesh(cfg, cluster::kReadyTimeout));
+  // Serving: a restarted coordinator rebuilds its state from this.
+  mesh.heartbeat->SetRecoveryReporter([mesh_exec](pb::Recovery* r) {
+    r->set_serving_epoch(mesh_exec->serving_epoch());
+    r->set_generation(mesh_exec->generation());
+  });
   server.SetServing({"switchyard.internal.v1.AttentionWorker"}, true);
   SY_LOG(INFO) << "attention worker " << index << " serving on " << listen;
 
@@ -134,6 +139,7 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   core.Stop();
   loop.join();
   mesh.heartbeat->SetReporter({}, {});
+  mesh.heartbeat->SetRecoveryReporter({});
   server.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   SY_LOG(INFO) << "attention worker " << index << " stopped";
   if (dropped.load() && !should_stop()) {

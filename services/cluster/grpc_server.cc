@@ -47,4 +47,14 @@ absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,
   return out;
 }
 
+std::shared_ptr<grpc::Channel> CoordinatorChannel(const std::string& address) {
+  // gRPC takes the minimum reconnect backoff as the connect timeout: keep it
+  // at seconds, or a busy machine fails every attempt's handshake.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
 }  // namespace sy::cluster

@@ -26,6 +26,11 @@ struct GrpcServer {
 std::string HealthCheckFailure(const std::string& address, const std::string& service,
                                std::chrono::milliseconds timeout);
 
+// A channel to the coordinator that reconnects within half a second once
+// it is back (gRPC's default backoff grows to minutes): workers and the
+// router keep using theirs across a coordinator restart.
+std::shared_ptr<grpc::Channel> CoordinatorChannel(const std::string& address);
+
 // Starts a server on `address` (host:port; port 0 picks a free one) with
 // `services` (not owned; must outlive the server). Unavailable when the
 // address cannot be bound.

@@ -9,6 +9,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "grpcpp/grpcpp.h"
+#include "services/cluster/grpc_server.h"
 #include "services/coordinator/coordinator_service.h"
 
 namespace sy::cluster {
@@ -106,16 +107,9 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
                                     std::chrono::milliseconds timeout,
                                     const std::string& staging_address) {
   const auto deadline = Clock::now() + timeout;
-  // Workers often start before the coordinator listens: retry connecting
-  // every 100-500 ms instead of gRPC's default exponential backoff (seconds).
-  // gRPC takes the minimum reconnect backoff as the connect timeout: keep it
-  // at seconds, or a busy machine fails every attempt's handshake.
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
-  auto channel = grpc::CreateCustomChannel(cfg.coordinator.listen.address(),
-                                           grpc::InsecureChannelCredentials(), args);
+  // Workers often start before the coordinator listens: the channel retries
+  // connecting every 100-500 ms instead of gRPC's default exponential backoff.
+  auto channel = CoordinatorChannel(cfg.coordinator.listen.address());
   auto stub = pb::Coordinator::NewStub(channel);
   pb::RegisterRequest req;
   req.set_role(attention ? pb::ROLE_ATTENTION : pb::ROLE_EXPERT);
@@ -157,6 +151,7 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
                                             transport.rank()));
   }
   out.heartbeat = std::make_unique<Heartbeat>(cfg, out.rank, out.registration);
+  out.heartbeat->SetRegisterRequest(req);
   SY_LOG(INFO) << "registered as rank " << out.rank << "; waiting for the mesh";
   pb::Mesh mesh;
   pb::GetMeshRequest complete;
@@ -215,9 +210,9 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
 Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank, uint64_t registration) {
   const std::string address = cfg.coordinator.listen.address();
   const auto period = std::chrono::milliseconds(cfg.coordinator.heartbeat_ms);
-  thread_ = std::thread([this, address, period, rank, registration] {
-    auto stub =
-        pb::Coordinator::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  thread_ = std::thread([this, address, period, rank, registration_at_start = registration] {
+    uint64_t registration = registration_at_start;
+    auto stub = pb::Coordinator::NewStub(CoordinatorChannel(address));
     int64_t sent_news = 0;
     auto next_unknown_warning = Clock::now();
     auto news = [this] {
@@ -240,7 +235,37 @@ Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank, uint64_t registrati
       }
       pb::HeartbeatResponse resp;
       grpc::Status st = stub->Heartbeat(&ctx, req, &resp);
+      std::optional<pb::RegisterRequest> again;
       if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
+        std::lock_guard<std::mutex> lock(reporter_mu_);
+        if (register_request_.has_value()) {
+          again = register_request_;
+          if (recovery_) recovery_(again->mutable_recovery());
+        }
+      }
+      if (again.has_value()) {
+        // The coordinator restarted: register again, with what this worker
+        // serves, and beat with the new token.
+        grpc::ClientContext rctx;
+        rctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+        pb::RegisterResponse rresp;
+        const grpc::Status rst = stub->Register(&rctx, *again, &rresp);
+        if (rst.ok()) {
+          registration = rresp.registration();
+          SY_LOG(WARNING) << "rank " << rank << ": the coordinator at " << address
+                          << " did not know this worker (it restarted); registered again"
+                          << (again->has_recovery()
+                                  ? absl::StrCat(" as serving epoch ",
+                                                 again->recovery().serving_epoch(), " (generation ",
+                                                 again->recovery().generation(), ")")
+                                  : std::string());
+          beat_now_.store(true);
+        } else if (Clock::now() >= next_unknown_warning) {
+          SY_LOG(WARNING) << "rank " << rank << ": registering again with the coordinator at "
+                          << address << ": " << rst.error_message();
+          next_unknown_warning = Clock::now() + std::chrono::seconds(10);
+        }
+      } else if (st.error_code() == grpc::StatusCode::NOT_FOUND) {
         // The coordinator does not know this worker (it restarted, or this
         // worker was replaced): say so, at most once a minute, instead of
         // beating into the void silently.
@@ -315,6 +340,16 @@ std::chrono::milliseconds ReformWait(const ClusterConfig& cfg) {
   return std::chrono::milliseconds(2 * cfg.coordinator.worker_timeout_ms);
 }
 
+void Heartbeat::SetRegisterRequest(pb::RegisterRequest req) {
+  std::lock_guard<std::mutex> lock(reporter_mu_);
+  register_request_ = std::move(req);
+}
+
+void Heartbeat::SetRecoveryReporter(RecoveryReporter reporter) {
+  std::lock_guard<std::mutex> lock(reporter_mu_);
+  recovery_ = std::move(reporter);
+}
+
 void Heartbeat::SetReady() {
   ready_.store(true, std::memory_order_relaxed);
   beat_now_.store(true);
@@ -329,16 +364,25 @@ void Heartbeat::SetReporter(Reporter reporter, NewsProbe news) {
 MeshWatcher::MeshWatcher(const ClusterConfig& cfg, std::function<void(const pb::Mesh&)> on_change) {
   const std::string address = cfg.coordinator.listen.address();
   thread_ = std::thread([this, address, on_change = std::move(on_change)] {
-    auto stub =
-        pb::Coordinator::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    auto stub = pb::Coordinator::NewStub(CoordinatorChannel(address));
     int64_t version = 0;
+    uint64_t incarnation = 0;
     pb::Mesh mesh;
     while (!stop_.load()) {
       pb::GetMeshRequest req;
       req.set_newer_than_version(std::max<int64_t>(version, 1));
+      // A restarted coordinator counts versions from 1 again: any answer
+      // from another incarnation is news.
       if (PollMesh(
-              *stub, req, [&](const pb::Mesh& m) { return m.version() > version; },
+              *stub, req,
+              [&](const pb::Mesh& m) {
+                return m.version() > version || m.incarnation() != incarnation;
+              },
               Clock::time_point::max(), &mesh, {}, &stop_)) {
+        if (incarnation != 0 && mesh.incarnation() != incarnation) {
+          SY_LOG(WARNING) << "the coordinator restarted (a new incarnation); following its mesh";
+        }
+        incarnation = mesh.incarnation();
         version = mesh.version();
         on_change(mesh);
       }
@@ -352,8 +396,7 @@ MeshWatcher::~MeshWatcher() {
 }
 
 absl::Status WaitForReadyMesh(const ClusterConfig& cfg, std::chrono::milliseconds timeout) {
-  auto stub = pb::Coordinator::NewStub(
-      grpc::CreateChannel(cfg.coordinator.listen.address(), grpc::InsecureChannelCredentials()));
+  auto stub = pb::Coordinator::NewStub(CoordinatorChannel(cfg.coordinator.listen.address()));
   auto not_ready = [](const pb::Mesh& mesh) {
     std::vector<int32_t> ranks;
     for (const pb::Member& m : mesh.members()) {

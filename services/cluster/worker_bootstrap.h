@@ -104,6 +104,14 @@ class Heartbeat {
   // A mesh step of placement epoch `epoch` failed with `why`: sent with every
   // heartbeat from now on (the first at once) until a newer one.
   void ReportMeshFailure(int64_t epoch, const std::string& why);
+  // What to register with again when the coordinator answers a heartbeat
+  // with NOT_FOUND (it restarted and lost its state): `req` as first sent,
+  // plus the recovery the reporter fills once the worker serves (its
+  // generation, epoch and, for expert workers, placement). The heartbeats
+  // then carry the new registration's token.
+  using RecoveryReporter = std::function<void(::switchyard::internal::v1::Recovery*)>;
+  void SetRegisterRequest(::switchyard::internal::v1::RegisterRequest req);
+  void SetRecoveryReporter(RecoveryReporter reporter);
 
  private:
   std::atomic<bool> stop_{false};  // set by the destructor, polled by the thread
@@ -116,6 +124,8 @@ class Heartbeat {
   NewsProbe news_;                 // guarded by reporter_mu_
   int64_t mesh_failed_epoch_ = 0;  // guarded by reporter_mu_
   std::string mesh_failure_;       // guarded by reporter_mu_
+  std::optional<::switchyard::internal::v1::RegisterRequest> register_request_;  // reporter_mu_
+  RecoveryReporter recovery_;  // guarded by reporter_mu_
   std::thread thread_;
 };
 

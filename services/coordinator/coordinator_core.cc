@@ -5,11 +5,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/log.h"
+#include "common/status.h"
 
 namespace sy::coordinator {
 
 CoordinatorCore::CoordinatorCore(const CoordinatorOptions& options, eplb::Placement placement)
     : options_(options),
+      incarnation_((static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()),
       rng_(std::random_device{}()),
       attention_(options.attention_workers),
       experts_(options.expert_workers),
@@ -62,7 +64,8 @@ std::vector<MemberInfo> CoordinatorCore::RegisteredLocked() const {
 
 absl::StatusOr<int32_t> CoordinatorCore::Register(
     Role role, int32_t index, const std::string& grpc_address, const std::string& transport_address,
-    const std::string& name, const std::string& staging_address, uint64_t* registration) {
+    const std::string& name, const std::string& staging_address, uint64_t* registration,
+    const RecoveryInfo* recovery) {
   if (grpc_address.empty()) return absl::InvalidArgumentError("grpc_address must not be empty");
   if (transport_address.empty()) {
     return absl::InvalidArgumentError("transport_address must not be empty");
@@ -75,11 +78,14 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(
                                                    " ", role_name, " workers of the topology"));
   }
   MemberInfo& m = list[index];
+  if (recovery != nullptr && m.rank < 0) {
+    SY_RETURN_IF_ERROR(RecoverLocked(role, index, *recovery));
+  }
   if (m.rank >= 0 && m.grpc_address != grpc_address && m.alive && !m.dropped && !m.joining) {
     return absl::AlreadyExistsError(
         absl::StrCat(role_name, " worker ", index, " is already registered from ", m.grpc_address));
   }
-  if (ever_ready_ && m.rank >= 0 && !m.dropped && !m.joining) {
+  if (ever_ready_ && m.rank >= 0 && !m.dropped && !m.joining && recovery == nullptr) {
     // A member of the running mesh registers again: its process restarted,
     // so the one the mesh holds is gone. Re-form without it (as for a
     // failure found otherwise); the new one joins as its replacement.
@@ -110,14 +116,55 @@ absl::StatusOr<int32_t> CoordinatorCore::Register(
     m.registration = rng_();
   } while (m.registration == 0);
   if (registration != nullptr) *registration = m.registration;
+  if (recovery != nullptr && !replaces) {
+    m.ready = true;  // it serves
+    m.serving_epoch = recovery->serving_epoch;
+  }
   ++version_;
   SY_LOG(INFO) << "registered " << role_name << " worker " << index << " ('" << name << "') at "
                << grpc_address << " as rank " << m.rank << " (version " << version_ << ")";
   if (CompleteLocked() && !replaces) SY_LOG(INFO) << "mesh complete at epoch " << epoch_;
+  if (recovering_ && CompleteLocked()) {
+    recovering_ = false;
+    SY_LOG(WARNING) << "every worker has registered again: the mesh is recovered at epoch "
+                    << epoch_ << " (generation " << formed_epoch_ << ")";
+  }
   const int32_t rank = m.rank;
   lock.unlock();
   NotifyChange();
   return rank;
+}
+
+absl::Status CoordinatorCore::RecoverLocked(Role role, int32_t index,
+                                            const RecoveryInfo& recovery) {
+  if (recovery.placement.has_value()) {
+    const eplb::Placement& p = *recovery.placement;
+    if (p.layers != placement_.layers || p.num_logical != placement_.num_logical ||
+        p.num_workers != options_.expert_workers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("recovery.placement does not fit this coordinator's model and topology (",
+                       p.layers.size(), " MoE layers, ", p.num_logical, " experts, ", p.num_workers,
+                       " expert workers; configured: ", placement_.layers.size(), ", ",
+                       placement_.num_logical, ", ", options_.expert_workers, ")"));
+    }
+    if (auto st = p.Validate(); !st.ok()) return Annotate(st, "recovery.placement");
+  }
+  if (!recovering_ && ever_ready_) return absl::OkStatus();  // serving: nothing to rebuild
+  if (!recovering_) {
+    recovering_ = true;
+    ever_ready_ = true;  // steps have run
+    recovering_since_ = std::chrono::steady_clock::now();
+    SY_LOG(WARNING) << (role == Role::kAttention ? "attention" : "expert") << " worker " << index
+                    << " registered again while serving (generation " << recovery.generation
+                    << ", epoch " << recovery.serving_epoch
+                    << "): this coordinator restarted; rebuilding the mesh from the workers";
+  }
+  if (recovery.generation > formed_epoch_) formed_epoch_ = recovery.generation;
+  if (recovery.placement.has_value() && recovery.placement->epoch >= epoch_) {
+    placement_ = *recovery.placement;
+    epoch_ = placement_.epoch;
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank, const HeartbeatInfo& info) {
@@ -358,6 +405,8 @@ MeshView CoordinatorCore::GetMesh() const {
   v.epoch = epoch_;
   v.formed_epoch = formed_epoch_;
   v.complete = CompleteLocked();
+  v.incarnation = incarnation_;
+  v.recovering = recovering_;
   v.ready = ReadyLocked();
   v.members = RegisteredLocked();
   v.placement = placement_;
@@ -370,6 +419,35 @@ std::vector<int32_t> CoordinatorCore::ExpireSilent(std::chrono::steady_clock::ti
   std::unique_lock<std::mutex> lock(mu_);
   std::vector<int32_t> expired;
   bool changed = false;
+  if (recovering_ && now - recovering_since_ > options_.worker_timeout) {
+    // The workers that have not registered again since the restart are
+    // taken for gone; the mesh goes on without them (a step that still
+    // waits on one fails and re-forms it).
+    recovering_ = false;
+    changed = true;
+    std::vector<int32_t> missing;
+    for (auto* list : {&attention_, &experts_}) {
+      for (size_t i = 0; i < list->size(); ++i) {
+        MemberInfo& m = (*list)[i];
+        if (m.rank >= 0) continue;
+        m.role = list == &attention_ ? Role::kAttention : Role::kExpert;
+        m.rank = m.role == Role::kAttention ? static_cast<int32_t>(i)
+                                            : options_.attention_workers + static_cast<int32_t>(i);
+        m.name = "(did not register again)";
+        m.alive = false;
+        missing.push_back(m.rank);
+      }
+    }
+    SY_LOG(WARNING) << "recovery ended after " << options_.worker_timeout.count() << " ms: "
+                    << (missing.empty() ? std::string("every worker registered again")
+                                        : absl::StrCat("ranks ", absl::StrJoin(missing, ", "),
+                                                       " did not register again"));
+    if (!missing.empty()) {
+      const absl::StatusOr<int64_t> e =
+          ReformLocked(missing, "workers that did not register again after a restart");
+      if (!e.ok()) SY_LOG(ERROR) << "re-forming the mesh: " << e.status();
+    }
+  }
   for (auto* list : {&attention_, &experts_}) {
     for (MemberInfo& m : *list) {
       if (m.rank >= 0 && m.alive && now - m.last_heartbeat > options_.worker_timeout) {

@@ -87,6 +87,14 @@ struct HeartbeatInfo {
   uint64_t registration = 0;
 };
 
+// What a serving worker reports when it registers with a coordinator that
+// restarted (RegisterRequest.recovery).
+struct RecoveryInfo {
+  int64_t serving_epoch = 0;
+  int64_t generation = 0;
+  std::optional<eplb::Placement> placement;  // expert workers
+};
+
 enum class TransitionState { kStaging, kCommitted };
 
 struct TransitionView {
@@ -109,6 +117,8 @@ struct MeshView {
   int64_t formed_epoch = 0;  // the epoch the membership last formed at (re-formations move it)
   int64_t version = 0;       // changes with anything in the view
   bool complete = false;
+  uint64_t incarnation = 0;  // random per coordinator process
+  bool recovering = false;   // re-learning the mesh after a restart
   // Complete, and every member alive and ready: the mesh may step. Workers
   // start stepping, and the router serving, only then.
   bool ready = false;
@@ -137,10 +147,19 @@ class CoordinatorCore {
   // (holding what the serving placement gives its index: nothing after a
   // survivor placement), and once no member is dropped any more, TakeRestore
   // hands out the placement to move the experts back to.
+  //
+  // With `recovery` (a serving worker registering again after this
+  // coordinator restarted), the member is ready at once, and a coordinator
+  // that has not served yet rebuilds its state from it: the generation and,
+  // from expert workers, the placement with the newest epoch (InvalidArgument
+  // when it does not fit the configured model and topology). The mesh is
+  // `recovering` until every index has registered again; ExpireSilent drops
+  // the ones still missing a worker timeout after the first recovery.
   absl::StatusOr<int32_t> Register(Role role, int32_t index, const std::string& grpc_address,
                                    const std::string& transport_address, const std::string& name,
                                    const std::string& staging_address = "",
-                                   uint64_t* registration = nullptr);
+                                   uint64_t* registration = nullptr,
+                                   const RecoveryInfo* recovery = nullptr);
   // Records a heartbeat, and `ready` once the worker reports it (readiness
   // is sticky until the worker registers again; the change listener runs
   // when the mesh becomes ready), the epochs it serves and has staged, a
@@ -224,6 +243,9 @@ class CoordinatorCore {
   bool ReadyLocked() const;
   bool DegradedLocked() const;  // a member has been dropped
   absl::StatusOr<int64_t> ReformLocked(const std::vector<int32_t>& dead, const std::string& why);
+  // Rebuilds the generation, epoch and placement from a recovering
+  // registration (see Register).
+  absl::Status RecoverLocked(Role role, int32_t index, const RecoveryInfo& recovery);
   void NotifyChange();
   std::vector<MemberInfo> RegisteredLocked() const;
   TransitionProgress ProgressLocked() const;
@@ -245,6 +267,9 @@ class CoordinatorCore {
   // restore is due once replacements make it whole again.
   std::optional<eplb::Placement> whole_;
   bool restore_due_ = false;
+  const uint64_t incarnation_;
+  bool recovering_ = false;  // rebuilding the mesh from recovering registrations
+  std::chrono::steady_clock::time_point recovering_since_;
   std::mt19937_64 rng_;  // registration tokens
   int64_t epoch_ = 1;
   int64_t formed_epoch_ = 1;

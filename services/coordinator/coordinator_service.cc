@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/status.h"
 
 namespace sy::coordinator {
 namespace {
@@ -68,6 +70,8 @@ absl::StatusOr<eplb::Placement> PlacementFromProto(const pb::Placement& in) {
 void MeshToProto(const MeshView& mesh, pb::Mesh* out) {
   out->set_epoch(mesh.epoch);
   out->set_formed_epoch(mesh.formed_epoch);
+  out->set_incarnation(mesh.incarnation);
+  out->set_recovering(mesh.recovering);
   out->set_complete(mesh.complete);
   out->set_ready(mesh.ready);
   for (const MemberInfo& m : mesh.members) {
@@ -113,9 +117,21 @@ grpc::ServerUnaryReactor* CoordinatorService::Register(grpc::CallbackServerConte
     return Done(ctx, "Register", start,
                 absl::InvalidArgumentError("role must be ROLE_ATTENTION or ROLE_EXPERT"));
   }
+  std::optional<RecoveryInfo> recovery;
+  if (req->has_recovery()) {
+    recovery.emplace();
+    recovery->serving_epoch = req->recovery().serving_epoch();
+    recovery->generation = req->recovery().generation();
+    if (req->recovery().has_placement()) {
+      absl::StatusOr<eplb::Placement> p = PlacementFromProto(req->recovery().placement());
+      if (!p.ok()) return Done(ctx, "Register", start, Annotate(p.status(), "recovery.placement"));
+      recovery->placement = *std::move(p);
+    }
+  }
   uint64_t registration = 0;
   auto rank = core_->Register(role, req->index(), req->grpc_address(), req->transport_address(),
-                              req->worker_name(), req->staging_address(), &registration);
+                              req->worker_name(), req->staging_address(), &registration,
+                              recovery.has_value() ? &*recovery : nullptr);
   if (rank.ok()) {
     resp->set_rank(*rank);
     resp->set_registration(registration);

@@ -496,6 +496,93 @@ TEST(CoordinatorReformTest, AReplacementThatGoesSilentIsDroppedWithoutAReform) {
   EXPECT_TRUE(core->Register(Role::kExpert, 1, "e1:3", "t-e1c", "e1").ok());
 }
 
+// A coordinator that restarted (empty) rebuilds its state from the workers
+// that register again while serving: the generation, the newest placement
+// the expert workers serve, and readiness; it is `recovering` until every
+// index is back, and refuses a recovery placement that does not fit.
+TEST(CoordinatorRecoveryTest, RebuildsTheMeshFromServingWorkers) {
+  eplb::Placement initial;
+  auto old = ReadyReplicatedMesh(&initial);
+  ASSERT_TRUE(old->Reform({}, 1, "a resync").ok());  // generation 2, epoch 2
+  const MeshView served = old->GetMesh();
+  ASSERT_EQ(served.formed_epoch, 2);
+  eplb::Placement p = served.placement;
+
+  CoordinatorOptions o;
+  o.attention_workers = 1;
+  o.expert_workers = 2;
+  o.worker_timeout = std::chrono::milliseconds(200);
+  CoordinatorCore fresh(o, initial);
+  EXPECT_NE(fresh.GetMesh().incarnation, served.incarnation);
+  RecoveryInfo aw;
+  aw.serving_epoch = 2;
+  aw.generation = 2;
+  ASSERT_TRUE(fresh.Register(Role::kAttention, 0, "a0:1", "t-a0", "a0", "", nullptr, &aw).ok());
+  MeshView v = fresh.GetMesh();
+  EXPECT_TRUE(v.recovering);
+  EXPECT_FALSE(v.ready);
+  EXPECT_EQ(v.formed_epoch, 2);
+  EXPECT_TRUE(v.members[0].ready);
+  // A placement for another topology is refused, naming the field.
+  RecoveryInfo bad;
+  bad.generation = 2;
+  bad.placement = initial;
+  bad.placement->num_workers = 3;
+  auto refused = fresh.Register(Role::kExpert, 0, "e0:1", "t-e0", "e0", "", nullptr, &bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("recovery.placement"));
+  RecoveryInfo ew;
+  ew.serving_epoch = 2;
+  ew.generation = 2;
+  ew.placement = p;
+  ASSERT_TRUE(fresh.Register(Role::kExpert, 0, "e0:1", "t-e0", "e0", "", nullptr, &ew).ok());
+  EXPECT_EQ(fresh.epoch(), 2);
+  EXPECT_TRUE(fresh.GetMesh().recovering);
+  ASSERT_TRUE(fresh.Register(Role::kExpert, 1, "e1:1", "t-e1", "e1", "", nullptr, &ew).ok());
+  v = fresh.GetMesh();
+  EXPECT_FALSE(v.recovering);
+  EXPECT_TRUE(v.complete);
+  EXPECT_TRUE(v.ready) << "the workers serve: no loading to wait for";
+  EXPECT_EQ(v.epoch, 2);
+  EXPECT_EQ(v.formed_epoch, 2);
+  EXPECT_EQ(v.placement.phy2log, p.phy2log);
+  // It has served: a worker that later registers again (without recovery:
+  // its process restarted) is a replacement, as in any running mesh.
+  ASSERT_TRUE(fresh.Register(Role::kExpert, 1, "e1:1", "t-e1b", "e1").ok());
+  EXPECT_TRUE(fresh.GetMesh().members[2].joining);
+  EXPECT_EQ(fresh.GetMesh().formed_epoch, 3);
+}
+
+// A worker that does not register again within a worker timeout of the
+// first recovery is taken for gone: the mesh is re-formed without it.
+TEST(CoordinatorRecoveryTest, WorkersThatDoNotComeBackAreDropped) {
+  eplb::Placement initial;
+  auto old = ReadyReplicatedMesh(&initial);
+  CoordinatorOptions o;
+  o.attention_workers = 1;
+  o.expert_workers = 2;
+  o.worker_timeout = std::chrono::milliseconds(200);
+  CoordinatorCore fresh(o, initial);
+  RecoveryInfo r;
+  r.serving_epoch = 1;
+  r.generation = 1;
+  ASSERT_TRUE(fresh.Register(Role::kAttention, 0, "a0:1", "t-a0", "a0", "", nullptr, &r).ok());
+  r.placement = initial;
+  ASSERT_TRUE(fresh.Register(Role::kExpert, 0, "e0:1", "t-e0", "e0", "", nullptr, &r).ok());
+  EXPECT_TRUE(fresh.ExpireSilent(std::chrono::steady_clock::now()).empty());
+  EXPECT_TRUE(fresh.GetMesh().recovering);
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  for (int32_t rank : {0, 1}) ASSERT_TRUE(fresh.Heartbeat(rank, true).ok());
+  fresh.ExpireSilent(std::chrono::steady_clock::now());
+  const MeshView v = fresh.GetMesh();
+  EXPECT_FALSE(v.recovering);
+  ASSERT_EQ(v.members.size(), 3u);
+  EXPECT_TRUE(v.members[2].dropped);
+  EXPECT_EQ(v.placement.NumSlotsOf(1), 0);
+  EXPECT_EQ(v.formed_epoch, 2);
+  EXPECT_TRUE(v.ready) << "expert worker 0 holds every expert";
+}
+
 TEST(CoordinatorReformTest, SurvivorsWithoutEveryExpertAreNotReady) {
   eplb::PlacementOptions po;
   po.num_workers = 2;

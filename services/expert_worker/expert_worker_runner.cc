@@ -208,6 +208,12 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
         [&] { return should_stop() || dropped.load(); }));
   }
   SY_RETURN_IF_ERROR(cluster::WaitForReadyMesh(cfg, cluster::kReadyTimeout));
+  // Serving: a restarted coordinator rebuilds its state from this.
+  mesh.heartbeat->SetRecoveryReporter([server_ptr](pb::Recovery* r) {
+    r->set_serving_epoch(server_ptr->serving_epoch());
+    r->set_generation(server_ptr->generation());
+    coordinator::PlacementToProto(server_ptr->serving_placement(), r->mutable_placement());
+  });
   server.SetServing({}, true);
   SY_LOG(INFO) << "expert worker " << index << " serving " << mesh.placement.NumSlotsOf(index)
                << " slots per layer";
@@ -244,6 +250,7 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
   }
   server.SetServing({}, false);
   mesh.heartbeat->SetReporter({}, {});
+  mesh.heartbeat->SetRecoveryReporter({});
   server.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   SY_LOG(INFO) << "expert worker " << index << " stopped after " << experts->step() << " steps";
   // Peers going away during a shutdown is expected.

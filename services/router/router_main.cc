@@ -24,6 +24,7 @@
 #include "common/log.h"
 #include "grpcpp/grpcpp.h"
 #include "services/cluster/cluster_config.h"
+#include "services/cluster/grpc_server.h"
 #include "services/cluster/process.h"
 #include "services/router/router_server.h"
 #include "switchyard/internal/v1/cluster.grpc.pb.h"
@@ -47,18 +48,39 @@ namespace pb = ::switchyard::internal::v1;
 
 // Polls the coordinator's mesh and hands the live attention workers to the
 // router whenever the set changes. Stops when `stop` is set.
-void FollowCoordinator(const std::string& coordinator, sy::router::RouterServer* server,
-                       const std::atomic<bool>* stop) {
-  auto stub = pb::Coordinator::NewStub(
-      grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
+// `grace`: how long an incomplete mesh from a restarted coordinator (a new
+// incarnation) leaves the attention workers known in place: the workers
+// serve on and register again meanwhile.
+void FollowCoordinator(const std::string& coordinator, std::chrono::milliseconds grace,
+                       sy::router::RouterServer* server, const std::atomic<bool>* stop) {
+  auto stub = pb::Coordinator::NewStub(sy::cluster::CoordinatorChannel(coordinator));
   std::vector<std::string> current;
   bool first = true;
+  uint64_t incarnation = 0;  // of the last mesh the backends came from
+  std::chrono::steady_clock::time_point restarted_at;
   while (!stop->load()) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
     pb::GetMeshRequest req;
     pb::Mesh mesh;
-    if (stub->GetMesh(&ctx, req, &mesh).ok()) {
+    // A restarted coordinator re-learning the mesh from the workers (which
+    // serve on meanwhile): keep the attention workers known.
+    bool keep = false;
+    const bool answered = stub->GetMesh(&ctx, req, &mesh).ok();
+    if (answered && !first && mesh.incarnation() != incarnation) {
+      if (restarted_at == std::chrono::steady_clock::time_point{}) {
+        restarted_at = std::chrono::steady_clock::now();
+        SY_LOG(WARNING) << "router: the coordinator restarted; keeping the attention workers "
+                           "known while it re-learns the mesh";
+      }
+      keep = !mesh.complete() && std::chrono::steady_clock::now() - restarted_at < grace;
+    }
+    if (answered && !first && mesh.recovering()) keep = true;
+    if (answered && !keep) {
+      incarnation = mesh.incarnation();
+      restarted_at = {};
+    }
+    if (answered && !keep) {
       std::vector<std::string> live;
       // Workers serve only once the whole mesh has formed and every worker
       // has loaded what it serves (liveness aside: a dead worker's absence
@@ -121,6 +143,7 @@ int main(int argc, char** argv) {
   options.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
   options.max_logprobs = absl::GetFlag(FLAGS_max_logprobs);
   std::string coordinator;
+  std::chrono::milliseconds follow_grace(10000);
   if (!absl::GetFlag(FLAGS_config).empty()) {
     auto cfg = sy::cluster::LoadClusterConfig(absl::GetFlag(FLAGS_config));
     if (!cfg.ok()) {
@@ -134,6 +157,7 @@ int main(int argc, char** argv) {
     options.max_new_tokens_limit = cfg->limits.max_new_tokens;
     options.max_logprobs = cfg->limits.max_logprobs;
     coordinator = cfg->coordinator.listen.address();
+    follow_grace = std::chrono::milliseconds(cfg->coordinator.worker_timeout_ms);
   }
   if (!absl::GetFlag(FLAGS_listen).empty()) options.listen_address = absl::GetFlag(FLAGS_listen);
   if (!absl::GetFlag(FLAGS_model).empty()) options.model_dir = absl::GetFlag(FLAGS_model);
@@ -162,7 +186,7 @@ int main(int argc, char** argv) {
   std::atomic<bool> stop{false};
   std::thread follower;
   if (!coordinator.empty()) {
-    follower = std::thread(FollowCoordinator, coordinator, server->get(), &stop);
+    follower = std::thread(FollowCoordinator, coordinator, follow_grace, server->get(), &stop);
   }
   int sig = 0;
   sigwait(&signals, &sig);
