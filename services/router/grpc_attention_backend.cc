@@ -2,6 +2,10 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
 #include <utility>
 
 #include "services/api/convert.h"
@@ -53,12 +57,35 @@ class GrpcCall final : public BackendCall,
   std::shared_ptr<GrpcCall> self_;
 };
 
+// gRPC's callback API runs on a process-wide completion queue that is torn
+// down when the last channel that used it is destroyed and set up again by
+// the next call; that teardown races with new calls (an abort in gRPC's
+// ref_counted.h, seen when backends came and went). So the channel to each
+// attention worker's address is kept for the life of the process (a cluster
+// has few addresses); a backend removed and added again reuses it.
+std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
+  static std::mutex mu;
+  static auto* channels = new std::map<std::string, std::shared_ptr<grpc::Channel>>();
+  std::lock_guard<std::mutex> lock(mu);
+  std::shared_ptr<grpc::Channel>& c = (*channels)[address];
+  if (c == nullptr) {
+    // A worker restarted at the same address is reached within half a
+    // second, not after gRPC's growing reconnect backoff (the minimum is
+    // also the connect timeout: seconds, for a busy machine).
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+    c = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  }
+  return c;
+}
+
 }  // namespace
 
 GrpcAttentionBackend::GrpcAttentionBackend(std::string address)
     : address_(std::move(address)),
-      stub_(switchyard::internal::v1::AttentionWorker::NewStub(
-          grpc::CreateChannel(address_, grpc::InsecureChannelCredentials()))) {}
+      stub_(switchyard::internal::v1::AttentionWorker::NewStub(ChannelTo(address_))) {}
 
 std::shared_ptr<GrpcAttentionBackend> GrpcAttentionBackend::Create(const std::string& address) {
   return std::shared_ptr<GrpcAttentionBackend>(new GrpcAttentionBackend(address));
