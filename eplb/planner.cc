@@ -694,19 +694,23 @@ Score ScorePlacement(const LoadMatrix& load, const Phy2Log& phy2log, int32_t num
   return score;
 }
 
-Movement CountMovement(const Phy2Log& current, const Phy2Log& next, int32_t num_workers) {
+namespace {
+
+// CountMovement with the worker of each slot given: current_worker(l, s)
+// and next_worker(l, s).
+template <typename CurrentWorker, typename NextWorker>
+Movement CountMovementBy(const Phy2Log& current, const Phy2Log& next, int32_t num_workers,
+                         CurrentWorker current_worker, NextWorker next_worker) {
   Movement m;
   m.per_worker.assign(next.size(), std::vector<int64_t>(static_cast<size_t>(num_workers), 0));
   std::set<std::pair<int32_t, int32_t>> held;  // (worker, expert)
   for (size_t l = 0; l < next.size(); ++l) {
-    const size_t per_worker = next[l].size() / static_cast<size_t>(num_workers);
     held.clear();
-    for (size_t s = 0; s < current[l].size(); ++s) {
-      held.emplace(static_cast<int32_t>(s / per_worker), current[l][s]);
-    }
+    for (size_t s = 0; s < current[l].size(); ++s)
+      held.emplace(current_worker(l, s), current[l][s]);
     std::set<std::pair<int32_t, int32_t>> placed;
     for (size_t s = 0; s < next[l].size(); ++s) {
-      const std::pair<int32_t, int32_t> key(static_cast<int32_t>(s / per_worker), next[l][s]);
+      const std::pair<int32_t, int32_t> key(next_worker(l, s), next[l][s]);
       // A second replica of an expert on the same worker needs no second copy.
       if (held.count(key) == 0 && placed.insert(key).second) {
         ++m.expert_loads;
@@ -716,6 +720,25 @@ Movement CountMovement(const Phy2Log& current, const Phy2Log& next, int32_t num_
     m.total_slots += static_cast<int64_t>(next[l].size());
   }
   return m;
+}
+
+}  // namespace
+
+Movement CountMovement(const Phy2Log& current, const Phy2Log& next, int32_t num_workers) {
+  auto even = [&](const Phy2Log& p) {
+    return [&p, num_workers](size_t l, size_t s) {
+      return static_cast<int32_t>(s / (p[l].size() / static_cast<size_t>(num_workers)));
+    };
+  };
+  return CountMovementBy(current, next, num_workers, even(current), even(next));
+}
+
+Movement CountMovement(const Placement& current, const Placement& next) {
+  auto ranged = [](const Placement& p) {
+    return [&p](size_t, size_t s) { return p.WorkerOfSlot(static_cast<int32_t>(s)); };
+  };
+  return CountMovementBy(current.phy2log, next.phy2log, next.num_workers, ranged(current),
+                         ranged(next));
 }
 
 absl::StatusOr<Phy2Log> Plan(const LoadMatrix& load, const PlanShape& shape,

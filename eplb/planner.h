@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "eplb/placement.h"
 
 namespace sy::eplb {
 
@@ -156,5 +157,9 @@ struct Movement {
 // Weight copies needed to go from `current` to `next` (both valid for the
 // same shape and layer count).
 Movement CountMovement(const Phy2Log& current, const Phy2Log& next, int32_t num_workers);
+// The same between two placements of the same layers, whose workers may
+// hold different slot counts (a placement over survivors, and one over
+// every worker).
+Movement CountMovement(const Placement& current, const Placement& next);
 
 }  // namespace sy::eplb

@@ -176,6 +176,26 @@ TEST(CountMovementTest, CountsExpertCopiesOntoWorkers) {
   EXPECT_THAT(m.per_worker[0], ::testing::ElementsAre(1, 1));
 }
 
+// Between placements with other slot ranges (worker 1 held nothing: a
+// survivor placement) the ranges decide who gains what.
+TEST(CountMovementTest, PlacementsWithUnevenRangesCountByRange) {
+  Placement survivors;
+  survivors.layers = {0};
+  survivors.num_logical = 4;
+  survivors.num_slots = 4;
+  survivors.num_workers = 2;
+  survivors.worker_begin = {0, 4, 4};
+  survivors.phy2log = {{0, 1, 2, 3}};
+  Placement whole = survivors;
+  whole.num_slots = 6;
+  whole.worker_begin = {0, 3, 6};
+  whole.phy2log = {{0, 1, 2, 3, 0, 1}};
+  EXPECT_EQ(CountMovement(survivors, survivors).expert_loads, 0);
+  const Movement m = CountMovement(survivors, whole);
+  EXPECT_EQ(m.expert_loads, 3);  // worker 1 gets 3, 0 and 1
+  EXPECT_THAT(m.per_worker[0], ::testing::ElementsAre(0, 3));
+}
+
 }  // namespace
 }  // namespace sy::eplb
 

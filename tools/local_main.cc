@@ -63,8 +63,8 @@ struct Child {
   std::string log;
   bool exited = false;
   int status = 0;
-  // --restart-workers: when to start it again (after it died), and the
-  // delay after the next death.
+  // --restart-workers / --restart-coordinator: when to start it again
+  // (after it died), and the delay after the next death.
   std::optional<std::chrono::steady_clock::time_point> restart_at;
   std::chrono::steady_clock::time_point started;
   std::chrono::milliseconds backoff{1000};
@@ -316,19 +316,21 @@ int main(int argc, char** argv) {
       if (all) break;
     }
     if (failed && ready) {
-      // A worker that dies once the cluster serves is left out: the
-      // coordinator re-forms the mesh over the survivors. The cluster stops
-      // when the coordinator or the router fails, or no attention or no
-      // expert worker is left.
+      // A worker that dies once the cluster serves is left out (the
+      // coordinator re-forms the mesh over the survivors) and, with
+      // --restart-workers, started again; so is the coordinator with
+      // --restart-coordinator. The cluster stops when the coordinator (not
+      // restarted) or the router fails, or no attention or no expert worker
+      // is left (a worker waiting for its restart counts).
       bool fatal = false;
       for (Child* c : dead) {
         if (CleanExit(*c)) continue;
         const bool worker = IsWorker(*c);
-        const bool restarts =
+        const bool restart_it =
             (worker && restart_workers) || (c->name == "coordinator" && restart_coordinator);
-        fatal |= !worker && !restarts;
+        fatal |= !worker && !restart_it;
         std::string restart;
-        if (restarts) {
+        if (restart_it) {
           // A worker that dies soon after starting backs off; one that ran
           // for a minute starts again after a second.
           const auto now = std::chrono::steady_clock::now();
@@ -342,8 +344,8 @@ int main(int argc, char** argv) {
                   << (worker ? absl::StrCat("; the rest keeps running (the coordinator re-forms "
                                             "the mesh without it)",
                                             restart)
-                      : restarts ? absl::StrCat("; the workers serve on", restart)
-                                 : "")
+                      : restart_it ? absl::StrCat("; the workers serve on", restart)
+                                   : "")
                   << "; its log (" << c->log << ") ends with:\n"
                   << LogTail(c->log);
       }

@@ -45,27 +45,33 @@ bool PollMesh(pb::Coordinator::Stub& stub, const pb::GetMeshRequest& req,
   return false;
 }
 
+// The ranks of the members in mesh `m` (neither dropped nor joining):
+// attention ranks in order, expert ranks by index (-1 when out).
+moe::MeshRanks RanksIn(const ClusterConfig& cfg, const pb::Mesh& m) {
+  moe::MeshRanks ranks;
+  ranks.experts.assign(cfg.topology.expert_workers, -1);
+  for (const pb::Member& member : m.members()) {
+    if (member.dropped() || member.joining()) continue;
+    if (member.role() == pb::ROLE_ATTENTION) {
+      ranks.attention.push_back(member.rank());
+    } else {
+      const int32_t j = member.rank() - cfg.topology.attention_workers;
+      if (j >= 0 && j < cfg.topology.expert_workers) ranks.experts[j] = member.rank();
+    }
+  }
+  std::sort(ranks.attention.begin(), ranks.attention.end());
+  return ranks;
+}
+
 // The reform a worker of mesh generation `generation` must adopt from `m`
 // (nullopt: not re-formed since; an error: its placement is invalid).
-// Attention ranks: the members not dropped; expert ranks: every expert
-// worker's, by index.
 absl::StatusOr<std::optional<moe::MeshReform>> ReformFrom(const ClusterConfig& cfg,
                                                           const pb::Mesh& m, int64_t generation) {
   if (m.formed_epoch() <= generation) return std::optional<moe::MeshReform>();
   moe::MeshReform r;
   r.generation = m.formed_epoch();
   SY_ASSIGN_OR_RETURN(r.placement, coordinator::PlacementFromProto(m.placement()));
-  r.ranks.experts.assign(cfg.topology.expert_workers, -1);
-  for (const pb::Member& member : m.members()) {
-    if (member.dropped() || member.joining()) continue;
-    if (member.role() == pb::ROLE_ATTENTION) {
-      r.ranks.attention.push_back(member.rank());
-    } else {
-      const int32_t j = member.rank() - cfg.topology.attention_workers;
-      if (j >= 0 && j < cfg.topology.expert_workers) r.ranks.experts[j] = member.rank();
-    }
-  }
-  std::sort(r.ranks.attention.begin(), r.ranks.attention.end());
+  r.ranks = RanksIn(cfg, m);
   return std::optional<moe::MeshReform>(std::move(r));
 }
 
@@ -166,35 +172,19 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
   out.generation = mesh.formed_epoch();
   out.attention_grpc_addresses.resize(cfg.topology.attention_workers);
   out.expert_staging_addresses.resize(cfg.topology.expert_workers);
-  out.ranks.experts.assign(cfg.topology.expert_workers, -1);
+  // A replacement (joining) takes part once the reform that admits it lists it.
+  out.ranks = RanksIn(cfg, mesh);
   for (const pb::Member& m : mesh.members()) {
-    if (m.rank() == out.rank) {
-      out.joining = m.joining();
-      continue;
-    }
-    // Dropped members are gone; a replacement still loading joins later.
-    if (m.dropped() || m.joining()) continue;
+    if (m.rank() == out.rank) out.joining = m.joining();
+    if (m.dropped()) continue;  // gone
     if (m.role() == pb::ROLE_ATTENTION) {
-      out.ranks.attention.push_back(m.rank());
       out.attention_grpc_addresses[m.rank()] = m.grpc_address();
     } else {
       const int32_t j = m.rank() - cfg.topology.attention_workers;
       if (j >= 0 && j < cfg.topology.expert_workers) {
-        out.ranks.experts[j] = m.rank();
         out.expert_staging_addresses[j] = m.staging_address();
       }
     }
-  }
-  // A replacement takes part once the reform that admits it lists it.
-  if (!out.joining && attention) {
-    out.ranks.attention.push_back(out.rank);
-    std::sort(out.ranks.attention.begin(), out.ranks.attention.end());
-    out.attention_grpc_addresses[out.rank] = grpc_address;
-  } else if (!out.joining) {
-    out.ranks.experts[out.rank - cfg.topology.attention_workers] = out.rank;
-  }
-  if (!attention) {
-    out.expert_staging_addresses[out.rank - cfg.topology.attention_workers] = staging_address;
   }
   SY_RETURN_IF_ERROR(Annotate(transport.Connect(MeshPeers(mesh)), "connecting the mesh"));
   if (out.joining) {

@@ -238,7 +238,6 @@ absl::StatusOr<int64_t> CoordinatorCore::Heartbeat(int32_t rank, const Heartbeat
       const absl::StatusOr<int64_t> e =
           ReformLocked({}, absl::StrCat("rank ", rank, " (a replacement) joined"));
       if (!e.ok()) SY_LOG(ERROR) << "re-forming the mesh with rank " << rank << ": " << e.status();
-      if (!DegradedLocked() && whole_.has_value()) restore_due_ = true;
     }
     if (found && MaybeFinishLocked()) changed = true;
     if (changed) ++version_;
@@ -415,38 +414,39 @@ MeshView CoordinatorCore::GetMesh() const {
   return v;
 }
 
+void CoordinatorCore::EndRecoveryLocked() {
+  // The workers that have not registered again since the restart are
+  // taken for gone; the mesh goes on without them (a step that still
+  // waits on one fails and re-forms it).
+  recovering_ = false;
+  std::vector<int32_t> missing;
+  for (auto* list : {&attention_, &experts_}) {
+    for (size_t i = 0; i < list->size(); ++i) {
+      MemberInfo& m = (*list)[i];
+      if (m.rank >= 0) continue;
+      m.role = list == &attention_ ? Role::kAttention : Role::kExpert;
+      m.rank = m.role == Role::kAttention ? static_cast<int32_t>(i)
+                                          : options_.attention_workers + static_cast<int32_t>(i);
+      m.name = "(did not register again)";
+      m.alive = false;
+      missing.push_back(m.rank);
+    }
+  }
+  // Still recovering means some index is missing (a complete mesh ends it).
+  SY_LOG(WARNING) << "recovery ended after " << options_.worker_timeout.count() << " ms: ranks "
+                  << absl::StrJoin(missing, ", ") << " did not register again";
+  const absl::StatusOr<int64_t> e =
+      ReformLocked(missing, "workers that did not register again after a restart");
+  if (!e.ok()) SY_LOG(ERROR) << "re-forming the mesh: " << e.status();
+}
+
 std::vector<int32_t> CoordinatorCore::ExpireSilent(std::chrono::steady_clock::time_point now) {
   std::unique_lock<std::mutex> lock(mu_);
   std::vector<int32_t> expired;
   bool changed = false;
   if (recovering_ && now - recovering_since_ > options_.worker_timeout) {
-    // The workers that have not registered again since the restart are
-    // taken for gone; the mesh goes on without them (a step that still
-    // waits on one fails and re-forms it).
-    recovering_ = false;
+    EndRecoveryLocked();
     changed = true;
-    std::vector<int32_t> missing;
-    for (auto* list : {&attention_, &experts_}) {
-      for (size_t i = 0; i < list->size(); ++i) {
-        MemberInfo& m = (*list)[i];
-        if (m.rank >= 0) continue;
-        m.role = list == &attention_ ? Role::kAttention : Role::kExpert;
-        m.rank = m.role == Role::kAttention ? static_cast<int32_t>(i)
-                                            : options_.attention_workers + static_cast<int32_t>(i);
-        m.name = "(did not register again)";
-        m.alive = false;
-        missing.push_back(m.rank);
-      }
-    }
-    SY_LOG(WARNING) << "recovery ended after " << options_.worker_timeout.count() << " ms: "
-                    << (missing.empty() ? std::string("every worker registered again")
-                                        : absl::StrCat("ranks ", absl::StrJoin(missing, ", "),
-                                                       " did not register again"));
-    if (!missing.empty()) {
-      const absl::StatusOr<int64_t> e =
-          ReformLocked(missing, "workers that did not register again after a restart");
-      if (!e.ok()) SY_LOG(ERROR) << "re-forming the mesh: " << e.status();
-    }
   }
   for (auto* list : {&attention_, &experts_}) {
     for (MemberInfo& m : *list) {
@@ -553,11 +553,11 @@ absl::StatusOr<int64_t> CoordinatorCore::ReformLocked(const std::vector<int32_t>
 
 std::optional<eplb::Placement> CoordinatorCore::TakeRestore() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!restore_due_ || !whole_.has_value() || DegradedLocked() || next_.has_value() ||
-      !ReadyLocked()) {
+  // whole_ is set when a member of the whole mesh is dropped, and only
+  // admitted replacements make the mesh whole again.
+  if (!whole_.has_value() || DegradedLocked() || next_.has_value() || !ReadyLocked()) {
     return std::nullopt;
   }
-  restore_due_ = false;
   std::optional<eplb::Placement> out = std::move(whole_);
   whole_.reset();
   return out;

@@ -246,6 +246,9 @@ class CoordinatorCore {
   // Rebuilds the generation, epoch and placement from a recovering
   // registration (see Register).
   absl::Status RecoverLocked(Role role, int32_t index, const RecoveryInfo& recovery);
+  // A worker timeout after the first recovering registration: the indices
+  // still missing are taken for gone and the mesh re-formed without them.
+  void EndRecoveryLocked();
   void NotifyChange();
   std::vector<MemberInfo> RegisteredLocked() const;
   TransitionProgress ProgressLocked() const;
@@ -266,7 +269,6 @@ class CoordinatorCore {
   // The placement serving when the mesh, whole, first lost a member; a
   // restore is due once replacements make it whole again.
   std::optional<eplb::Placement> whole_;
-  bool restore_due_ = false;
   const uint64_t incarnation_;
   bool recovering_ = false;  // rebuilding the mesh from recovering registrations
   std::chrono::steady_clock::time_point recovering_since_;

@@ -52,7 +52,8 @@ void MeshProber::Run() {
     std::vector<std::string> verdict(mesh.members.size());
     std::vector<std::thread> probes;
     for (size_t i = 0; i < mesh.members.size(); ++i) {
-      if (mesh.members[i].dropped) continue;
+      // A replacement still loading is not in the mesh (nor serving yet).
+      if (mesh.members[i].dropped || mesh.members[i].joining) continue;
       probes.emplace_back([&, i] {
         verdict[i] = cluster::HealthCheckFailure(mesh.members[i].grpc_address, "", probe_timeout_);
       });

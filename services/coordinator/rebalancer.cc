@@ -1,8 +1,6 @@
 #include "services/coordinator/rebalancer.h"
 
 #include <algorithm>
-#include <set>
-#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -140,17 +138,7 @@ void Rebalancer::Restore(const eplb::Placement& whole) {
   r.epoch_before = r.epoch_after = mesh.epoch;
   r.started_unix_ms = UnixMs();
   const auto start = Clock::now();
-  // (layer, worker, expert) copies the move needs (the ranges may differ).
-  for (size_t l = 0; l < whole.phy2log.size() && l < mesh.placement.phy2log.size(); ++l) {
-    std::set<std::pair<int32_t, int32_t>> held, placed;
-    for (int32_t s = 0; s < static_cast<int32_t>(mesh.placement.phy2log[l].size()); ++s) {
-      held.emplace(mesh.placement.WorkerOfSlot(s), mesh.placement.phy2log[l][s]);
-    }
-    for (int32_t s = 0; s < static_cast<int32_t>(whole.phy2log[l].size()); ++s) {
-      const std::pair<int32_t, int32_t> key(whole.WorkerOfSlot(s), whole.phy2log[l][s]);
-      if (held.count(key) == 0 && placed.insert(key).second) ++r.moved_experts;
-    }
-  }
+  r.moved_experts = eplb::CountMovement(mesh.placement, whole).expert_loads;
   r.moved_bytes = r.moved_experts * bytes_per_expert_;
   if (mesh.placement.phy2log == whole.phy2log &&
       mesh.placement.worker_begin == whole.worker_begin) {

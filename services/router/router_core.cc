@@ -144,10 +144,8 @@ absl::StatusOr<std::shared_ptr<RouterCall>> RouterCore::Submit(engine::Generatio
     backend = PickBackendLocked();
     InFlight f;
     f.backend = backend;
-    f.prompt_tokens = static_cast<int64_t>(request.prompt.size());
-    f.max_new_tokens = request.stopping.max_new_tokens;
-    f.charged = f.prompt_tokens + f.max_new_tokens;
     f.request = request;
+    f.charged = f.outstanding();
     f.deadline = deadline;
     f.caller = std::make_shared<BackendCallbacks>(std::move(callbacks));
     f.tried.push_back(backend->impl->address());
@@ -193,14 +191,13 @@ void RouterCore::OnUpdate(const std::string& id, int attempt, engine::RequestUpd
   auto it = in_flight_.find(id);
   if (it == in_flight_.end() || it->second.attempt != attempt) return;
   InFlight& f = it->second;
-  f.produced += static_cast<int64_t>(update->new_tokens.size());
   f.tokens.insert(f.tokens.end(), update->new_tokens.begin(), update->new_tokens.end());
   if (f.ttft_ms < 0 && !update->new_tokens.empty()) {
     f.ttft_ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - f.arrival)
             .count();
   }
-  const int64_t now = f.prompt_tokens + std::max<int64_t>(0, f.max_new_tokens - f.produced);
+  const int64_t now = f.outstanding();
   f.backend->outstanding -= f.charged - now;
   f.charged = now;
   if (update->finish != engine::FinishReason::kNone) f.finished = true;
@@ -209,8 +206,8 @@ void RouterCore::OnUpdate(const std::string& id, int attempt, engine::RequestUpd
     // from the first backend; the usage and timings cover the whole request.
     update->prompt_logprobs.reset();
     if (update->timings.has_value()) {
-      update->timings->prompt_tokens = f.prompt_tokens;
-      update->timings->output_tokens = f.produced;
+      update->timings->prompt_tokens = static_cast<int64_t>(f.request.prompt.size());
+      update->timings->output_tokens = f.produced();
       update->timings->ttft_ms = f.ttft_ms < 0 ? 0 : f.ttft_ms;
       update->timings->total_ms =
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - f.arrival)
@@ -232,8 +229,11 @@ std::optional<absl::Status> RouterCore::OnDone(const std::string& id, int attemp
     InFlight& f = it->second;
     handle = f.handle.lock();
     const std::string failed = f.backend->impl->address();
+    // Re-submitted only with tokens left to generate (the finish comes with
+    // the last one).
     if (absl::IsUnavailable(status) && !f.finished && attempt < kMaxResubmits &&
-        handle != nullptr && !handle->cancelled()) {
+        f.produced() < f.request.stopping.max_new_tokens && handle != nullptr &&
+        !handle->cancelled()) {
       next = PickBackendLocked(f.tried);
     }
     if (next != nullptr) {
@@ -241,7 +241,7 @@ std::optional<absl::Status> RouterCore::OnDone(const std::string& id, int attemp
       // the budget.
       again = f.request;
       again.prompt.insert(again.prompt.end(), f.tokens.begin(), f.tokens.end());
-      const auto produced = static_cast<int32_t>(f.produced);
+      const auto produced = static_cast<int32_t>(f.produced());
       again.stopping.max_new_tokens = f.request.stopping.max_new_tokens - produced;
       again.stopping.min_new_tokens = std::max(0, f.request.stopping.min_new_tokens - produced);
       again.prompt_logprobs = -1;
@@ -249,13 +249,13 @@ std::optional<absl::Status> RouterCore::OnDone(const std::string& id, int attemp
       f.backend->outstanding -= f.charged;
       f.backend->in_flight -= 1;
       f.backend = next;
-      f.charged = static_cast<int64_t>(again.prompt.size()) + again.stopping.max_new_tokens;
+      f.charged = f.outstanding();
       next->outstanding += f.charged;
       next->in_flight += 1;
       f.tried.push_back(next->impl->address());
       f.attempt = attempt + 1;
       SY_LOG(WARNING) << "router: request " << id << " failed on " << failed << " (" << status
-                      << ") after " << f.produced << " tokens; re-submitting it to "
+                      << ") after " << f.produced() << " tokens; re-submitting it to "
                       << next->impl->address();
     } else {
       if (status.ok() && !f.finished) {
@@ -270,21 +270,6 @@ std::optional<absl::Status> RouterCore::OnDone(const std::string& id, int attemp
       if (in_flight_.empty()) drained_.notify_all();
       return status;
     }
-  }
-  if (again.stopping.max_new_tokens <= 0) {
-    // Every token was streamed, only the finish was lost: finish it here.
-    engine::RequestUpdate last;
-    last.id = id;
-    last.finish = engine::FinishReason::kLength;
-    last.timings = engine::RequestTimings{};
-    std::shared_ptr<BackendCallbacks> caller;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      caller = in_flight_.at(id).caller;
-    }
-    OnUpdate(id, attempt + 1, &last);
-    caller->on_update(std::move(last));
-    return OnDone(id, attempt + 1, absl::OkStatus());
   }
   StartAttempt(id, attempt + 1, again, deadline, next, handle);
   return std::nullopt;

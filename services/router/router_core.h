@@ -25,6 +25,7 @@
 // what is still in flight and waits for it to finish.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -113,13 +114,11 @@ class RouterCore {
   struct InFlight {
     std::shared_ptr<Backend> backend;
     std::weak_ptr<RouterCall> handle;
-    int64_t prompt_tokens = 0;
-    int64_t max_new_tokens = 0;
-    int64_t produced = 0;
     int64_t charged = 0;    // what this request adds to backend->outstanding now
     bool finished = false;  // an update with a finish reason has arrived
-    // For a re-submission: the request as admitted, the tokens streamed,
-    // the caller's callbacks, the backends tried, the attempt running.
+    // The request as admitted and the tokens streamed so far; for a
+    // re-submission also the caller's callbacks, the backends tried and the
+    // attempt running.
     engine::GenerationRequest request;
     Deadline deadline;
     std::vector<int32_t> tokens;
@@ -128,6 +127,13 @@ class RouterCore {
     int attempt = 0;
     std::chrono::steady_clock::time_point arrival;
     double ttft_ms = -1;  // the router's, once a token arrived
+
+    int64_t produced() const { return static_cast<int64_t>(tokens.size()); }
+    // Its outstanding work, as defined above.
+    int64_t outstanding() const {
+      return static_cast<int64_t>(request.prompt.size()) +
+             std::max<int64_t>(0, request.stopping.max_new_tokens - produced());
+    }
   };
 
   std::shared_ptr<Backend> PickBackendLocked(const std::vector<std::string>& exclude = {});

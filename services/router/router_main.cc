@@ -79,8 +79,6 @@ void FollowCoordinator(const std::string& coordinator, std::chrono::milliseconds
     if (answered && !keep) {
       incarnation = mesh.incarnation();
       restarted_at = {};
-    }
-    if (answered && !keep) {
       std::vector<std::string> live;
       // Workers serve only once the whole mesh has formed and every worker
       // has loaded what it serves (liveness aside: a dead worker's absence
