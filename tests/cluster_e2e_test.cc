@@ -216,6 +216,7 @@ struct ClusterOptions {
   int64_t worker_timeout_ms = 10000;  // coordinator.worker_timeout_ms
   bool restart_workers = false;       // switchyard-local --restart-workers
   bool restart_coordinator = false;   // switchyard-local --restart-coordinator
+  int restart_delay_ms = 0;           // switchyard-local --restart-delay-ms (0: its default)
 };
 
 class Cluster {
@@ -259,6 +260,9 @@ class Cluster {
     std::vector<std::string> argv_s = {launcher, "--config", yaml_, "--log-dir", log_dir};
     if (options.restart_workers) argv_s.push_back("--restart-workers");
     if (options.restart_coordinator) argv_s.push_back("--restart-coordinator");
+    if (options.restart_delay_ms > 0) {
+      argv_s.push_back("--restart-delay-ms=" + std::to_string(options.restart_delay_ms));
+    }
     std::vector<char*> argv;
     for (auto& a : argv_s) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -1965,20 +1969,61 @@ TEST_P(EplbClusterTest, StagingFailureAbortsAndTheOldPlacementKeepsServing) {
 INSTANTIATE_TEST_SUITE_P(Backends, EplbClusterTest, ::testing::Values("ucx", "inproc"),
                          [](const auto& info) { return info.param; });
 
+void AwaitMoreSteps(const Cluster& cluster, int64_t more);
+
+// The router's grpc.health.v1 status for the whole server ("").
+HealthResponse::ServingStatus RouterHealth(Cluster& cluster) {
+  auto health = grpc::health::v1::Health::NewStub(cluster.channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  HealthResponse resp;
+  if (!health->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &resp).ok()) {
+    return HealthResponse::UNKNOWN;
+  }
+  return resp.status();
+}
+
+// Polls the router's health until it is `want` (true) or `timeout` passes.
+bool AwaitRouterHealth(Cluster& cluster, HealthResponse::ServingStatus want,
+                       std::chrono::seconds timeout) {
+  const auto t0 = Clock::now();
+  while (RouterHealth(cluster) != want) {
+    if (Clock::now() - t0 > timeout) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
+}
+
 // A failed generation ends with a non-OK status, never OK plus a
 // FINISH_REASON_ERROR message: when an expert worker is killed (-9) in the
-// middle of long streams, every stream and a unary call end with
-// UNAVAILABLE (a retry may succeed) and a message saying why.
-TEST(ClusterFailureTest, GenerationsCutByADeadExpertWorkerEndUnavailable) {
+// middle of long streams and the survivors cannot hold its experts, every
+// stream and a unary call end with UNAVAILABLE (a retry may succeed) and a
+// message saying why, within a bounded time. The survivors stay: the router
+// reports NOT_SERVING and refuses new requests with UNAVAILABLE until the
+// mesh is whole again, which it is once the launcher restarts the killed
+// worker (--restart-workers, after a delay longer than the survivors'
+// wait): the replacement joins and the same requests give the goldens.
+TEST(ClusterFailureTest, AMeshThatCannotServeFailsRequestsUnavailableUntilItIsWholeAgain) {
   ClusterOptions o;
   o.redundant_experts = 2;
   o.transport_timeout_ms = 5000;
   o.worker_timeout_ms = 2000;  // the workers wait 4 s for a re-formed mesh
+  o.restart_workers = true;
+  o.restart_delay_ms = 12000;  // well after the survivors gave up waiting
   Cluster cluster;
   const absl::Status started = cluster.Start(o, "dead-expert");
   ASSERT_TRUE(started.ok()) << started;
   const std::vector<GoldenPrompt> golden = LoadGolden("qwen3_moe");
   ASSERT_FALSE(golden.empty());
+  // Every other process, to check they stay up.
+  std::vector<pid_t> survivors = {cluster.CoordinatorPid()};
+  for (int i = 0; i < o.attention_workers; ++i) {
+    survivors.push_back(cluster.WorkerPid("switchyard-attention-worker", i));
+  }
+  for (int i = 1; i < o.expert_workers; ++i) {
+    survivors.push_back(cluster.WorkerPid("switchyard-expert-worker", i));
+  }
+  for (const pid_t p : survivors) ASSERT_GT(p, 0) << Describe(ProcessesMentioning(cluster.dir()));
   // As long as the context allows, so the kill comes mid-stream.
   const int longest = LoadConfigJson("qwen3_moe").at("max_position_embeddings").get<int>() - 200;
   std::vector<v1::GenerateRequest> requests(4, GreedyRequest(golden[0].prompt, longest, {}));
@@ -1992,19 +2037,14 @@ TEST(ClusterFailureTest, GenerationsCutByADeadExpertWorkerEndUnavailable) {
     unary_status =
         cluster.stub()->Generate(&ctx, GreedyRequest(golden[1].prompt, longest, {}), &unary);
   });
-  // Kill once the streams are decoding (a few engine steps in).
-  const auto t0 = Clock::now();
-  while (Clock::now() - t0 < std::chrono::seconds(20)) {
-    int64_t steps = 0;
-    for (const auto& st : AllStats(cluster)) steps += st.steps();
-    if (steps >= 20) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  AwaitMoreSteps(cluster, 20);  // decoding
   const pid_t victim = cluster.WorkerPid("switchyard-expert-worker", 0);
   ASSERT_GT(victim, 0) << Describe(ProcessesMentioning(cluster.dir()));
+  const auto t_kill = Clock::now();
   ASSERT_EQ(kill(victim, SIGKILL), 0);
   streams.join();
   unary_call.join();
+  const double failed_s = SecondsSince(t_kill);
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_EQ(got[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
         << "stream " << i << ": " << got[i].status.error_message();
@@ -2015,19 +2055,53 @@ TEST(ClusterFailureTest, GenerationsCutByADeadExpertWorkerEndUnavailable) {
   }
   EXPECT_EQ(unary_status.error_code(), grpc::StatusCode::UNAVAILABLE)
       << unary_status.error_message();
-  // The survivors cannot hold the dead worker's experts (two redundant
-  // slots for six lost experts): the coordinator cannot re-form the mesh,
-  // the attention workers give up waiting for it and fail their requests,
-  // and with no attention worker left the launcher stops, leaving nothing.
-  EXPECT_NE(cluster.AwaitSelfStop(std::chrono::seconds(60)), -1);
+  // Bounded: the survivors' 4 s wait plus the step's failure.
+  EXPECT_LT(failed_s, 10.0);
+  // Two redundant slots cannot take six lost experts: not servable, so the
+  // router says NOT_SERVING and refuses new requests at once.
+  EXPECT_TRUE(AwaitRouterHealth(cluster, HealthResponse::NOT_SERVING, std::chrono::seconds(5)))
+      << RouterHealth(cluster);
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::GenerateResponse resp;
+    const auto t0 = Clock::now();
+    const grpc::Status st =
+        cluster.stub()->Generate(&ctx, GreedyRequest(golden[0].prompt, 8, {}), &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+    EXPECT_LT(SecondsSince(t0), 2.0);
+  }
   EXPECT_THAT(ReadFile(cluster.dir() + "/logs/coordinator.log"),
               ::testing::HasSubstr("has no replica on a surviving expert worker"));
-  // The launcher names the worker that was killed, not a peer that exited
-  // because of it.
+  EXPECT_THAT(ReadFile(cluster.dir() + "/logs/attention-worker-0.log"),
+              ::testing::HasSubstr("waiting for the mesh to be whole again"));
+  // The launcher names the worker that was killed, not a peer, and keeps
+  // the rest running.
   EXPECT_THAT(ReadFile(cluster.dir() + "/launcher.stderr"),
-              ::testing::HasSubstr("switchyard-local: expert-worker-0 was killed by signal 9"));
-  Progress("dead expert worker: %zu streams and a unary call ended UNAVAILABLE (%s)", got.size(),
-           got.empty() ? "" : got[0].status.error_message().c_str());
+              ::testing::HasSubstr("switchyard-local: expert-worker-0 was killed by signal 9; the "
+                                   "rest keeps running"));
+  // The replacement comes 12 s after the kill and makes the mesh whole.
+  ASSERT_TRUE(AwaitRouterHealth(cluster, HealthResponse::SERVING, std::chrono::seconds(90)))
+      << cluster.Logs();
+  const double whole_s = SecondsSince(t_kill);
+  for (const pid_t p : survivors) EXPECT_EQ(kill(p, 0), 0) << "process " << p << " exited";
+  EXPECT_THAT(ReadFile(cluster.dir() + "/launcher.stderr"),
+              ::testing::HasSubstr("restarted expert-worker-0 (restart 1)"));
+  EXPECT_THAT(ReadFile(cluster.dir() + "/logs/coordinator.log"),
+              ::testing::HasSubstr("(a replacement) joined"));
+  std::vector<v1::GenerateRequest> after;
+  for (size_t i = 0; i < 2 && i < golden.size(); ++i) {
+    after.push_back(GreedyRequest(golden[i].prompt, static_cast<int>(golden[i].greedy.size()), {}));
+  }
+  const std::vector<StreamOutcome> served = RunStreams(cluster.stub(), after);
+  for (size_t i = 0; i < served.size(); ++i) {
+    EXPECT_TRUE(served[i].status.ok()) << i << ": " << served[i].status.error_message();
+    EXPECT_EQ(served[i].tokens, golden[i].greedy) << i;
+  }
+  Progress(
+      "mesh that cannot serve: %zu streams and a unary call ended UNAVAILABLE %.1f s after the "
+      "kill (%s); NOT_SERVING until the replacement made it whole %.1f s after the kill",
+      got.size(), failed_s, got.empty() ? "" : got[0].status.error_message().c_str(), whole_s);
 }
 
 // `n` greedy requests of `tokens` new tokens over the golden prompts in turn.
@@ -2470,6 +2544,13 @@ TEST(LauncherTest, BadPlacementIsRefusedBeforeAnyProcessStarts) {
   EXPECT_THAT(r.err, ::testing::HasSubstr(yaml));
   EXPECT_LT(SecondsSince(t0), 10.0);
   EXPECT_TRUE(ProcessesMentioning(yaml).empty());
+  // So is a restart delay out of range, naming the flag.
+  for (const char* bad : {"0", "30001", "-5"}) {
+    const ToolRun d =
+        RunTool("switchyard-local", "--config " + yaml + " --restart-delay-ms=" + std::string(bad));
+    EXPECT_EQ(d.exit_code, 2) << bad << ": " << d.err;
+    EXPECT_THAT(d.err, ::testing::HasSubstr("--restart-delay-ms must be 1 to 30000"));
+  }
 }
 
 // A process that exits cleanly (asked to stop: SIGTERM to the router) is not

@@ -50,9 +50,11 @@ ABSL_FLAG(bool, restart_coordinator, false,
           "--restart-workers); the workers serve on meanwhile and register again with it, and it "
           "rebuilds its state from them");
 ABSL_FLAG(bool, restart_workers, false,
-          "Restart a worker that dies once the cluster serves (after 1 s, doubling up to 30 s "
-          "while it keeps dying within a minute of starting); the restarted worker joins the "
-          "running mesh as a replacement");
+          "Restart a worker that dies once the cluster serves (after --restart-delay-ms, doubling "
+          "up to 30 s while it keeps dying within a minute of starting); the restarted worker "
+          "joins the running mesh as a replacement");
+ABSL_FLAG(int32_t, restart_delay_ms, 1000,
+          "First delay before a restart (--restart-workers, --restart-coordinator), 1 to 30000");
 
 namespace {
 
@@ -67,7 +69,7 @@ struct Child {
   // (after it died), and the delay after the next death.
   std::optional<std::chrono::steady_clock::time_point> restart_at;
   std::chrono::steady_clock::time_point started;
-  std::chrono::milliseconds backoff{1000};
+  std::chrono::milliseconds backoff{1000};  // --restart-delay-ms at first
   int restarts = 0;
 };
 
@@ -197,6 +199,13 @@ int main(int argc, char** argv) {
     std::cerr << "switchyard-local: --config is required\n";
     return 2;
   }
+  const int32_t restart_delay_ms = absl::GetFlag(FLAGS_restart_delay_ms);
+  if (restart_delay_ms < 1 || restart_delay_ms > 30000) {
+    std::cerr << "switchyard-local: --restart-delay-ms must be 1 to 30000, got " << restart_delay_ms
+              << "\n";
+    return 2;
+  }
+  const std::chrono::milliseconds restart_delay(restart_delay_ms);
   auto cfg = sy::cluster::LoadClusterConfig(config_path);
   if (!cfg.ok()) {
     std::cerr << "switchyard-local: " << cfg.status().message() << "\n";
@@ -253,6 +262,7 @@ int main(int argc, char** argv) {
     c.pid = *pid;
     c.argv = std::move(argv);
     c.started = std::chrono::steady_clock::now();
+    c.backoff = restart_delay;
     children.push_back(c);
     return true;
   };
@@ -334,7 +344,7 @@ int main(int argc, char** argv) {
           // A worker that dies soon after starting backs off; one that ran
           // for a minute starts again after a second.
           const auto now = std::chrono::steady_clock::now();
-          if (now - c->started > std::chrono::minutes(1)) c->backoff = std::chrono::seconds(1);
+          if (now - c->started > std::chrono::minutes(1)) c->backoff = restart_delay;
           c->restart_at = now + c->backoff;
           restart = absl::StrCat(" and restarts it in ", c->backoff.count(), " ms");
           c->backoff =

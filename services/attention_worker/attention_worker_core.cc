@@ -4,6 +4,8 @@
 #include <chrono>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "common/log.h"
 
 namespace sy::attention_worker {
@@ -113,20 +115,62 @@ void AttentionWorkerCore::FailAll(const std::string& why) {
 
 bool AttentionWorkerCore::RecoverMesh(const absl::Status& failure) {
   if (mesh_ == nullptr || stop_.load()) return false;
+  auto report = [&] {
+    if (options_.on_mesh_failure) options_.on_mesh_failure(mesh_->serving_epoch(), failure);
+  };
   if (!absl::IsAborted(failure)) {
     SY_LOG(WARNING) << "mesh step failed (" << failure
                     << "); waiting for the coordinator to re-form the mesh";
-    if (options_.on_mesh_failure) options_.on_mesh_failure(mesh_->serving_epoch(), failure);
+    report();
   }
   // Stop() ends the wait within a slice.
-  for (absl::Duration waited; waited < options_.reform_wait && !stop_.load();
-       waited += absl::Milliseconds(100)) {
-    if (mesh_->AwaitReform(absl::Milliseconds(100))) {
+  constexpr absl::Duration kSlice = absl::Milliseconds(100);
+  for (absl::Duration waited; waited < options_.reform_wait && !stop_.load(); waited += kSlice) {
+    if (mesh_->AwaitReform(kSlice)) {
       SY_LOG(INFO) << "mesh re-formed at epoch " << mesh_->serving_epoch() << "; retrying the step";
       return true;
     }
   }
+  if (stop_.load()) return false;
+  // No re-formed mesh in time: the survivors cannot serve every expert
+  // (until a replacement joins) or the coordinator is away. The live
+  // requests fail now, so their clients can go elsewhere, and new ones are
+  // refused; the worker stays, so that the mesh can be whole again.
+  const std::string why = absl::StrCat("the mesh cannot serve: no re-formed mesh came within ",
+                                       absl::FormatDuration(options_.reform_wait),
+                                       " of a failed step (", failure.message(), ")");
+  SY_LOG(ERROR) << why << "; failing " << sinks_.size()
+                << " live requests with UNAVAILABLE and waiting for the mesh to be whole again";
+  for (const auto& entry : sinks_) (void)engine_->Cancel(entry.first);  // frees their KV blocks
+  FailAll(why);
+  Publish();
+  const absl::Status refused = absl::UnavailableError(why);
+  absl::Duration since_report;
+  while (!stop_.load()) {
+    RefuseQueued(refused);
+    if (mesh_->AwaitReform(kSlice)) {
+      SY_LOG(INFO) << "mesh re-formed at epoch " << mesh_->serving_epoch() << "; serving again";
+      return true;
+    }
+    // Remind the coordinator now and then (it re-forms once it can).
+    since_report += kSlice;
+    if (since_report >= options_.reform_wait) {
+      report();
+      since_report = absl::ZeroDuration();
+    }
+  }
   return false;
+}
+
+void AttentionWorkerCore::RefuseQueued(const absl::Status& status) {
+  std::deque<Command> commands;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    commands.swap(inbox_);
+  }
+  for (Command& c : commands) {
+    if (!c.cancel) c.sink->OnError(status);
+  }
 }
 
 absl::Status AttentionWorkerCore::Run() {

@@ -62,8 +62,11 @@ struct AttentionWorkerCoreOptions {
   // with the epoch served and the error, to report it to the coordinator.
   // The worker then waits up to reform_wait for the re-formed mesh, adopts
   // it and retries the step (the engine keeps the batch:
-  // EngineOptions::keep_batch_on_mesh_failure); without one in time, every
-  // live request fails with UNAVAILABLE and Run returns the error.
+  // EngineOptions::keep_batch_on_mesh_failure). Without one in time (the
+  // survivors cannot hold every expert until a replacement joins), every
+  // live request fails with UNAVAILABLE, requests that arrive meanwhile are
+  // refused with UNAVAILABLE, and the worker waits on (reporting again every
+  // reform_wait) until the mesh is re-formed, then serves again.
   std::function<void(int64_t epoch, const absl::Status&)> on_mesh_failure;
   absl::Duration reform_wait = absl::Seconds(20);
 };
@@ -83,8 +86,9 @@ class AttentionWorkerCore {
   const model::ModelConfig& model_config() const { return model_config_; }
   int64_t max_model_len() const { return max_model_len_; }
 
-  // The step loop; returns when Stop() is called (OK) or the mesh fails (the
-  // error). Live requests are finished with an error either way.
+  // The step loop; returns when Stop() is called (OK) or a step fails other
+  // than by the mesh (the error). Live requests are finished with an error
+  // either way.
   absl::Status Run();
   void Stop();
   // A peer has work: end the current idle pause (any thread).
@@ -101,8 +105,10 @@ class AttentionWorkerCore {
   // Admits queued requests and cancels; returns how many requests it admitted.
   int Drain();
   // After a failed mesh step: reports it and waits for a re-formed mesh
-  // (true: adopted, step again).
+  // (true: adopted, step again; false: Stop() was called).
   bool RecoverMesh(const absl::Status& failure);
+  // Refuses every queued request with `status` (cancels are dropped).
+  void RefuseQueued(const absl::Status& status);
   void Publish();
   void FailAll(const std::string& why);
 

@@ -219,7 +219,9 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
                << " slots per layer";
   // A failed step (a peer gone or silent) is reported to the coordinator,
   // which re-forms the mesh over the survivors; the worker adopts it and
-  // serves on. It gives up when no re-formed mesh comes in time.
+  // serves on. When none comes in time (the survivors cannot hold every
+  // expert until a replacement joins), it waits on, reporting again every
+  // reform_wait: it stops only when dropped from the mesh or asked to.
   absl::Status st;
   const auto reform_wait = absl::FromChrono(cluster::ReformWait(cfg));
   while (!should_stop() && !dropped.load()) {
@@ -236,10 +238,18 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
       mesh.heartbeat->ReportMeshFailure(experts->serving_epoch(), st.ToString());
     }
     adopted = experts->AwaitReform(reform_wait);
-    if (!adopted.ok() || !*adopted) {
-      st = adopted.ok() ? Annotate(st, absl::StrCat("no re-formed mesh came within ",
-                                                    absl::FormatDuration(reform_wait)))
-                        : adopted.status();
+    for (bool logged = false; adopted.ok() && !*adopted && !should_stop() && !dropped.load();) {
+      if (!logged) {
+        SY_LOG(ERROR) << "expert worker " << index << ": no re-formed mesh came within "
+                      << absl::FormatDuration(reform_wait)
+                      << "; waiting for the mesh to be whole again";
+        logged = true;
+      }
+      mesh.heartbeat->ReportMeshFailure(experts->serving_epoch(), st.ToString());
+      adopted = experts->AwaitReform(reform_wait);
+    }
+    if (!adopted.ok()) {
+      st = adopted.status();
       break;
     }
     st = absl::OkStatus();
