@@ -57,6 +57,7 @@
 #include "services/api/convert.h"
 #include "services/cluster/process.h"
 #include "switchyard/v1/generate.grpc.pb.h"
+#include "tools/connect_flags.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "Router address, host:port");
 ABSL_FLAG(int32_t, concurrency, 1, "Number of streams kept in flight");
@@ -323,8 +324,12 @@ void LoadGen::SchedulerLoop() {
   }
 }
 
+// The API key of --api-key-file / $SWITCHYARD_API_KEY (set in main).
+sy::tools::Connection* api_key_holder = nullptr;
+
 void Call::Start(v1::Generate::Stub* stub) {
   start_ = Clock::now();
+  if (api_key_holder != nullptr) api_key_holder->Authorize(&context_);
   stub->async()->GenerateStream(&context_, &request_, this);
   StartRead(&response_);
   StartCall();
@@ -633,11 +638,15 @@ int main(int argc, char** argv) {
   const auto connect_deadline = std::chrono::system_clock::now() +
                                 std::chrono::duration_cast<std::chrono::system_clock::duration>(
                                     std::chrono::duration<double>(options->connect_timeout_s));
+  sy::tools::Connection connection;
   for (int i = 0; i < options->channels; ++i) {
     grpc::ChannelArguments channel_args;
     channel_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    channels.push_back(
-        grpc::CreateCustomChannel(options->addr, grpc::InsecureChannelCredentials(), channel_args));
+    if (!sy::tools::ConnectFromFlagsOrSay(kProgram, options->addr, &connection, channel_args)) {
+      return 2;
+    }
+    api_key_holder = &connection;
+    channels.push_back(connection.channel);
     if (!channels.back()->WaitForConnected(connect_deadline)) {
       std::fprintf(stderr, "%s: cannot connect to %s\n", kProgram, options->addr.c_str());
       return 1;
@@ -649,6 +658,7 @@ int main(int argc, char** argv) {
   if (options->vocab == 0) {
     grpc::ClientContext context;
     context.set_deadline(connect_deadline);
+    connection.Authorize(&context);
     info.emplace();
     const grpc::Status status = stubs[0]->ModelInfo(&context, v1::ModelInfoRequest(), &*info);
     if (!status.ok()) {

@@ -56,6 +56,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
 #include "common/text.h"
@@ -69,9 +70,11 @@
 #include "kernels/kernels.h"
 #include "nlohmann/json.hpp"
 #include "services/api/convert.h"
+#include "services/security/security.h"
 #include "switchyard/internal/v1/cluster.grpc.pb.h"
 #include "switchyard/v1/admin.grpc.pb.h"
 #include "switchyard/v1/generate.grpc.pb.h"
+#include "tests/test_pki.h"
 
 namespace sy::e2e {
 namespace {
@@ -217,6 +220,9 @@ struct ClusterOptions {
   bool restart_workers = false;       // switchyard-local --restart-workers
   bool restart_coordinator = false;   // switchyard-local --restart-coordinator
   int restart_delay_ms = 0;           // switchyard-local --restart-delay-ms (0: its default)
+  std::string security_yaml;          // the security section's lines, indented as in the YAML
+  // How the test's channel reaches the router (default: plaintext).
+  std::shared_ptr<grpc::ChannelCredentials> api_credentials;
 };
 
 class Cluster {
@@ -329,7 +335,9 @@ class Cluster {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     Progress("%s: ready in %.1f s", name.c_str(), SecondsSince(t0));
-    channel_ = grpc::CreateChannel(api_address(), grpc::InsecureChannelCredentials());
+    channel_ = grpc::CreateChannel(api_address(), options.api_credentials != nullptr
+                                                      ? options.api_credentials
+                                                      : grpc::InsecureChannelCredentials());
     stub_ = v1::Generate::NewStub(channel_);
     return absl::OkStatus();
   }
@@ -493,6 +501,7 @@ class Cluster {
     }
     y << "limits:\n  max_queue: " << o.max_queue << "\n  max_new_tokens: " << o.max_new_tokens
       << "\n  max_logprobs: " << o.max_logprobs << "\n";
+    if (!o.security_yaml.empty()) y << "security:\n" << o.security_yaml;
     return y.str();
   }
 
@@ -2525,6 +2534,198 @@ TEST(ClusterFailoverTest, TheOtherAttentionWorkerServesOnAfterOneDies) {
       got.size(), resubmitted);
 }
 
+// The status code of a unary Generate of `prompt` (4 greedy tokens) over
+// `stub` with `key` ("" : none) as its bearer token; `tokens` gets the output.
+grpc::StatusCode GenerateWithKey(v1::Generate::Stub* stub, const std::string& key,
+                                 const std::vector<int32_t>& prompt,
+                                 std::vector<int32_t>* tokens = nullptr,
+                                 std::string* message = nullptr) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  if (!key.empty()) ctx.AddMetadata("authorization", security::BearerValue(key));
+  v1::GenerateResponse resp;
+  const grpc::Status st = stub->Generate(&ctx, GreedyRequest(prompt, 4, {}), &resp);
+  if (tokens != nullptr) tokens->assign(resp.output_ids().begin(), resp.output_ids().end());
+  if (message != nullptr) *message = st.error_message();
+  return st.error_code();
+}
+
+// The status code of an Admin Status call over `channel` with `key`.
+grpc::StatusCode AdminStatusWithKey(const std::shared_ptr<grpc::Channel>& channel,
+                                    const std::string& key) {
+  auto stub = v1::Admin::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  if (!key.empty()) ctx.AddMetadata("authorization", security::BearerValue(key));
+  v1::StatusResponse resp;
+  return stub->Status(&ctx, v1::StatusRequest(), &resp).error_code();
+}
+
+// The status code of an attention worker's Stats call over `channel`.
+grpc::StatusCode StatsCode(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = internal::AttentionWorker::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  internal::WorkerStats stats;
+  return stub->Stats(&ctx, internal::WorkerStatsRequest(), &stats).error_code();
+}
+
+// A cluster with every security key on: TLS on the Generate API, API keys
+// (one with "generate", one with "admin"), and mutual TLS between every
+// internal service, with a CA and certificates made by openssl for the test
+// and a second CA whose certificates must be refused. Each case gets its
+// code: the right key over TLS generates the goldens' tokens; plaintext to
+// the TLS port fails; a missing or unknown key is UNAUTHENTICATED and a key
+// without the right PERMISSION_DENIED, for Generate, GenerateStream,
+// ModelInfo and the Admin API; the internal services refuse plaintext and
+// another CA's certificate; a Register from outside the cluster's
+// credentials never reaches the coordinator; the command-line clients reach
+// the cluster with their TLS and key flags. Over UCX (separate processes)
+// and inproc (one process).
+class ClusterSecurityTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ClusterSecurityTest, TlsAndApiKeysGiveEachCallerItsCode) {
+  const std::string dir = RunRoot() + "/security-" + GetParam();
+  fs::create_directories(dir);
+  absl::StatusOr<sy::testing::TestPki> pki = sy::testing::MakeTestPki(dir, "cluster");
+  ASSERT_TRUE(pki.ok()) << pki.status();
+  absl::StatusOr<sy::testing::TestPki> other = sy::testing::MakeTestPki(dir, "other");
+  ASSERT_TRUE(other.ok()) << other.status();
+  const std::string gen_key = "sk-test-generate-" + std::to_string(getpid());
+  const std::string admin_key = "sk-test-admin-" + std::to_string(getpid());
+  {
+    std::ofstream keys(dir + "/keys.txt");
+    keys << "# test keys\n" << gen_key << " generate\n" << admin_key << " admin\n";
+    std::ofstream k1(dir + "/gen.key");
+    k1 << gen_key << "\n";
+    std::ofstream k2(dir + "/admin.key");
+    k2 << admin_key << "\n";
+  }
+  ClusterOptions o;
+  o.backend = GetParam();
+  o.redundant_experts = 2;
+  o.security_yaml =
+      "  api_keys_file: " + dir + "/keys.txt\n" + "  api_tls:\n    cert_file: " + pki->cert_file +
+      "\n    key_file: " + pki->key_file + "\n    ca_file: " + pki->ca_file + "\n" +
+      "  internal_tls:\n    ca_file: " + pki->ca_file + "\n    cert_file: " + pki->cert_file +
+      "\n    key_file: " + pki->key_file + "\n";
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> api_creds =
+      security::TlsChannelCredentials({pki->ca_file, "", "", ""});
+  ASSERT_TRUE(api_creds.ok()) << api_creds.status();
+  o.api_credentials = *api_creds;
+  Cluster cluster;
+  const absl::Status started = cluster.Start(o, "security-" + GetParam());
+  ASSERT_TRUE(started.ok()) << started;
+  const std::vector<GoldenPrompt> golden = LoadGolden("qwen3_moe");
+  ASSERT_FALSE(golden.empty());
+  const std::vector<int32_t>& prompt = golden[0].prompt;
+  const std::vector<int32_t> want(golden[0].greedy.begin(), golden[0].greedy.begin() + 4);
+
+  // The public API over TLS.
+  std::vector<int32_t> tokens;
+  EXPECT_EQ(GenerateWithKey(cluster.stub(), gen_key, prompt, &tokens), grpc::StatusCode::OK);
+  EXPECT_EQ(tokens, want);
+  std::string message;
+  EXPECT_EQ(GenerateWithKey(cluster.stub(), "", prompt, nullptr, &message),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(message, HasSubstr("an API key is required"));
+  EXPECT_EQ(
+      GenerateWithKey(cluster.stub(), "sk-not-a-key-of-this-cluster", prompt, nullptr, &message),
+      grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(message, HasSubstr("unknown API key"));
+  EXPECT_EQ(GenerateWithKey(cluster.stub(), admin_key, prompt, nullptr, &message),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(message, HasSubstr("'generate' right"));
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    auto reader = cluster.stub()->GenerateStream(&ctx, GreedyRequest(prompt, 4, {}));
+    v1::GenerateStreamResponse part;
+    int parts = 0;
+    while (reader->Read(&part)) ++parts;
+    EXPECT_EQ(parts, 0);
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ModelInfoResponse info;
+    EXPECT_EQ(cluster.stub()->ModelInfo(&ctx, v1::ModelInfoRequest(), &info).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+    grpc::ClientContext with_key;
+    with_key.AddMetadata("authorization", security::BearerValue(gen_key));
+    EXPECT_TRUE(cluster.stub()->ModelInfo(&with_key, v1::ModelInfoRequest(), &info).ok());
+  }
+  // Health needs no key (probes), but TLS.
+  EXPECT_EQ(RouterHealth(cluster), HealthResponse::SERVING);
+  auto plain_api = v1::Generate::NewStub(
+      grpc::CreateChannel(cluster.api_address(), grpc::InsecureChannelCredentials()));
+  EXPECT_EQ(GenerateWithKey(plain_api.get(), gen_key, prompt), grpc::StatusCode::UNAVAILABLE);
+
+  // Internal services: the cluster's certificate, nothing else.
+  auto creds_of = [&](const sy::testing::TestPki& client) {
+    return *security::TlsChannelCredentials({pki->ca_file, client.cert_file, client.key_file, ""});
+  };
+  const auto inside = grpc::CreateChannel(cluster.coordinator_address(), creds_of(*pki));
+  const auto foreign = grpc::CreateChannel(cluster.coordinator_address(), creds_of(*other));
+  const auto plain =
+      grpc::CreateChannel(cluster.coordinator_address(), grpc::InsecureChannelCredentials());
+  EXPECT_EQ(AdminStatusWithKey(inside, admin_key), grpc::StatusCode::OK);
+  EXPECT_EQ(AdminStatusWithKey(inside, gen_key), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(AdminStatusWithKey(inside, ""), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(AdminStatusWithKey(foreign, admin_key), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(AdminStatusWithKey(plain, admin_key), grpc::StatusCode::UNAVAILABLE);
+  for (const auto& channel : {foreign, plain}) {
+    // A would-be member (the probe that registered a fake one).
+    auto stub = internal::Coordinator::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    internal::RegisterRequest req;
+    req.set_role(internal::ROLE_EXPERT);
+    req.set_index(0);
+    req.set_grpc_address("127.0.0.1:1");
+    internal::RegisterResponse resp;
+    EXPECT_EQ(stub->Register(&ctx, req, &resp).error_code(), grpc::StatusCode::UNAVAILABLE);
+  }
+  for (const std::string& aw : cluster.attention_addresses()) {
+    EXPECT_EQ(StatsCode(grpc::CreateChannel(aw, creds_of(*pki))), grpc::StatusCode::OK) << aw;
+    EXPECT_EQ(StatsCode(grpc::CreateChannel(aw, creds_of(*other))), grpc::StatusCode::UNAVAILABLE)
+        << aw;
+    EXPECT_EQ(StatsCode(grpc::CreateChannel(aw, grpc::InsecureChannelCredentials())),
+              grpc::StatusCode::UNAVAILABLE)
+        << aw;
+  }
+
+  // The command-line clients.
+  const std::string ids = absl::StrJoin(prompt, ",");
+  const ToolRun gen = RunTool("switchyard-client",
+                              "generate --addr " + cluster.api_address() + " --tls-ca " +
+                                  pki->ca_file + " --api-key-file " + dir +
+                                  "/gen.key --max-new-tokens 4 --ignore-eos --prompt-ids " + ids);
+  EXPECT_EQ(gen.exit_code, 0) << gen.err;
+  EXPECT_EQ(nlohmann::json::parse(gen.out)["tokens"].get<std::vector<int32_t>>(), want) << gen.out;
+  const ToolRun keyless =
+      RunTool("switchyard-client", "generate --addr " + cluster.api_address() + " --tls-ca " +
+                                       pki->ca_file + " --max-new-tokens 4 --prompt-ids " + ids);
+  EXPECT_EQ(keyless.exit_code, 1) << keyless.err;
+  EXPECT_THAT(keyless.err, HasSubstr("an API key is required"));
+  const ToolRun admin = RunTool("switchyard-admin",
+                                "status --addr " + cluster.coordinator_address() + " --tls-ca " +
+                                    pki->ca_file + " --tls-cert " + pki->cert_file + " --tls-key " +
+                                    pki->key_file + " --api-key-file " + dir + "/admin.key");
+  EXPECT_EQ(admin.exit_code, 0) << admin.err;
+  EXPECT_THAT(admin.out, HasSubstr("\"epoch\""));
+  const ToolRun bad_flags =
+      RunTool("switchyard-admin",
+              "status --addr " + cluster.coordinator_address() + " --tls-cert " + pki->cert_file);
+  EXPECT_EQ(bad_flags.exit_code, 2);
+  EXPECT_THAT(bad_flags.err, HasSubstr("--tls-cert and --tls-key go together"));
+  Progress("%s: TLS, mutual TLS and API keys: every case gave its code", GetParam().c_str());
+  if (!HasFailure()) fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, ClusterSecurityTest, ::testing::Values("ucx", "inproc"),
+                         [](const auto& info) { return info.param; });
+
 // A placement the coordinator would refuse (experts + redundant slots not a
 // multiple of the expert workers) stops switchyard-local before it starts any
 // process, naming the keys.
@@ -2551,6 +2752,30 @@ TEST(LauncherTest, BadPlacementIsRefusedBeforeAnyProcessStarts) {
     EXPECT_EQ(d.exit_code, 2) << bad << ": " << d.err;
     EXPECT_THAT(d.err, ::testing::HasSubstr("--restart-delay-ms must be 1 to 30000"));
   }
+  // So is a malformed API key file, naming its line, and a missing TLS file.
+  const std::string keys = RunRoot() + "/bad-keys.txt";
+  {
+    std::ofstream k(keys);
+    k << "sk-fine-key-0123456789 generate\nsk-second-key-0123456789 root\n";
+  }
+  const std::string good = RunRoot() + "/good-placement.yaml";
+  const std::string model = "model:\n  path: " + CaseDir("qwen3_moe") + "\n";
+  {
+    std::ofstream y(good);
+    y << model << "security:\n  api_keys_file: " << keys << "\n";
+  }
+  const ToolRun k = RunTool("switchyard-local", "--config " + good);
+  EXPECT_EQ(k.exit_code, 2) << k.err;
+  EXPECT_THAT(k.err, ::testing::HasSubstr(keys + ":2: unknown right 'root'"));
+  {
+    std::ofstream y(good);
+    y << model << "security:\n  api_tls: {cert_file: /nonexistent/c.pem, key_file: " << keys
+      << "}\n";
+  }
+  const ToolRun t = RunTool("switchyard-local", "--config " + good);
+  EXPECT_EQ(t.exit_code, 2) << t.err;
+  EXPECT_THAT(t.err, ::testing::HasSubstr("security.api_tls.cert_file names '/nonexistent/c.pem'"));
+  EXPECT_TRUE(ProcessesMentioning(good).empty());
 }
 
 // A process that exits cleanly (asked to stop: SIGTERM to the router) is not

@@ -26,7 +26,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "nlohmann/json.hpp"
+#include "services/cluster/process.h"
 #include "switchyard/v1/admin.grpc.pb.h"
+#include "tools/connect_flags.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50100", "Coordinator address, host:port");
 ABSL_FLAG(std::string, policy, "", "rebalance: global or hierarchical; empty = the configured one");
@@ -67,7 +69,12 @@ json RecordJson(const v1::RebalanceRecord& r) {
   return j;
 }
 
+// The TLS and API-key flags' connection (set in main).
+sy::tools::Connection connection;
+
+// Every call's deadline and API key.
 void SetDeadline(grpc::ClientContext* ctx) {
+  connection.Authorize(ctx);
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(absl::GetFlag(FLAGS_deadline_ms)));
 }
@@ -150,8 +157,12 @@ int Rebalance(v1::Admin::Stub& stub) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "switchyard-admin status|load|rebalance --addr COORDINATOR [--policy P] [--force]");
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+      "switchyard-admin status|load|rebalance --addr COORDINATOR [--policy P] [--force]\n"
+      "  [--tls-ca CA --tls-cert CERT --tls-key KEY] [--api-key-file FILE]");
+  std::vector<std::string> arg_storage;
+  sy::cluster::ListAllFlagsInHelp();
+  std::vector<char*> dashed = sy::cluster::DashesToUnderscores(argc, argv, &arg_storage);
+  std::vector<char*> args = absl::ParseCommandLine(static_cast<int>(dashed.size()), dashed.data());
   if (args.size() != 2) {
     std::cerr << kProgram << ": expected one command: status, load or rebalance\n";
     return 2;
@@ -162,8 +173,10 @@ int main(int argc, char** argv) {
     std::cerr << kProgram << ": --policy must be global or hierarchical, not '" << policy << "'\n";
     return 2;
   }
-  auto stub = v1::Admin::NewStub(
-      grpc::CreateChannel(absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials()));
+  if (!sy::tools::ConnectFromFlagsOrSay(kProgram, absl::GetFlag(FLAGS_addr), &connection)) {
+    return 2;
+  }
+  auto stub = v1::Admin::NewStub(connection.channel);
   if (cmd == "status") return Status(*stub);
   if (cmd == "load") return Load(*stub);
   if (cmd == "rebalance") return Rebalance(*stub);

@@ -31,6 +31,7 @@
 #include "services/api/convert.h"
 #include "services/cluster/process.h"
 #include "switchyard/v1/generate.grpc.pb.h"
+#include "tools/connect_flags.h"
 #include "tools/generate_output.h"
 #include "tools/request_flags.h"
 
@@ -47,7 +48,12 @@ using json = nlohmann::ordered_json;
 
 constexpr const char* kProgram = "switchyard-client";
 
+// The TLS and API-key flags' connection (set in main).
+sy::tools::Connection connection;
+
+// Every call's deadline and API key.
 void SetDeadline(grpc::ClientContext* context) {
+  connection.Authorize(context);
   const int64_t ms = absl::GetFlag(FLAGS_deadline_ms);
   if (ms > 0)
     context->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
@@ -182,7 +188,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string command = positional[1];
-  auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials());
+  if (!sy::tools::ConnectFromFlagsOrSay(kProgram, absl::GetFlag(FLAGS_addr), &connection)) {
+    return 2;
+  }
+  const std::shared_ptr<grpc::Channel> channel = connection.channel;
   if (command == "generate") {
     auto stub = v1::Generate::NewStub(channel);
     return Generate(stub.get());

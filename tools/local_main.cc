@@ -36,6 +36,7 @@
 #include "services/cluster/grpc_server.h"
 #include "services/cluster/process.h"
 #include "services/coordinator/coordinator_runner.h"
+#include "services/security/security.h"
 #include "tools/local_single_process.h"
 
 ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
@@ -173,8 +174,19 @@ std::string LogTail(const std::string& path) {
   return sy::IndentedTail(in, 15);
 }
 
-bool RouterServing(const std::string& address) {
-  return sy::cluster::HealthCheckFailure(address, "switchyard.v1.Generate",
+// The router's Generate API: over TLS when security.api_tls is set,
+// verified with its ca_file (else the certificate itself).
+std::shared_ptr<grpc::Channel> ApiChannel(const sy::cluster::ClusterConfig& cfg,
+                                          const std::string& address) {
+  const sy::security::TlsFiles& tls = cfg.security.api_tls;
+  if (!tls.enabled()) return grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  auto creds = sy::security::TlsChannelCredentials(
+      {tls.ca_file.empty() ? tls.cert_file : tls.ca_file, "", "", ""});
+  return grpc::CreateChannel(address, creds.ok() ? *creds : grpc::InsecureChannelCredentials());
+}
+
+bool RouterServing(const std::shared_ptr<grpc::Channel>& channel) {
+  return sy::cluster::HealthCheckFailure(channel, "switchyard.v1.Generate",
                                          std::chrono::milliseconds(500))
       .empty();
 }
@@ -210,6 +222,23 @@ int main(int argc, char** argv) {
   if (!cfg.ok()) {
     std::cerr << "switchyard-local: " << cfg.status().message() << "\n";
     return 2;
+  }
+  // Security files the processes would refuse after starting.
+  if (absl::Status st = sy::security::SetInternalTls(cfg->security.internal_tls); !st.ok()) {
+    std::cerr << "switchyard-local: security.internal_tls: " << st.message() << "\n";
+    return 2;
+  }
+  if (!cfg->security.api_keys_file.empty()) {
+    if (auto keys = sy::security::ApiKeys::Load(cfg->security.api_keys_file); !keys.ok()) {
+      std::cerr << "switchyard-local: security.api_keys_file: " << keys.status().message() << "\n";
+      return 2;
+    }
+  }
+  if (cfg->security.api_tls.enabled()) {
+    if (auto tls = sy::security::TlsServerCredentials(cfg->security.api_tls, false); !tls.ok()) {
+      std::cerr << "switchyard-local: security.api_tls: " << tls.status().message() << "\n";
+      return 2;
+    }
   }
   // What the coordinator would refuse after every process had started.
   if (auto placement = sy::coordinator::InitialPlacementFor(*cfg); !placement.ok()) {
@@ -393,7 +422,9 @@ int main(int argc, char** argv) {
     }
     if (ready) restart_due();
     if (!ready) {
-      if (RouterServing(api)) {
+      // A new channel each time: one that failed before the router listened
+      // would wait out gRPC's reconnect backoff.
+      if (RouterServing(ApiChannel(*cfg, api))) {
         ready = true;
         std::cout << "switchyard-local: cluster ready; Generate API on " << api << std::endl;
       } else if (std::chrono::steady_clock::now() > ready_deadline) {

@@ -16,14 +16,14 @@
 #include "services/coordinator/coordinator_runner.h"
 #include "services/expert_worker/expert_worker_runner.h"
 #include "services/router/router_server.h"
+#include "services/security/security.h"
 #include "transport/registry.h"
 
 namespace sy::tools {
 namespace {
 
 bool Serving(const std::string& address, const std::string& service) {
-  auto stub = grpc::health::v1::Health::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub = grpc::health::v1::Health::NewStub(security::InternalChannel(address));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   grpc::health::v1::HealthCheckRequest req;
@@ -101,6 +101,8 @@ int RunSingleProcessCluster(const cluster::ClusterConfig& cfg) {
       ro.max_new_tokens_limit = cfg.limits.max_new_tokens;
       ro.max_logprobs = cfg.limits.max_logprobs;
       ro.attention_workers = aw_addresses;
+      ro.api_keys_file = cfg.security.api_keys_file;
+      ro.api_tls = cfg.security.api_tls;
       auto created = router::RouterServer::Create(ro);
       if (!created.ok()) {
         std::cerr << "switchyard-local: router: " << created.status().message() << "\n";

@@ -4,6 +4,7 @@
 
 #include "common/log.h"
 #include "grpcpp/grpcpp.h"
+#include "services/security/security.h"
 
 namespace sy::attention_worker {
 
@@ -13,8 +14,8 @@ PeerWaker::PeerWaker(const std::vector<std::string>& addresses, int32_t self_ind
     : self_index_(self_index) {
   for (size_t i = 0; i < addresses.size(); ++i) {
     if (static_cast<int32_t>(i) == self_index || addresses[i].empty()) continue;
-    peers_.push_back({addresses[i], pb::AttentionWorker::NewStub(grpc::CreateChannel(
-                                        addresses[i], grpc::InsecureChannelCredentials()))});
+    peers_.push_back(
+        {addresses[i], pb::AttentionWorker::NewStub(security::InternalChannel(addresses[i]))});
   }
 }
 

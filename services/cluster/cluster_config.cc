@@ -97,6 +97,15 @@ class Section {
     return absl::OkStatus();
   }
 
+  // A path that must name a readable file when given.
+  absl::Status ReadReadableFile(const std::string& key, std::string* out) {
+    SY_RETURN_IF_ERROR(Read(key, out));
+    if (out->empty()) return absl::OkStatus();
+    std::ifstream f(*out, std::ios::binary);
+    if (!f) return Error(key, absl::StrCat("names '", *out, "', which cannot be read"));
+    return absl::OkStatus();
+  }
+
   Section Child(const std::string& key) { return Section(Get(key), Key(key), source_); }
 
   absl::Status CheckUnknown() const {
@@ -252,6 +261,44 @@ absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,
     SY_RETURN_IF_ERROR(s.ReadMin("max_new_tokens", 1, &c.limits.max_new_tokens));
     SY_RETURN_IF_ERROR(s.ReadMin("max_logprobs", 0, &c.limits.max_logprobs));
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_model_len", 0, &c.limits.max_model_len));
+    return absl::OkStatus();
+  }));
+  SY_RETURN_IF_ERROR(ParseSection(top, "security", [&](Section& s) -> absl::Status {
+    auto& sec = c.security;
+    SY_RETURN_IF_ERROR(s.ReadReadableFile("api_keys_file", &sec.api_keys_file));
+    SY_RETURN_IF_ERROR(ParseSection(s, "api_tls", [&](Section& t) -> absl::Status {
+      SY_RETURN_IF_ERROR(t.ReadReadableFile("cert_file", &sec.api_tls.cert_file));
+      SY_RETURN_IF_ERROR(t.ReadReadableFile("key_file", &sec.api_tls.key_file));
+      SY_RETURN_IF_ERROR(t.ReadReadableFile("ca_file", &sec.api_tls.ca_file));
+      if (sec.api_tls.cert_file.empty() != sec.api_tls.key_file.empty()) {
+        return t.Error(sec.api_tls.cert_file.empty() ? "cert_file" : "key_file",
+                       "is required with the other (TLS needs a certificate and its key)");
+      }
+      if (sec.api_tls.cert_file.empty() && !sec.api_tls.ca_file.empty()) {
+        return t.Error("ca_file", "needs cert_file and key_file");
+      }
+      return absl::OkStatus();
+    }));
+    SY_RETURN_IF_ERROR(ParseSection(s, "internal_tls", [&](Section& t) -> absl::Status {
+      auto& tls = sec.internal_tls;
+      SY_RETURN_IF_ERROR(t.ReadReadableFile("ca_file", &tls.ca_file));
+      SY_RETURN_IF_ERROR(t.ReadReadableFile("cert_file", &tls.cert_file));
+      SY_RETURN_IF_ERROR(t.ReadReadableFile("key_file", &tls.key_file));
+      SY_RETURN_IF_ERROR(t.Read("server_name", &tls.server_name));
+      const bool any = !tls.ca_file.empty() || !tls.cert_file.empty() || !tls.key_file.empty();
+      for (const auto& [key, value] :
+           {std::pair<const char*, const std::string*>{"ca_file", &tls.ca_file},
+            {"cert_file", &tls.cert_file},
+            {"key_file", &tls.key_file}}) {
+        if (any && value->empty()) {
+          return t.Error(key, "is required (mutual TLS needs ca_file, cert_file and key_file)");
+        }
+      }
+      if (!any && !tls.server_name.empty()) {
+        return t.Error("server_name", "needs ca_file, cert_file and key_file");
+      }
+      return absl::OkStatus();
+    }));
     return absl::OkStatus();
   }));
   SY_RETURN_IF_ERROR(top.CheckUnknown());

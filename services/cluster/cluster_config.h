@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "eplb/placement.h"
+#include "services/security/tls_files.h"
 
 namespace sy::cluster {
 
@@ -100,6 +101,19 @@ struct RouterOptions {
   ServiceAddress listen{"127.0.0.1", 50051};
 };
 
+struct SecurityOptions {
+  // API keys (services/security/security.h has the format) for the router's
+  // Generate API (right "generate") and the coordinator's Admin API
+  // ("admin"); empty: no key is asked for.
+  std::string api_keys_file;
+  // TLS on the router's Generate API (cert_file and key_file; ca_file, if
+  // given, is what switchyard-local verifies the router with, else cert_file).
+  security::TlsFiles api_tls;
+  // Mutual TLS on every internal service (ca_file, cert_file, key_file and
+  // optionally server_name); off: plaintext.
+  security::TlsFiles internal_tls;
+};
+
 struct ClusterConfig {
   std::string source;  // file path, for messages
   ModelOptions model;
@@ -112,6 +126,7 @@ struct ClusterConfig {
   ExpertWorkerOptions expert_worker;
   LimitOptions limits;
   EplbOptions eplb;
+  SecurityOptions security;
 };
 
 absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,

@@ -138,5 +138,45 @@ TEST(ClusterConfigTest, ErrorsNameKeyAndFile) {
   EXPECT_EQ(LoadClusterConfig("/nonexistent.yaml").status().code(), absl::StatusCode::kNotFound);
 }
 
+// The security section: paths must name readable files, TLS needs its pair
+// (or trio) of files, and errors name the key.
+TEST(ClusterConfigTest, SecuritySection) {
+  // Any readable file stands in for the PEM files here.
+  const std::string f = std::string(SY_SOURCE_DIR) + "/README.md";
+  auto c = ParseClusterConfig("model: {path: /m}\nsecurity:\n  api_keys_file: " + f +
+                                  "\n  api_tls: {cert_file: " + f + ", key_file: " + f +
+                                  "}\n  internal_tls: {ca_file: " + f + ", cert_file: " + f +
+                                  ", key_file: " + f + ", server_name: sy-internal}\n",
+                              "c.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->security.api_keys_file, f);
+  EXPECT_EQ(c->security.api_tls.cert_file, f);
+  EXPECT_EQ(c->security.api_tls.key_file, f);
+  EXPECT_TRUE(c->security.internal_tls.enabled());
+  EXPECT_EQ(c->security.internal_tls.server_name, "sy-internal");
+  auto plain = ParseClusterConfig("model: {path: /m}\n", "c.yaml");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_TRUE(plain->security.api_keys_file.empty());
+  EXPECT_FALSE(plain->security.api_tls.enabled());
+  EXPECT_FALSE(plain->security.internal_tls.enabled());
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"security: {api_keys_file: /nonexistent/keys}",
+       "security.api_keys_file names '/nonexistent/keys', which cannot be read"},
+      {"security: {api_tls: {cert_file: " + f + "}}", "security.api_tls.key_file is required"},
+      {"security: {api_tls: {key_file: " + f + "}}", "security.api_tls.cert_file is required"},
+      {"security: {internal_tls: {ca_file: " + f + ", cert_file: " + f + "}}",
+       "security.internal_tls.key_file is required"},
+      {"security: {internal_tls: {server_name: x}}",
+       "security.internal_tls.server_name needs ca_file"},
+      {"security: {tls: on}", "security.tls is not a known key"},
+  };
+  for (const auto& [yaml, expect] : cases) {
+    auto bad = ParseClusterConfig("model: {path: /m}\n" + yaml + "\n", "bad.yaml");
+    ASSERT_FALSE(bad.ok()) << yaml;
+    EXPECT_THAT(bad.status().message(), HasSubstr(expect)) << yaml;
+    EXPECT_THAT(bad.status().message(), HasSubstr("bad.yaml")) << yaml;
+  }
+}
+
 }  // namespace
 }  // namespace sy::cluster

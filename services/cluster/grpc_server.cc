@@ -5,6 +5,7 @@
 #include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "services/security/security.h"
 
 namespace sy::cluster {
 
@@ -17,8 +18,12 @@ void GrpcServer::SetServing(const std::vector<std::string>& services, bool servi
 
 std::string HealthCheckFailure(const std::string& address, const std::string& service,
                                std::chrono::milliseconds timeout) {
-  auto stub = grpc::health::v1::Health::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  return HealthCheckFailure(security::InternalChannel(address), service, timeout);
+}
+
+std::string HealthCheckFailure(const std::shared_ptr<grpc::Channel>& channel,
+                               const std::string& service, std::chrono::milliseconds timeout) {
+  auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + timeout);
   grpc::health::v1::HealthCheckRequest req;
@@ -38,7 +43,7 @@ absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,
   (void)grpc::health::v1::HealthCheckRequest::descriptor();
   grpc::ServerBuilder builder;
   GrpcServer out;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &out.port);
+  builder.AddListeningPort(address, security::InternalServerCredentials(), &out.port);
   for (grpc::Service* s : services) builder.RegisterService(s);
   out.server = builder.BuildAndStart();
   if (out.server == nullptr || out.port == 0) {
@@ -54,7 +59,7 @@ std::shared_ptr<grpc::Channel> CoordinatorChannel(const std::string& address) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  return security::InternalChannel(address, args);
 }
 
 }  // namespace sy::cluster

@@ -25,6 +25,9 @@ struct GrpcServer {
 // serving).
 std::string HealthCheckFailure(const std::string& address, const std::string& service,
                                std::chrono::milliseconds timeout);
+// The same over `channel` (the internal one above).
+std::string HealthCheckFailure(const std::shared_ptr<grpc::Channel>& channel,
+                               const std::string& service, std::chrono::milliseconds timeout);
 
 // A channel to the coordinator that reconnects within half a second once
 // it is back (gRPC's default backoff grows to minutes): workers and the

@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "services/cluster/process.h"
 #include "services/cluster/worker_bootstrap.h"
+#include "services/security/security.h"
 #include "transport/registry.h"
 
 ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
@@ -41,6 +42,10 @@ int WorkerMain(int argc, char** argv, bool attention, const WorkerRunFn& run) {
   auto cfg = LoadClusterConfig(absl::GetFlag(FLAGS_config));
   if (!cfg.ok()) {
     std::cerr << binary << ": " << cfg.status().message() << "\n";
+    return 2;
+  }
+  if (absl::Status st = security::SetInternalTls(cfg->security.internal_tls); !st.ok()) {
+    std::cerr << binary << ": security.internal_tls: " << st.message() << "\n";
     return 2;
   }
   const int32_t index = absl::GetFlag(FLAGS_index);

@@ -33,8 +33,19 @@ void RecordToProto(const RebalanceRecord& r, apb::RebalanceRecord* out) {
   out->set_started_unix_ms(r.started_unix_ms);
 }
 
-AdminService::AdminService(CoordinatorCore* core, LoadWindow* window, Rebalancer* rebalancer)
-    : core_(core), window_(window), rebalancer_(rebalancer) {}
+AdminService::AdminService(CoordinatorCore* core, LoadWindow* window, Rebalancer* rebalancer,
+                           const security::ApiKeys* keys)
+    : core_(core), window_(window), rebalancer_(rebalancer), keys_(keys) {}
+
+// Finishes `ctx`'s call with the key check's failure; false when it passed.
+bool AdminService::Refused(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor** out) {
+  if (keys_ == nullptr) return false;
+  const absl::Status st = keys_->Check(*ctx, security::Right::kAdmin);
+  if (st.ok()) return false;
+  *out = ctx->DefaultReactor();
+  (*out)->Finish(ToGrpc(st));
+  return true;
+}
 
 AdminService::~AdminService() {
   std::vector<std::thread> runs;
@@ -48,6 +59,7 @@ AdminService::~AdminService() {
 grpc::ServerUnaryReactor* AdminService::Status(grpc::CallbackServerContext* ctx,
                                                const apb::StatusRequest*,
                                                apb::StatusResponse* resp) {
+  if (grpc::ServerUnaryReactor* refused = nullptr; Refused(ctx, &refused)) return refused;
   const MeshView mesh = core_->GetMesh();
   resp->set_epoch(mesh.epoch);
   resp->set_version(mesh.version);
@@ -92,6 +104,7 @@ grpc::ServerUnaryReactor* AdminService::Status(grpc::CallbackServerContext* ctx,
 
 grpc::ServerUnaryReactor* AdminService::Load(grpc::CallbackServerContext* ctx,
                                              const apb::LoadRequest*, apb::LoadResponse* resp) {
+  if (grpc::ServerUnaryReactor* refused = nullptr; Refused(ctx, &refused)) return refused;
   const MeshView mesh = core_->GetMesh();
   const LoadSnapshot snap = window_->Get(mesh.epoch, std::chrono::steady_clock::now());
   resp->set_window_steps(snap.steps);
@@ -108,6 +121,7 @@ grpc::ServerUnaryReactor* AdminService::Load(grpc::CallbackServerContext* ctx,
 grpc::ServerUnaryReactor* AdminService::Rebalance(grpc::CallbackServerContext* ctx,
                                                   const apb::RebalanceRequest* req,
                                                   apb::RebalanceRecord* resp) {
+  if (grpc::ServerUnaryReactor* refused = nullptr; Refused(ctx, &refused)) return refused;
   auto* reactor = ctx->DefaultReactor();
   const std::string policy = req->policy();
   const bool force = req->force();

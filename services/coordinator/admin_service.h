@@ -13,6 +13,7 @@
 #include "services/coordinator/coordinator_core.h"
 #include "services/coordinator/load_window.h"
 #include "services/coordinator/rebalancer.h"
+#include "services/security/security.h"
 #include "switchyard/v1/admin.grpc.pb.h"
 
 namespace sy::coordinator {
@@ -21,7 +22,10 @@ void RecordToProto(const RebalanceRecord& r, ::switchyard::v1::RebalanceRecord* 
 
 class AdminService final : public ::switchyard::v1::Admin::CallbackService {
  public:
-  AdminService(CoordinatorCore* core, LoadWindow* window, Rebalancer* rebalancer);
+  // `keys` (may be null: no key is asked for) must outlive the service; each
+  // RPC then needs a key with the "admin" right.
+  AdminService(CoordinatorCore* core, LoadWindow* window, Rebalancer* rebalancer,
+               const security::ApiKeys* keys = nullptr);
   // Waits for rebalances in progress.
   ~AdminService() override;
 
@@ -36,9 +40,12 @@ class AdminService final : public ::switchyard::v1::Admin::CallbackService {
                                       ::switchyard::v1::RebalanceRecord* resp) override;
 
  private:
+  bool Refused(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor** out);
+
   CoordinatorCore* core_;
   LoadWindow* window_;
   Rebalancer* rebalancer_;
+  const security::ApiKeys* keys_;
   std::mutex mu_;
   std::vector<std::thread> runs_;  // guarded by mu_
 };

@@ -11,6 +11,7 @@
 #include "services/cluster/cluster_config.h"
 #include "services/cluster/process.h"
 #include "services/coordinator/coordinator_runner.h"
+#include "services/security/security.h"
 
 ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
 ABSL_FLAG(std::string, listen, "", "Override coordinator.listen (host:port)");
@@ -31,6 +32,10 @@ int main(int argc, char** argv) {
   auto cfg = sy::cluster::LoadClusterConfig(absl::GetFlag(FLAGS_config));
   if (!cfg.ok()) {
     std::cerr << "switchyard-coordinator: " << cfg.status().message() << "\n";
+    return 2;
+  }
+  if (absl::Status st = sy::security::SetInternalTls(cfg->security.internal_tls); !st.ok()) {
+    std::cerr << "switchyard-coordinator: security.internal_tls: " << st.message() << "\n";
     return 2;
   }
   const std::string listen = absl::GetFlag(FLAGS_listen).empty() ? cfg->coordinator.listen.address()

@@ -1,6 +1,7 @@
 #include "services/coordinator/coordinator_runner.h"
 
 #include <algorithm>
+#include <optional>
 #include <thread>
 
 #include "common/log.h"
@@ -70,7 +71,11 @@ absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string
     prober.Report(epoch, rank, why);
   });
   CoordinatorService service(&core);
-  AdminService admin(&core, &window, &rebalancer);
+  std::optional<security::ApiKeys> keys;
+  if (!cfg.security.api_keys_file.empty()) {
+    SY_ASSIGN_OR_RETURN(keys, security::ApiKeys::Load(cfg.security.api_keys_file));
+  }
+  AdminService admin(&core, &window, &rebalancer, keys.has_value() ? &*keys : nullptr);
   SY_ASSIGN_OR_RETURN(cluster::GrpcServer server,
                       cluster::StartGrpcServer(listen, {&service, &admin}));
   server.SetServing({"switchyard.internal.v1.Coordinator", "switchyard.v1.Admin"}, true);

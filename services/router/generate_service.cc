@@ -5,6 +5,7 @@
 #include <mutex>
 #include <utility>
 
+#include "common/status.h"
 #include "services/api/convert.h"
 #include "services/router/rpc_log.h"
 
@@ -16,9 +17,11 @@ namespace v1 = ::switchyard::v1;
 // Converts and submits a request. On success the callbacks will run (on the
 // backend's threads, possibly before this returns); on error they never do.
 absl::StatusOr<std::shared_ptr<RouterCall>> SubmitProto(RouterCore* core,
+                                                        const security::ApiKeys* keys,
                                                         grpc::CallbackServerContext* context,
                                                         const v1::GenerateRequest& proto,
                                                         BackendCallbacks callbacks) {
+  if (keys != nullptr) SY_RETURN_IF_ERROR(keys->Check(*context, security::Right::kGenerate));
   absl::StatusOr<engine::GenerationRequest> request = api::FromProto(proto);
   if (!request.ok()) return request.status();
   return core->Submit(*std::move(request), context->deadline(), std::move(callbacks));
@@ -31,8 +34,9 @@ absl::StatusOr<std::shared_ptr<RouterCall>> SubmitProto(RouterCore* core,
 // constructor has returned, and nothing touches the reactor after it.
 class GenerateReactor final : public grpc::ServerUnaryReactor {
  public:
-  GenerateReactor(RouterCore* core, grpc::CallbackServerContext* context,
-                  const v1::GenerateRequest* request, v1::GenerateResponse* response)
+  GenerateReactor(RouterCore* core, const security::ApiKeys* keys,
+                  grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
+                  v1::GenerateResponse* response)
       : log_("Generate", context), response_(response) {
     BackendCallbacks callbacks;
     callbacks.on_update = [this](engine::RequestUpdate u) {
@@ -47,7 +51,7 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
       status_ = std::move(status);
       MaybeFinish(lock);
     };
-    auto call = SubmitProto(core, context, *request, std::move(callbacks));
+    auto call = SubmitProto(core, keys, context, *request, std::move(callbacks));
     std::shared_ptr<RouterCall> cancel_now;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -106,8 +110,8 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
 // previous write completes; the status follows the last write.
 class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse> {
  public:
-  GenerateStreamReactor(RouterCore* core, grpc::CallbackServerContext* context,
-                        const v1::GenerateRequest* request)
+  GenerateStreamReactor(RouterCore* core, const security::ApiKeys* keys,
+                        grpc::CallbackServerContext* context, const v1::GenerateRequest* request)
       : log_("GenerateStream", context) {
     BackendCallbacks callbacks;
     callbacks.on_update = [this](engine::RequestUpdate u) {
@@ -124,7 +128,7 @@ class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::Generate
       status_ = std::move(status);
       Advance(lock);
     };
-    auto call = SubmitProto(core, context, *request, std::move(callbacks));
+    auto call = SubmitProto(core, keys, context, *request, std::move(callbacks));
     std::shared_ptr<RouterCall> cancel_now;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -214,20 +218,26 @@ class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::Generate
 grpc::ServerUnaryReactor* GenerateService::Generate(grpc::CallbackServerContext* context,
                                                     const v1::GenerateRequest* request,
                                                     v1::GenerateResponse* response) {
-  return new GenerateReactor(core_, context, request, response);
+  return new GenerateReactor(core_, keys_, context, request, response);
 }
 
 grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerateService::GenerateStream(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  return new GenerateStreamReactor(core_, context, request);
+  return new GenerateStreamReactor(core_, keys_, context, request);
 }
 
 grpc::ServerUnaryReactor* GenerateService::ModelInfo(grpc::CallbackServerContext* context,
                                                      const v1::ModelInfoRequest* /*request*/,
                                                      v1::ModelInfoResponse* response) {
   RpcLog log("ModelInfo", context);
-  api::ToProto(*config_, core_->limits(), response);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (keys_ != nullptr) {
+    if (absl::Status st = keys_->Check(*context, security::Right::kGenerate); !st.ok()) {
+      reactor->Finish(log.Finish(api::ToGrpcStatus(st)));
+      return reactor;
+    }
+  }
+  api::ToProto(*config_, core_->limits(), response);
   reactor->Finish(log.Finish(grpc::Status::OK));
   return reactor;
 }

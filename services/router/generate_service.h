@@ -3,7 +3,8 @@
 // streaming) and ModelInfo. Each RPC converts the request (services/api),
 // hands it to RouterCore and relays the updates; a client cancel or deadline
 // cancels the request on its attention worker. Logging and timing go through
-// RpcLog.
+// RpcLog. With API keys, a call without a key with the "generate" right ends
+// UNAUTHENTICATED or PERMISSION_DENIED before anything else is looked at.
 //
 // Ownership: borrows the core and the model config, which must outlive the
 // gRPC server. Threads: gRPC's.
@@ -11,14 +12,18 @@
 
 #include "model/config.h"
 #include "services/router/router_core.h"
+#include "services/security/security.h"
 #include "switchyard/v1/generate.grpc.pb.h"
 
 namespace sy::router {
 
 class GenerateService final : public switchyard::v1::Generate::CallbackService {
  public:
-  GenerateService(RouterCore* core, const model::ModelConfig* config)
-      : core_(core), config_(config) {}
+  // `keys` (may be null: no key is asked for) must outlive the service; each
+  // RPC needs a key with the "generate" right.
+  GenerateService(RouterCore* core, const model::ModelConfig* config,
+                  const security::ApiKeys* keys = nullptr)
+      : core_(core), config_(config), keys_(keys) {}
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
                                      const switchyard::v1::GenerateRequest* request,
@@ -33,6 +38,7 @@ class GenerateService final : public switchyard::v1::Generate::CallbackService {
  private:
   RouterCore* core_;
   const model::ModelConfig* config_;
+  const security::ApiKeys* keys_;
 };
 
 }  // namespace sy::router

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "services/api/convert.h"
+#include "services/security/security.h"
 
 namespace sy::router {
 namespace {
@@ -76,7 +77,7 @@ std::shared_ptr<grpc::Channel> ChannelTo(const std::string& address) {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 5000);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
-    c = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    c = security::InternalChannel(address, args);
   }
   return c;
 }

@@ -27,6 +27,7 @@
 #include "services/cluster/grpc_server.h"
 #include "services/cluster/process.h"
 #include "services/router/router_server.h"
+#include "services/security/security.h"
 #include "switchyard/internal/v1/cluster.grpc.pb.h"
 
 ABSL_FLAG(std::string, config, "",
@@ -155,6 +156,12 @@ int main(int argc, char** argv) {
     options.max_new_tokens_limit = cfg->limits.max_new_tokens;
     options.max_logprobs = cfg->limits.max_logprobs;
     coordinator = cfg->coordinator.listen.address();
+    options.api_keys_file = cfg->security.api_keys_file;
+    options.api_tls = cfg->security.api_tls;
+    if (absl::Status st = sy::security::SetInternalTls(cfg->security.internal_tls); !st.ok()) {
+      std::cerr << "switchyard-router: security.internal_tls: " << st.message() << "\n";
+      return 2;
+    }
     follow_grace = std::chrono::milliseconds(cfg->coordinator.worker_timeout_ms);
   }
   if (!absl::GetFlag(FLAGS_listen).empty()) options.listen_address = absl::GetFlag(FLAGS_listen);

@@ -55,7 +55,18 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Create(const RouterO
   core_options.max_queue = options.max_queue;
   s->core_ = std::make_unique<RouterCore>(core_options,
                                           factory ? std::move(factory) : GrpcBackendFactory());
-  s->service_ = std::make_unique<GenerateService>(s->core_.get(), &s->config_);
+  if (!options.api_keys_file.empty()) {
+    absl::StatusOr<security::ApiKeys> keys = security::ApiKeys::Load(options.api_keys_file);
+    if (!keys.ok()) return keys.status();
+    s->keys_ = std::make_unique<security::ApiKeys>(*std::move(keys));
+  }
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (options.api_tls.enabled()) {
+    auto tls = security::TlsServerCredentials(options.api_tls, /*require_client_cert=*/false);
+    if (!tls.ok()) return tls.status();
+    creds = *std::move(tls);
+  }
+  s->service_ = std::make_unique<GenerateService>(s->core_.get(), &s->config_, s->keys_.get());
 
   // The generated health descriptor must be linked in for reflection to
   // describe grpc.health.v1.Health; this reference keeps it.
@@ -63,7 +74,7 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Create(const RouterO
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(options.listen_address, creds, &s->port_);
   builder.RegisterService(s->service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
@@ -73,7 +84,9 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Create(const RouterO
   s->SetBackends(options.attention_workers);
   SY_LOG(INFO) << "router: serving " << s->config_.architecture << " on " << s->address()
                << " (max_queue " << options.max_queue << ", max_context "
-               << core_options.limits.max_context << ")";
+               << core_options.limits.max_context << (options.api_tls.enabled() ? ", TLS" : "")
+               << (s->keys_ != nullptr ? absl::StrCat(", ", s->keys_->size(), " API keys") : "")
+               << ")";
   return s;
 }
 

@@ -31,6 +31,8 @@ struct RouterOptions {
   int64_t max_new_tokens_limit = 4096;
   int32_t max_logprobs = 20;
   std::vector<std::string> attention_workers;  // initial backends (host:port)
+  std::string api_keys_file;                   // API keys (empty: none asked for)
+  security::TlsFiles api_tls;                  // TLS on the API (cert_file, key_file)
 };
 
 // The limits requests must respect, from the model config and the options.
@@ -65,6 +67,7 @@ class RouterServer {
   RouterOptions options_;
   model::ModelConfig config_;
   std::unique_ptr<RouterCore> core_;
+  std::unique_ptr<security::ApiKeys> keys_;
   std::unique_ptr<GenerateService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
