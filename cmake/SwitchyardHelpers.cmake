@@ -18,10 +18,14 @@ if(SWITCHYARD_SANITIZER STREQUAL "address")
   set(_sy_san_flags -fsanitize=address -fno-omit-frame-pointer)
 elseif(SWITCHYARD_SANITIZER STREQUAL "undefined")
   set(_sy_san_flags -fsanitize=undefined -fno-sanitize-recover=undefined)
+elseif(SWITCHYARD_SANITIZER STREQUAL "address,undefined")
+  set(_sy_san_flags -fsanitize=address,undefined -fno-sanitize-recover=undefined
+                    -fno-omit-frame-pointer)
 elseif(SWITCHYARD_SANITIZER STREQUAL "thread")
   set(_sy_san_flags -fsanitize=thread)
 elseif(NOT SWITCHYARD_SANITIZER STREQUAL "")
-  message(FATAL_ERROR "SWITCHYARD_SANITIZER must be address, undefined, thread or empty "
+  message(FATAL_ERROR "SWITCHYARD_SANITIZER must be address, undefined, address,undefined, "
+                      "thread or empty "
                       "(got '${SWITCHYARD_SANITIZER}')")
 endif()
 

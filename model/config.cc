@@ -275,6 +275,16 @@ absl::Status ParseAttention(const Fields& f, ModelConfig* cfg) {
     SY_ASSIGN_OR_RETURN(cfg->qk_nope_head_dim, f.Int("qk_nope_head_dim", std::nullopt, 1));
     SY_ASSIGN_OR_RETURN(cfg->qk_rope_head_dim, f.Int("qk_rope_head_dim", std::nullopt, 2));
     SY_ASSIGN_OR_RETURN(cfg->v_head_dim, f.Int("v_head_dim", std::nullopt, 1));
+    // Bounded before they are added up (and multiplied by heads later).
+    for (const auto& [key, value] :
+         {std::pair<const char*, int64_t>{"qk_nope_head_dim", cfg->qk_nope_head_dim},
+          {"qk_rope_head_dim", cfg->qk_rope_head_dim},
+          {"v_head_dim", cfg->v_head_dim}}) {
+      if (constexpr int64_t kMaxDim = 4096; value > kMaxDim) {
+        return f.Error(key,
+                       absl::StrCat("(", value, ") exceeds the supported maximum of ", kMaxDim));
+      }
+    }
     SY_ASSIGN_OR_RETURN(bool attention_bias, f.Bool("attention_bias", false));
     if (attention_bias) {
       return f.Error("attention_bias", "= true is not supported for MLA checkpoints");
@@ -517,6 +527,12 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
   SY_ASSIGN_OR_RETURN(cfg.vocab_size, f.Int("vocab_size", std::nullopt, 1));
   SY_ASSIGN_OR_RETURN(cfg.hidden_size, f.Int("hidden_size", std::nullopt, 1));
   SY_ASSIGN_OR_RETURN(cfg.num_layers, f.Int("num_hidden_layers", std::nullopt, 1));
+  // Checked at once: per-layer tables are sized from it below.
+  if (constexpr int64_t kMaxLayers = 1024; cfg.num_layers > kMaxLayers) {
+    return f.Error(
+        "num_hidden_layers",
+        absl::StrCat("(", cfg.num_layers, ") exceeds the supported maximum of ", kMaxLayers));
+  }
   SY_ASSIGN_OR_RETURN(cfg.max_position_embeddings,
                       f.Int("max_position_embeddings", std::nullopt, 1));
   SY_ASSIGN_OR_RETURN(cfg.intermediate_size, f.Int("intermediate_size", std::nullopt, 1));
@@ -546,7 +562,6 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
   } limits[] = {
       {"vocab_size", cfg.vocab_size, int64_t{1} << 22},
       {"hidden_size", cfg.hidden_size, int64_t{1} << 16},
-      {"num_hidden_layers", cfg.num_layers, 1024},
       {"max_position_embeddings", cfg.max_position_embeddings, int64_t{1} << 24},
       {"intermediate_size", cfg.intermediate_size, int64_t{1} << 20},
       {"num_attention_heads", cfg.num_heads, 1024},

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include "common/fuzz.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/safetensors.h"
@@ -36,62 +37,17 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double EnvDouble(const char* name, double fallback) {
-  const char* value = std::getenv(name);
-  if (value == nullptr || *value == '\0') return fallback;
-  char* end = nullptr;
-  const double parsed = std::strtod(value, &end);
-  return (end != value && parsed >= 0) ? parsed : fallback;
-}
-
-uint64_t EnvU64(const char* name, uint64_t fallback) {
-  const char* value = std::getenv(name);
-  if (value == nullptr || *value == '\0') return fallback;
-  char* end = nullptr;
-  const unsigned long long parsed = std::strtoull(value, &end, 0);
-  return end != value ? static_cast<uint64_t>(parsed) : fallback;
-}
-
 constexpr uint64_t kDefaultSeed = 0x5afe7e1502025ull;
 constexpr size_t kMaxInputBytes = 1 << 16;
 
-// Shared run parameters, read once.
-struct FuzzConfig {
-  double total_seconds = EnvDouble("SY_FUZZ_SECONDS", 20.0);
-  uint64_t seed = EnvU64("SY_FUZZ_SEED", kDefaultSeed);
-  uint64_t max_iterations = EnvU64("SY_FUZZ_ITERATIONS", 2'000'000);
-};
+const fuzz::Config& Config() { return fuzz::GetConfig(kDefaultSeed); }
 
-const FuzzConfig& Config() {
-  static const FuzzConfig* config = [] {
-    auto* c = new FuzzConfig();
-    std::printf(
-        "[fuzz] seed=%llu (set SY_FUZZ_SEED to reproduce), budget=%.1fs, "
-        "max_iterations=%llu per loop\n",
-        static_cast<unsigned long long>(c->seed), c->total_seconds,
-        static_cast<unsigned long long>(c->max_iterations));
-    return c;
-  }();
-  return *config;
-}
-
-// Runs `body(iteration)` until the iteration cap or `fraction` of the time
-// budget is used up; returns the number of iterations run.
+// Runs `body(iteration)` within `fraction` of the budget, stopping at the
+// first failure.
 template <typename Body>
 uint64_t RunBounded(const char* label, double fraction, Body body) {
-  const FuzzConfig& config = Config();
-  const auto deadline =
-      Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                         std::chrono::duration<double>(config.total_seconds * fraction));
-  uint64_t iterations = 0;
-  while (iterations < config.max_iterations && Clock::now() < deadline) {
-    body(iterations);
-    ++iterations;
-    // Stop at the first failing input rather than repeating it a million times.
-    if (::testing::Test::HasFailure()) break;
-  }
-  std::printf("[fuzz] %s: %llu iterations\n", label, static_cast<unsigned long long>(iterations));
-  return iterations;
+  return fuzz::RunBounded(Config(), label, fraction, body,
+                          [] { return ::testing::Test::HasFailure(); });
 }
 
 std::string U64Le(uint64_t value) {
@@ -231,93 +187,17 @@ const char* const kHugeNumbers[] = {
     "2.5",
 };
 
-size_t Pick(std::mt19937_64& rng, size_t n) { return n == 0 ? 0 : rng() % n; }
+using fuzz::Pick;
 
-// Applies one random mutation to `s`.
-void MutateOnce(std::string& s, std::mt19937_64& rng) {
-  switch (Pick(rng, 10)) {
-    case 0:  // flip one bit
-      if (!s.empty()) s[Pick(rng, s.size())] ^= static_cast<char>(1u << Pick(rng, 8));
-      break;
-    case 1:  // overwrite a byte, biased toward JSON punctuation
-      if (!s.empty()) {
-        static constexpr char kPunct[] = "{}[],:\"0123456789-. \\e";
-        s[Pick(rng, s.size())] =
-            (rng() & 1) ? kPunct[Pick(rng, sizeof(kPunct) - 1)] : static_cast<char>(rng());
-      }
-      break;
-    case 2: {  // insert random bytes
-      const size_t pos = Pick(rng, s.size() + 1);
-      std::string bytes(1 + Pick(rng, 4), '\0');
-      for (char& c : bytes) c = static_cast<char>(rng());
-      s.insert(pos, bytes);
-      break;
-    }
-    case 3:  // delete a range
-      if (!s.empty()) {
-        const size_t pos = Pick(rng, s.size());
-        s.erase(pos, 1 + Pick(rng, std::min<size_t>(16, s.size() - pos)));
-      }
-      break;
-    case 4:  // truncate
-      s.resize(Pick(rng, s.size() + 1));
-      break;
-    case 5: {  // swap two digits, or change one
-      std::vector<size_t> digits;
-      for (size_t i = 0; i < s.size(); ++i) {
-        if (s[i] >= '0' && s[i] <= '9') digits.push_back(i);
-      }
-      if (digits.empty()) break;
-      const size_t a = digits[Pick(rng, digits.size())];
-      if (digits.size() > 1 && (rng() & 1)) {
-        std::swap(s[a], s[digits[Pick(rng, digits.size())]]);
-      } else {
-        s[a] = static_cast<char>('0' + Pick(rng, 10));
-      }
-      break;
-    }
-    case 6: {                                          // replace a number with an extreme one
-      std::vector<std::pair<size_t, size_t>> numbers;  // [start, end)
-      for (size_t i = 0; i < s.size();) {
-        if (s[i] >= '0' && s[i] <= '9') {
-          size_t j = i;
-          while (j < s.size() && s[j] >= '0' && s[j] <= '9') ++j;
-          numbers.emplace_back(i, j);
-          i = j;
-        } else {
-          ++i;
-        }
-      }
-      if (numbers.empty()) break;
-      const auto [begin, end] = numbers[Pick(rng, numbers.size())];
-      s.replace(begin, end - begin, kHugeNumbers[Pick(rng, std::size(kHugeNumbers))]);
-      break;
-    }
-    case 7:  // insert a JSON fragment
-      s.insert(Pick(rng, s.size() + 1), kFragments[Pick(rng, std::size(kFragments))]);
-      break;
-    case 8: {  // duplicate a range somewhere else
-      if (s.empty()) break;
-      const size_t pos = Pick(rng, s.size());
-      const std::string piece = s.substr(pos, 1 + Pick(rng, 32));
-      s.insert(Pick(rng, s.size() + 1), piece);
-      break;
-    }
-    case 9: {  // swap two ranges' worth of bytes (reorders tokens)
-      if (s.size() < 2) break;
-      const size_t a = Pick(rng, s.size());
-      const size_t b = Pick(rng, s.size());
-      std::swap(s[a], s[b]);
-      break;
-    }
-  }
-  if (s.size() > kMaxInputBytes) s.resize(kMaxInputBytes);
+const fuzz::Dictionary& Dict() {
+  static const fuzz::Dictionary* d = new fuzz::Dictionary{
+      "{}[],:\"0123456789-. \\e",
+      std::vector<std::string>(std::begin(kFragments), std::end(kFragments)),
+      std::vector<std::string>(std::begin(kHugeNumbers), std::end(kHugeNumbers))};
+  return *d;
 }
 
-void Mutate(std::string& s, std::mt19937_64& rng) {
-  const size_t rounds = 1 + Pick(rng, 4);
-  for (size_t i = 0; i < rounds; ++i) MutateOnce(s, rng);
-}
+void Mutate(std::string& s, std::mt19937_64& rng) { fuzz::Mutate(s, rng, Dict(), kMaxInputBytes); }
 
 // Checks a successful parse: every tensor inside the data section, sizes
 // matching dtype and shape, names unique, no two non-empty tensors sharing a

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 scripts/build.sh
 scripts/check_format.sh
-# Bounded fuzzing of the safetensors header parser (seconds).
+# Bounded fuzzing (seconds per fuzz test binary): safetensors headers,
+# config.json, the cluster YAML, the MoE wire format and the Generate API.
 export SY_FUZZ_SECONDS=${SY_FUZZ_SECONDS:-20}
 export UCX_NET_DEVICES=lo
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "${JOBS:-$(nproc)}"

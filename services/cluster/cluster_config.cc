@@ -111,7 +111,11 @@ class Section {
   absl::Status CheckUnknown() const {
     if (!node_ || !node_.IsMap()) return absl::OkStatus();
     for (const auto& kv : node_) {
-      const std::string k = kv.first.as<std::string>();
+      if (!kv.first.IsScalar()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            source_, ": ", path_.empty() ? "top level" : path_, " has a key that is not a name"));
+      }
+      const std::string k = kv.first.Scalar();
       if (!used_.count(k)) return Error(k, "is not a known key");
     }
     return absl::OkStatus();
@@ -137,14 +141,9 @@ absl::Status ParseSection(Section& parent, const std::string& key,
 
 std::string ServiceAddress::address() const { return absl::StrCat(host, ":", port); }
 
-absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,
-                                                 const std::string& source) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml_text);
-  } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid YAML: ", e.what()));
-  }
+namespace {
+
+absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::string& source) {
   ClusterConfig c;
   c.source = source;
   Section top(root, "", source);
@@ -303,6 +302,25 @@ absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,
   }));
   SY_RETURN_IF_ERROR(top.CheckUnknown());
   return c;
+}
+
+}  // namespace
+
+absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,
+                                                 const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid YAML: ", e.what()));
+  }
+  // Section reads what it converts; anything else yaml-cpp throws on (an
+  // odd node where a key or value was expected) is still the file's fault.
+  try {
+    return ParseLoaded(root, source);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", e.what()));
+  }
 }
 
 absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
