@@ -254,6 +254,18 @@ absl::Status ParseRope(const Fields& f, double default_theta, double partial_rot
   return absl::OkStatus();
 }
 
+// Upper bounds well past any released model, so a corrupt config fails
+// naming the field instead of overflowing a product or asking for absurd
+// allocations later.
+constexpr int64_t kMaxDim = 4096;               // per-head sizes
+constexpr int64_t kMaxSize = int64_t{1} << 20;  // MLP widths
+constexpr int64_t kMaxShared = 256;             // shared experts
+
+absl::Status AtMost(const Fields& f, std::string_view key, int64_t value, int64_t max) {
+  if (value <= max) return absl::OkStatus();
+  return f.Error(key, absl::StrCat("(", value, ") exceeds the supported maximum of ", max));
+}
+
 double YarnMscale(double scale, double mscale) {
   if (scale <= 1.0) return 1.0;
   return 0.1 * mscale * std::log(scale) + 1.0;
@@ -276,15 +288,9 @@ absl::Status ParseAttention(const Fields& f, ModelConfig* cfg) {
     SY_ASSIGN_OR_RETURN(cfg->qk_rope_head_dim, f.Int("qk_rope_head_dim", std::nullopt, 2));
     SY_ASSIGN_OR_RETURN(cfg->v_head_dim, f.Int("v_head_dim", std::nullopt, 1));
     // Bounded before they are added up (and multiplied by heads later).
-    for (const auto& [key, value] :
-         {std::pair<const char*, int64_t>{"qk_nope_head_dim", cfg->qk_nope_head_dim},
-          {"qk_rope_head_dim", cfg->qk_rope_head_dim},
-          {"v_head_dim", cfg->v_head_dim}}) {
-      if (constexpr int64_t kMaxDim = 4096; value > kMaxDim) {
-        return f.Error(key,
-                       absl::StrCat("(", value, ") exceeds the supported maximum of ", kMaxDim));
-      }
-    }
+    SY_RETURN_IF_ERROR(AtMost(f, "qk_nope_head_dim", cfg->qk_nope_head_dim, kMaxDim));
+    SY_RETURN_IF_ERROR(AtMost(f, "qk_rope_head_dim", cfg->qk_rope_head_dim, kMaxDim));
+    SY_RETURN_IF_ERROR(AtMost(f, "v_head_dim", cfg->v_head_dim, kMaxDim));
     SY_ASSIGN_OR_RETURN(bool attention_bias, f.Bool("attention_bias", false));
     if (attention_bias) {
       return f.Error("attention_bias", "= true is not supported for MLA checkpoints");
@@ -367,6 +373,9 @@ absl::Status ParseMoe(const Fields& f, ModelConfig* cfg) {
       SY_ASSIGN_OR_RETURN(cfg->moe_intermediate_size,
                           f.Int("moe_intermediate_size", std::nullopt, 1));
       SY_ASSIGN_OR_RETURN(int64_t n_shared, f.Int("n_shared_experts", 0));
+      // Bounded before the product.
+      SY_RETURN_IF_ERROR(AtMost(f, "n_shared_experts", n_shared, kMaxShared));
+      SY_RETURN_IF_ERROR(AtMost(f, "moe_intermediate_size", cfg->moe_intermediate_size, kMaxSize));
       cfg->shared_expert_intermediate_size = n_shared * cfg->moe_intermediate_size;
       SY_ASSIGN_OR_RETURN(cfg->n_group, f.Int("n_group", 1, 1));
       SY_ASSIGN_OR_RETURN(cfg->topk_group, f.Int("topk_group", 1, 1));
@@ -435,6 +444,8 @@ absl::Status ParseMoe(const Fields& f, ModelConfig* cfg) {
       SY_ASSIGN_OR_RETURN(cfg->moe_intermediate_size,
                           f.Int("moe_intermediate_size", std::nullopt, 1));
       SY_ASSIGN_OR_RETURN(int64_t n_shared, f.Int("num_shared_experts", 1));
+      SY_RETURN_IF_ERROR(AtMost(f, "num_shared_experts", n_shared, kMaxShared));
+      SY_RETURN_IF_ERROR(AtMost(f, "moe_intermediate_size", cfg->moe_intermediate_size, kMaxSize));
       SY_ASSIGN_OR_RETURN(
           cfg->shared_expert_intermediate_size,
           f.Int("moe_shared_expert_intermediate_size", n_shared * cfg->moe_intermediate_size));
@@ -528,11 +539,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
   SY_ASSIGN_OR_RETURN(cfg.hidden_size, f.Int("hidden_size", std::nullopt, 1));
   SY_ASSIGN_OR_RETURN(cfg.num_layers, f.Int("num_hidden_layers", std::nullopt, 1));
   // Checked at once: per-layer tables are sized from it below.
-  if (constexpr int64_t kMaxLayers = 1024; cfg.num_layers > kMaxLayers) {
-    return f.Error(
-        "num_hidden_layers",
-        absl::StrCat("(", cfg.num_layers, ") exceeds the supported maximum of ", kMaxLayers));
-  }
+  SY_RETURN_IF_ERROR(AtMost(f, "num_hidden_layers", cfg.num_layers, 1024));
   SY_ASSIGN_OR_RETURN(cfg.max_position_embeddings,
                       f.Int("max_position_embeddings", std::nullopt, 1));
   SY_ASSIGN_OR_RETURN(cfg.intermediate_size, f.Int("intermediate_size", std::nullopt, 1));
@@ -553,8 +560,6 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
 
   SY_RETURN_IF_ERROR(ParseAttention(f, &cfg));
   SY_RETURN_IF_ERROR(ParseMoe(f, &cfg));
-  // Upper bounds well past any released model, so a corrupt config fails
-  // here instead of asking for absurd allocations later.
   const struct {
     const char* key;
     int64_t value;
@@ -563,22 +568,17 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
       {"vocab_size", cfg.vocab_size, int64_t{1} << 22},
       {"hidden_size", cfg.hidden_size, int64_t{1} << 16},
       {"max_position_embeddings", cfg.max_position_embeddings, int64_t{1} << 24},
-      {"intermediate_size", cfg.intermediate_size, int64_t{1} << 20},
+      {"intermediate_size", cfg.intermediate_size, kMaxSize},
       {"num_attention_heads", cfg.num_heads, 1024},
-      {"head_dim", cfg.head_dim, 4096},
-      {"moe_intermediate_size", cfg.moe_intermediate_size, int64_t{1} << 20},
+      {"head_dim", cfg.head_dim, kMaxDim},
+      {"moe_intermediate_size", cfg.moe_intermediate_size, kMaxSize},
       {"num_experts", cfg.num_experts, 4096},
       {"num_experts_per_tok", cfg.top_k, 256},
       {"kv_lora_rank", cfg.kv_lora_rank, 8192},
       {"q_lora_rank", cfg.q_lora_rank, 65536},
-      {"shared expert size", cfg.shared_expert_intermediate_size, int64_t{1} << 20},
+      {"shared expert size", cfg.shared_expert_intermediate_size, kMaxSize},
   };
-  for (const auto& l : limits) {
-    if (l.value > l.max) {
-      return f.Error(l.key,
-                     absl::StrCat("(", l.value, ") exceeds the supported maximum of ", l.max));
-    }
-  }
+  for (const auto& l : limits) SY_RETURN_IF_ERROR(AtMost(f, l.key, l.value, l.max));
   return cfg;
 }
 

@@ -254,6 +254,9 @@ TEST(ModelConfigTest, ErrorsNameTheField) {
       {"sliding", [](json& j) { j["use_sliding_window"] = true; }, "use_sliding_window"},
       {"mlp only", [](json& j) { j["mlp_only_layers"] = {"a"}; }, "mlp_only_layers"},
       {"no experts", [](json& j) { j.erase("num_experts"); }, "num_local_experts"},
+      // Found by config_fuzz_test: refused before an allocation or a product.
+      {"huge layers", [](json& j) { j["num_hidden_layers"] = int64_t{1} << 40; },
+       "'num_hidden_layers' (1099511627776) exceeds the supported maximum of 1024"},
   };
   for (const auto& c : cases) {
     json j = Qwen3();
@@ -270,6 +273,14 @@ TEST(ModelConfigTest, ErrorsNameTheField) {
   json ds = DeepseekV3();
   ds["n_group"] = 5;
   EXPECT_THAT(Parse(ds).status().message(), HasSubstr("n_group"));
+  // Found by the fuzzers (UBSan: signed overflow): sizes refused before they
+  // are added or multiplied.
+  json mla = DeepseekV3();
+  mla["qk_nope_head_dim"] = INT64_MAX;
+  EXPECT_THAT(Parse(mla).status().message(), HasSubstr("'qk_nope_head_dim'"));
+  json shared = DeepseekV3();
+  shared["n_shared_experts"] = INT64_MAX / 2;
+  EXPECT_THAT(Parse(shared).status().message(), HasSubstr("'n_shared_experts'"));
   ds = DeepseekV3();
   ds["topk_group"] = 9;
   EXPECT_THAT(Parse(ds).status().message(), HasSubstr("topk_group"));

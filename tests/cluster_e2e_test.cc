@@ -49,6 +49,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -2532,6 +2533,213 @@ TEST(ClusterFailoverTest, TheOtherAttentionWorkerServesOnAfterOneDies) {
       "attention-worker failover: %zu streams finished with the reference tokens, %d of them "
       "re-submitted by the router from the killed worker",
       got.size(), resubmitted);
+}
+
+// Polls the Admin API (a channel per attempt: one made while the
+// coordinator is down backs off for seconds after it is back) until every
+// one of `members` serves and no re-placement runs; false after `timeout`.
+bool AwaitWhole(const Cluster& cluster, int members, std::chrono::seconds timeout,
+                v1::StatusResponse* out) {
+  const auto t0 = Clock::now();
+  while (Clock::now() - t0 < timeout) {
+    auto admin = v1::Admin::NewStub(
+        grpc::CreateChannel(cluster.coordinator_address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    out->Clear();
+    if (admin->Status(&ctx, v1::StatusRequest(), out).ok() && EveryMemberServes(*out, members) &&
+        !out->rebalancing()) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// A chaos run: a local cluster (2 attention workers, 2 expert workers each
+// holding every expert, --restart-workers --restart-coordinator) under
+// concurrent streaming load while a seeded driver (SY_CHAOS_SEED, printed)
+// kills, one at a time at random moments, an expert worker, an attention
+// worker or the coordinator; the launcher restarts each and the driver waits
+// for the mesh to be whole before the next. A probe request sent at each
+// kill measures the time to its first token. Invariants at the end: every
+// accepted stream either finished OK with the reference tokens (greedy: the
+// goldens' continuation) or ended with UNAVAILABLE (a re-submission that ran
+// out of attention workers); none hung or came back wrong; only the killed
+// processes exited (the launcher logged each kill and nothing else); every
+// KV block is free on every attention worker; nothing is staged; the
+// placement holds every expert in every MoE layer.
+// DISABLED: it fails today, on two failover bugs it found (README, "Not
+// yet"): with two attention workers, killing one can leave the survivors
+// re-forming the mesh over and over; and an attention worker restarted
+// while an expert worker rejoins can get an expert worker dropped as dead.
+// Run it with --gtest_also_run_disabled_tests; SY_CHAOS_SEED and
+// SY_CHAOS_KILLS choose the run.
+TEST(ClusterChaosTest, DISABLED_SeededKillsAndRestartsLoseNoAcceptedRequest) {
+  const uint64_t seed = [] {
+    const char* v = std::getenv("SY_CHAOS_SEED");
+    return v != nullptr ? std::strtoull(v, nullptr, 0) : 20261202ull;
+  }();
+  const int kills = [] {
+    const char* v = std::getenv("SY_CHAOS_KILLS");
+    return v != nullptr ? std::atoi(v) : 6;
+  }();
+  // One attention worker: with two, killing one can leave the survivors
+  // re-forming the mesh over and over (an expert worker's combine to the
+  // surviving attention worker stays unmatched and is force-closed at the
+  // next re-formation, failing that worker's next step; README, "Not yet").
+  ClusterOptions o = ReplicatedPair();
+  o.restart_workers = true;
+  o.restart_coordinator = true;
+  Cluster cluster;
+  const absl::Status started = cluster.Start(o, "chaos");
+  ASSERT_TRUE(started.ok()) << started;
+  const int members = o.attention_workers + o.expert_workers;
+  const v1::StatusResponse initial = AdminStatus(cluster);
+  const std::vector<GoldenPrompt> golden = LoadGolden("qwen3_moe");
+  ASSERT_FALSE(golden.empty());
+  constexpr int kTokens = 48;
+  // The reference: each golden prompt's greedy continuation, from the
+  // healthy cluster (its prefix checked against the goldens).
+  std::vector<v1::GenerateRequest> requests;
+  for (const auto& g : golden) requests.push_back(GreedyRequest(g.prompt, kTokens, {}));
+  const std::vector<StreamOutcome> reference = RunStreams(cluster.stub(), requests);
+  for (size_t i = 0; i < reference.size(); ++i) {
+    ASSERT_TRUE(reference[i].status.ok()) << reference[i].status.error_message();
+    const auto& want = golden[i].greedy;
+    const size_t n = std::min(want.size(), reference[i].tokens.size());
+    ASSERT_TRUE(std::equal(want.begin(), want.begin() + n, reference[i].tokens.begin())) << i;
+  }
+
+  // The load: four clients, one stream at a time each, round the prompts.
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  int ok = 0, unavailable = 0;
+  std::vector<std::string> bad;  // anything else: a lost or wrong request
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&, c] {
+      for (size_t i = c; !stop.load(); ++i) {
+        const size_t p = i % requests.size();
+        StreamOutcome r =
+            RunStream(cluster.stub(), requests[p], {std::chrono::milliseconds(120000), -1, {}});
+        std::lock_guard<std::mutex> lock(mu);
+        if (r.status.ok() && r.tokens == reference[p].tokens) {
+          ++ok;
+        } else if (r.status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+          ++unavailable;
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a client backs off
+        } else {
+          bad.push_back(absl::StrCat("prompt ", p, ": code ", r.status.error_code(), " (",
+                                     r.status.error_message(), "), ", r.tokens.size(), " tokens",
+                                     r.status.ok() ? ", not the reference's" : ""));
+        }
+      }
+    });
+  }
+  std::mt19937_64 rng(seed);
+  std::vector<double> first_token_s;
+  std::vector<std::string> victims;
+  bool whole = true;
+  v1::StatusResponse status;
+  for (int k = 0; k < kills && whole; ++k) {
+    // A random moment, then a random victim.
+    std::this_thread::sleep_for(std::chrono::milliseconds(500 + rng() % 2500));
+    const int what = static_cast<int>(rng() % 3);
+    const int index = static_cast<int>(rng() % (what == 1 ? o.attention_workers : 2));
+    const pid_t pid = what == 0   ? cluster.WorkerPid("switchyard-expert-worker", index)
+                      : what == 1 ? cluster.WorkerPid("switchyard-attention-worker", index)
+                                  : cluster.CoordinatorPid();
+    const std::string name = what == 0   ? absl::StrCat("expert-worker-", index)
+                             : what == 1 ? absl::StrCat("attention-worker-", index)
+                                         : std::string("coordinator");
+    ASSERT_GT(pid, 0) << name << "\n" << Describe(ProcessesMentioning(cluster.dir()));
+    // Whole again means: the launcher restarted it, and then every member
+    // serves (before the restart, the members may not yet know it is gone).
+    auto restarts = [&] {
+      const std::string log = ReadFile(cluster.dir() + "/launcher.stderr");
+      int n = 0;
+      for (size_t at = 0; (at = log.find("restarted " + name + " (", at)) != std::string::npos;
+           ++at) {
+        ++n;
+      }
+      return n;
+    };
+    const int restarts_before = restarts();
+    const auto t_kill = Clock::now();
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    victims.push_back(name);
+    // A client retrying from the kill on (UNAVAILABLE while no attention
+    // worker is up): the time to its first token is the outage it sees.
+    StreamOutcome probe;
+    double probe_first_s = -1;
+    while (Clock::now() - t_kill < std::chrono::seconds(60)) {
+      const double attempt_s = SecondsSince(t_kill);
+      probe = RunStream(cluster.stub(), requests[k % requests.size()],
+                        {std::chrono::milliseconds(120000), -1, {}});
+      if (probe.first_token_s >= 0) {
+        probe_first_s = attempt_s + probe.first_token_s;
+        break;
+      }
+      EXPECT_EQ(probe.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+          << name << ": " << probe.status.error_message();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (probe_first_s >= 0) {
+      first_token_s.push_back(probe_first_s);
+    } else {
+      ADD_FAILURE() << "no token within 60 s of killing " << name << ": "
+                    << probe.status.error_message();
+    }
+    while (restarts() == restarts_before && Clock::now() - t_kill < std::chrono::seconds(90)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    whole = AwaitWhole(cluster, members, std::chrono::seconds(90), &status);
+    EXPECT_TRUE(whole) << "not whole again after killing " << name << "\n" << cluster.Logs();
+    Progress(
+        "chaos: killed %s; a retrying client's first token %.2f s after the kill; whole "
+        "again %.1f s after it",
+        name.c_str(), probe_first_s, SecondsSince(t_kill));
+  }
+  stop.store(true);
+  for (auto& t : clients) t.join();
+  ASSERT_TRUE(whole);
+
+  // Accepted requests: finished right, or a clean UNAVAILABLE; none lost.
+  EXPECT_TRUE(bad.empty()) << bad.size() << " requests lost or wrong, first: " << bad[0];
+  EXPECT_GT(ok, 0);
+  // Only the killed processes exited, each restarted.
+  const std::string launcher = ReadFile(cluster.dir() + "/launcher.stderr");
+  int killed = 0, exited = 0;
+  for (absl::string_view line : absl::StrSplit(launcher, '\n')) {
+    killed += absl::StrContains(line, "was killed by signal 9") ? 1 : 0;
+    exited += absl::StrContains(line, " exited ") ? 1 : 0;
+  }
+  EXPECT_EQ(killed, static_cast<int>(victims.size())) << launcher;
+  EXPECT_EQ(exited, 0) << launcher;
+  // Nothing leaked: KV blocks free, nothing staged; the placement is valid.
+  for (const auto& st : AllStats(cluster)) {
+    EXPECT_EQ(st.kv_blocks_free(), st.kv_blocks_total());
+    EXPECT_EQ(st.running() + st.waiting(), 0);
+  }
+  for (const auto& m : status.members()) EXPECT_EQ(m.staged_epoch(), 0) << m.rank();
+  // Every MoE layer still holds every logical expert it held at the start.
+  ASSERT_EQ(status.placement_size(), initial.placement_size());
+  for (int l = 0; l < status.placement_size(); ++l) {
+    const auto& was = initial.placement(l).phy2log();
+    const auto& now = status.placement(l).phy2log();
+    EXPECT_EQ(std::set<int64_t>(now.begin(), now.end()), std::set<int64_t>(was.begin(), was.end()))
+        << "MoE layer " << l;
+  }
+  std::sort(first_token_s.begin(), first_token_s.end());
+  const double p50 = first_token_s.empty() ? -1 : first_token_s[first_token_s.size() / 2];
+  const double worst = first_token_s.empty() ? -1 : first_token_s.back();
+  Progress(
+      "chaos (seed %llu): %zu kills (%s); %d streams OK with the reference tokens, %d "
+      "UNAVAILABLE, %zu lost or wrong; kill to a retrying client's first token p50 %.2f s, max "
+      "%.2f s",
+      static_cast<unsigned long long>(seed), victims.size(), absl::StrJoin(victims, ", ").c_str(),
+      ok, unavailable, bad.size(), p50, worst);
 }
 
 // The status code of a unary Generate of `prompt` (4 greedy tokens) over

@@ -62,6 +62,16 @@ class Section {
     return absl::OkStatus();
   }
 
+  // A duration: at least `min_value`, at most a day (so that the products
+  // and sums the processes make of it cannot overflow).
+  absl::Status ReadDuration(const std::string& key, int64_t min_value, int64_t per_second,
+                            int64_t* out) {
+    SY_RETURN_IF_ERROR(ReadMin(key, min_value, out));
+    const int64_t day = 86400 * per_second;
+    if (*out > day) return Error(key, absl::StrCat("must be <= ", day, " (a day)"));
+    return absl::OkStatus();
+  }
+
   absl::Status ReadIntList(const std::string& key, std::vector<int32_t>* out) {
     YAML::Node v = Get(key);
     if (!v || v.IsNull()) return absl::OkStatus();
@@ -161,14 +171,14 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
   SY_RETURN_IF_ERROR(ParseSection(top, "topology", [&](Section& s) -> absl::Status {
     SY_RETURN_IF_ERROR(s.ReadMin("attention_workers", 1, &c.topology.attention_workers));
     SY_RETURN_IF_ERROR(s.ReadMin("expert_workers", 1, &c.topology.expert_workers));
-    if (c.topology.attention_workers + c.topology.expert_workers > 1024) {
+    if (int64_t{c.topology.attention_workers} + c.topology.expert_workers > 1024) {
       return s.Error("attention_workers", "plus expert_workers must be <= 1024");
     }
     return absl::OkStatus();
   }));
   SY_RETURN_IF_ERROR(ParseSection(top, "transport", [&](Section& s) -> absl::Status {
     SY_RETURN_IF_ERROR(s.Read("backend", &c.transport.backend));
-    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("timeout_ms", 1, &c.transport.timeout_ms));
+    SY_RETURN_IF_ERROR(s.ReadDuration("timeout_ms", 1, 1000, &c.transport.timeout_ms));
     if (c.transport.backend != "ucx" && c.transport.backend != "inproc") {
       return s.Error("backend", "must be ucx or inproc");
     }
@@ -190,9 +200,9 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
   }));
   SY_RETURN_IF_ERROR(ParseSection(top, "coordinator", [&](Section& s) -> absl::Status {
     SY_RETURN_IF_ERROR(s.ReadAddress("listen", &c.coordinator.listen));
-    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("heartbeat_ms", 10, &c.coordinator.heartbeat_ms));
+    SY_RETURN_IF_ERROR(s.ReadDuration("heartbeat_ms", 10, 1000, &c.coordinator.heartbeat_ms));
     SY_RETURN_IF_ERROR(
-        s.ReadMin<int64_t>("worker_timeout_ms", 100, &c.coordinator.worker_timeout_ms));
+        s.ReadDuration("worker_timeout_ms", 100, 1000, &c.coordinator.worker_timeout_ms));
     return absl::OkStatus();
   }));
   SY_RETURN_IF_ERROR(ParseSection(top, "router", [&](Section& s) -> absl::Status {
@@ -205,8 +215,8 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_batched_tokens", 1, &a.max_batched_tokens));
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("kv_block_size", 1, &a.kv_block_size));
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("kv_blocks", 0, &a.kv_blocks));
-    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("idle_sleep_us", 0, &a.idle_sleep_us));
-    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_idle_sleep_us", 0, &a.max_idle_sleep_us));
+    SY_RETURN_IF_ERROR(s.ReadDuration("idle_sleep_us", 0, 1000000, &a.idle_sleep_us));
+    SY_RETURN_IF_ERROR(s.ReadDuration("max_idle_sleep_us", 0, 1000000, &a.max_idle_sleep_us));
     if (a.max_idle_sleep_us < a.idle_sleep_us) {
       return s.Error("max_idle_sleep_us", "must be >= idle_sleep_us");
     }
@@ -236,7 +246,7 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
     if (!(e.threshold >= 0 && e.threshold <= 1)) return s.Error("threshold", "must be in [0, 1]");
     SY_RETURN_IF_ERROR(s.Read("min_gain", &e.min_gain));
     if (!(e.min_gain >= 0 && e.min_gain <= 1)) return s.Error("min_gain", "must be in [0, 1]");
-    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("check_ms", 10, &e.check_ms));
+    SY_RETURN_IF_ERROR(s.ReadDuration("check_ms", 10, 1000, &e.check_ms));
     SY_RETURN_IF_ERROR(s.Read("policy", &e.policy));
     if (e.policy != "global" && e.policy != "hierarchical") {
       return s.Error("policy", "must be global or hierarchical");
@@ -247,7 +257,7 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
     }
     SY_RETURN_IF_ERROR(s.ReadMin("nodes", 1, &e.nodes));
     SY_RETURN_IF_ERROR(s.ReadMin("groups", 1, &e.groups));
-    SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("stage_timeout_ms", 100, &e.stage_timeout_ms));
+    SY_RETURN_IF_ERROR(s.ReadDuration("stage_timeout_ms", 100, 1000, &e.stage_timeout_ms));
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_staging_bytes", 0, &e.max_staging_bytes));
     if (c.topology.expert_workers % e.nodes != 0) {
       return s.Error("nodes", absl::StrCat("must divide topology.expert_workers (",

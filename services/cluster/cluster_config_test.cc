@@ -126,6 +126,11 @@ TEST(ClusterConfigTest, ErrorsNameKeyAndFile) {
       {"model: {path: /m}\neplb: {window_seconds: 0}\n", "eplb.window_seconds must be > 0"},
       {"model: {path: /m}\nexpert_worker: {memory_limit_bytes: -1}\n",
        "expert_worker.memory_limit_bytes must be >= 0"},
+      {"model: {path: /m}\ntransport: {timeout_ms: 9223372036854775807}\n",
+       "transport.timeout_ms must be <= 86400000 (a day)"},
+      {"model: {path: /m}\ntopology: {attention_workers: 2147483647, expert_workers: 4}\n",
+       "topology.attention_workers plus expert_workers must be <= 1024"},
+      {"model: {path: /m}\n{a: 1}: 2\n", "top level has a key that is not a name"},
       {"model: {path: /m\n", "not valid YAML"},
       {"- a\n- b\n", "top level must be a mapping"},
   };

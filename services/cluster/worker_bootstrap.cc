@@ -302,10 +302,9 @@ bool FollowReforms(const ClusterConfig& cfg, const pb::Mesh& m, int32_t rank, in
     SY_LOG(ERROR) << "rank " << rank << ": re-formed mesh epoch " << m.epoch()
                   << " is invalid: " << reform.status();
   } else if (reform->has_value()) {
-    // A replacement that joined has a new address: reach it before stepping.
-    if (absl::Status st = transport.Connect(MeshPeers(m)); !st.ok()) {
-      SY_LOG(ERROR) << "rank " << rank << ": connecting the re-formed mesh: " << st;
-    }
+    // The step thread connects when it adopts the reform (a replacement that
+    // joined has a new address): the transport is not this thread's to use.
+    (*reform)->peers = MeshPeers(m);
     request(**std::move(reform));
   }
   return false;

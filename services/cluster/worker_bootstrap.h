@@ -55,9 +55,10 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
 // A worker's watcher, at each mesh `m`: when `m` dropped this worker (rank),
 // or lists another process at its rank (it was replaced), sets *dropped and
 // interrupts `transport` (once) and returns true: the worker must stop.
-// Otherwise, when `m` re-formed the mesh since `generation`, connects the
-// transport to the members (a replacement's new address) and hands
-// `request` the reform to adopt (an invalid one is logged).
+// Otherwise, when `m` re-formed the mesh since `generation`, hands `request`
+// the reform to adopt, with the members' addresses: the step thread
+// connects to them when it adopts it (never this thread: the transport is
+// the step thread's). An invalid reform is logged.
 bool FollowReforms(const ClusterConfig& cfg, const ::switchyard::internal::v1::Mesh& m,
                    int32_t rank, int64_t generation, transport::Transport& transport,
                    std::atomic<bool>* dropped, const std::function<void(moe::MeshReform)>& request);

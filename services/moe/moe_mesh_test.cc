@@ -371,7 +371,7 @@ TEST(MoeMeshReformTest, SurvivorsServeOnAfterAnExpertWorkerDies) {
       // worker's rank out of the mesh).
       MeshRanks survivor_ranks = ranks;
       survivor_ranks.experts[1] = -1;
-      const MeshReform reform{2, *survivors, survivor_ranks};
+      const MeshReform reform{2, *survivors, survivor_ranks, {}};
       servers[0]->RequestReform(reform);
       aw->RequestReform(reform);
       ASSERT_TRUE(aw->AwaitReform(absl::Seconds(5)));

@@ -100,6 +100,11 @@ bool RemoteExpertExecutor::AwaitReform(absl::Duration timeout) {
 }
 
 void RemoteExpertExecutor::Adopt(MeshReform reform) {
+  if (!reform.peers.empty()) {
+    if (absl::Status st = transport_->Connect(reform.peers); !st.ok()) {
+      SY_LOG(ERROR) << "connecting the re-formed mesh: " << st;
+    }
+  }
   placement_ = std::move(reform.placement);
   ranks_ = std::move(reform.ranks);
   generation_.store(reform.generation);
@@ -469,6 +474,12 @@ absl::StatusOr<bool> ExpertServer::AwaitReform(absl::Duration timeout) {
     staged_.reset();
     serving_epoch_.store(cur_->placement.epoch);
   }
+  if (!reform->peers.empty()) {
+    if (absl::Status st = transport_->Connect(reform->peers); !st.ok()) {
+      SY_LOG(ERROR) << "expert worker " << worker_index_
+                    << ": connecting the re-formed mesh: " << st;
+    }
+  }
   ranks_ = std::move(reform->ranks);
   generation_.store(reform->generation);
   switch_ = Switch{};
@@ -585,6 +596,7 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   gathered_.resize(static_cast<size_t>(total) * H);
   local_slot_.resize(static_cast<size_t>(total));
   for (size_t a = 0; a < num_aw; ++a) {
+    if (views[a].num_rows == 0) continue;  // (empty buffers may be null: no memcpy)
     std::memcpy(gathered_.data() + base[a] * H, views[a].rows,
                 sizeof(float) * views[a].num_rows * H);
     for (uint32_t r = 0; r < views[a].num_rows; ++r) {

@@ -72,6 +72,11 @@ struct MeshReform {
   int64_t generation = 0;
   eplb::Placement placement;
   MeshRanks ranks;
+  // The re-formed mesh's transport addresses: the step thread connects to
+  // them (a replacement's new address, failed endpoints) when it adopts the
+  // reform, never the control thread (the transport is the step thread's).
+  // Empty: keep the endpoints (tests of one process).
+  std::vector<transport::PeerAddress> peers;
 };
 
 // Hands a reform from the control thread to a worker's step thread.
