@@ -11,6 +11,19 @@
 #include "services/moe/moe_wire.h"
 
 namespace sy::moe {
+namespace {
+
+// On the step thread, adopting a reform: endpoints to the re-formed mesh's
+// members (a replacement's new address); none listed, nothing to do.
+void ConnectReformed(transport::Transport& transport,
+                     const std::vector<transport::PeerAddress>& peers) {
+  if (peers.empty()) return;
+  if (absl::Status st = transport.Connect(peers); !st.ok()) {
+    SY_LOG(ERROR) << "rank " << transport.rank() << ": connecting the re-formed mesh: " << st;
+  }
+}
+
+}  // namespace
 
 RemoteExpertExecutor::RemoteExpertExecutor(const model::ModelConfig& cfg, eplb::Placement placement,
                                            MeshRanks ranks, transport::Transport* transport,
@@ -100,11 +113,7 @@ bool RemoteExpertExecutor::AwaitReform(absl::Duration timeout) {
 }
 
 void RemoteExpertExecutor::Adopt(MeshReform reform) {
-  if (!reform.peers.empty()) {
-    if (absl::Status st = transport_->Connect(reform.peers); !st.ok()) {
-      SY_LOG(ERROR) << "connecting the re-formed mesh: " << st;
-    }
-  }
+  ConnectReformed(*transport_, reform.peers);
   placement_ = std::move(reform.placement);
   ranks_ = std::move(reform.ranks);
   generation_.store(reform.generation);
@@ -474,12 +483,7 @@ absl::StatusOr<bool> ExpertServer::AwaitReform(absl::Duration timeout) {
     staged_.reset();
     serving_epoch_.store(cur_->placement.epoch);
   }
-  if (!reform->peers.empty()) {
-    if (absl::Status st = transport_->Connect(reform->peers); !st.ok()) {
-      SY_LOG(ERROR) << "expert worker " << worker_index_
-                    << ": connecting the re-formed mesh: " << st;
-    }
-  }
+  ConnectReformed(*transport_, reform->peers);
   ranks_ = std::move(reform->ranks);
   generation_.store(reform->generation);
   switch_ = Switch{};

@@ -131,44 +131,61 @@ absl::StatusOr<std::string> ReadSecretFile(const std::string& path, const std::s
   return buf.str();
 }
 
+namespace {
+
+// The texts of the PEM files `files` names (empty where it names none).
+struct PemTexts {
+  std::string ca, cert, key;
+};
+absl::StatusOr<PemTexts> ReadPems(const TlsFiles& files) {
+  PemTexts p;
+  const struct {
+    const std::string& path;
+    const char* what;
+    std::string* out;
+  } items[] = {{files.ca_file, "TLS CA (ca_file)", &p.ca},
+               {files.cert_file, "TLS certificate (cert_file)", &p.cert},
+               {files.key_file, "TLS key (key_file)", &p.key}};
+  for (const auto& item : items) {
+    if (item.path.empty()) continue;
+    absl::StatusOr<std::string> text = ReadSecretFile(item.path, item.what);
+    if (!text.ok()) return text.status();
+    *item.out = *std::move(text);
+  }
+  return p;
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TlsServerCredentials(
     const TlsFiles& files, bool require_client_cert) {
   if (files.cert_file.empty() || files.key_file.empty()) {
     return absl::InvalidArgumentError("a TLS server needs cert_file and key_file");
   }
-  absl::StatusOr<std::string> cert = ReadSecretFile(files.cert_file, "TLS certificate (cert_file)");
-  if (!cert.ok()) return cert.status();
-  absl::StatusOr<std::string> key = ReadSecretFile(files.key_file, "TLS key (key_file)");
-  if (!key.ok()) return key.status();
+  if (require_client_cert && files.ca_file.empty()) {
+    return absl::InvalidArgumentError("a TLS server that verifies clients needs ca_file");
+  }
+  absl::StatusOr<PemTexts> pem = ReadPems(files);
+  if (!pem.ok()) return pem.status();
   grpc::SslServerCredentialsOptions opts(
       require_client_cert ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
                           : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
-  if (require_client_cert) {
-    absl::StatusOr<std::string> ca = ReadSecretFile(files.ca_file, "TLS CA (ca_file)");
-    if (!ca.ok()) return ca.status();
-    opts.pem_root_certs = *std::move(ca);
-  }
-  opts.pem_key_cert_pairs.push_back({*std::move(key), *std::move(cert)});
+  if (require_client_cert) opts.pem_root_certs = std::move(pem->ca);
+  opts.pem_key_cert_pairs.push_back({std::move(pem->key), std::move(pem->cert)});
   return grpc::SslServerCredentials(opts);
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> TlsChannelCredentials(
     const TlsFiles& files) {
+  if (files.cert_file.empty() != files.key_file.empty()) {
+    return absl::InvalidArgumentError("a TLS client certificate needs cert_file and key_file");
+  }
+  absl::StatusOr<PemTexts> pem = ReadPems(files);
+  if (!pem.ok()) return pem.status();
   grpc::SslCredentialsOptions opts;
-  if (!files.ca_file.empty()) {
-    absl::StatusOr<std::string> ca = ReadSecretFile(files.ca_file, "TLS CA (ca_file)");
-    if (!ca.ok()) return ca.status();
-    opts.pem_root_certs = *std::move(ca);
-  }
-  if (!files.cert_file.empty() || !files.key_file.empty()) {
-    absl::StatusOr<std::string> cert =
-        ReadSecretFile(files.cert_file, "TLS certificate (cert_file)");
-    if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadSecretFile(files.key_file, "TLS key (key_file)");
-    if (!key.ok()) return key.status();
-    opts.pem_cert_chain = *std::move(cert);
-    opts.pem_private_key = *std::move(key);
-  }
+  opts.pem_root_certs = std::move(pem->ca);  // empty: the system roots
+  opts.pem_cert_chain = std::move(pem->cert);
+  opts.pem_private_key = std::move(pem->key);
   return grpc::SslCredentials(opts);
 }
 
