@@ -8,10 +8,12 @@ same splitmix64 partial Fisher-Yates shuffle, seed 1234), and the same
 columns: a Python loop over the experts with rows (F.linear gate_up, silu(g)
 * u, F.linear down), timed with torch.cuda.Event after a warm-up (no CUDA
 graphs), against the peaks measured here (8192^3 bf16 matmul, 2 GiB
-device-to-device copy counting read + write bytes).
+device-to-device copy counting read + write bytes). Like the C++ bench, call
+i reads the weights of expert (e + i * E / rotate) mod E for routed expert e,
+so consecutive calls do not find the previous call's weights in L2.
 
 Usage: python3 bench/torch_grouped_gemm.py [--model qwen3|dsv3|all]
-           [--tokens 1,4,...] [--iters N (0: auto)]
+           [--tokens 1,4,...] [--iters N (0: auto)] [--rotate N (default 16)]
 """
 import argparse
 import sys
@@ -60,7 +62,10 @@ def main():
     ap.add_argument("--model", default="all", choices=["qwen3", "dsv3", "all"])
     ap.add_argument("--tokens", default="1,4,16,64,256,1024,4096,8192")
     ap.add_argument("--iters", type=int, default=0)
+    ap.add_argument("--rotate", type=int, default=16)
     args = ap.parse_args()
+    if not 1 <= args.rotate <= 256:
+        ap.error(f"--rotate must be 1..256, got {args.rotate}")
     print("# command: " + " ".join([sys.executable] + sys.argv))
     dev = torch.device("cuda")
     print(f"# device: {torch.cuda.get_device_name(dev)}; torch {torch.__version__}")
@@ -105,12 +110,17 @@ def main():
             rows = offsets[-1]
             active = [e for e in range(experts) if counts[e] > 0]
 
+            calls = [0]
+
             def ffn():
+                shift = (calls[0] % args.rotate) * experts // args.rotate
+                calls[0] += 1
                 for e in active:
                     lo, hi = offsets[e], offsets[e + 1]
-                    gu = F.linear(x[lo:hi], w_gu[e])
+                    we = (e + shift) % experts
+                    gu = F.linear(x[lo:hi], w_gu[we])
                     act = F.silu(gu[:, :inter]) * gu[:, inter:]
-                    out[lo:hi] = F.linear(act, w_dn[e])
+                    out[lo:hi] = F.linear(act, w_dn[we])
 
             ffn()
             torch.cuda.synchronize()
