@@ -400,6 +400,41 @@ TEST_P(TransportConformanceTest, InterruptEndsTheWaitAndKeepsMessages) {
   });
 }
 
+// An exchange interrupted while its send to a live peer is still unmatched
+// (a large message, which UCX sends by rendezvous, to a peer that never
+// posts that tag: a mesh re-forming) leaves the peer usable: the caller's
+// buffer is gone once the call returns, and the next exchange both ways
+// works without a Connect().
+TEST_P(TransportConformanceTest, InterruptedSendLeavesALivePeerUsable) {
+  auto mesh = MakeMesh(2);
+  ASSERT_EQ(mesh.size(), 2u);
+  std::thread interrupter([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    mesh[0]->Interrupt();
+  });
+  absl::Status sent;
+  {
+    const Bytes big = Pattern(0, 1, 10, 8 << 20);
+    sent = mesh[0]->Exchange(10, {Item(1, big)}, {}, nullptr, absl::Seconds(30));
+  }
+  interrupter.join();
+  if (mesh[0]->backend() == "ucx") {
+    EXPECT_EQ(sent.code(), absl::StatusCode::kAborted) << sent;
+  } else {
+    EXPECT_TRUE(sent.ok() || sent.code() == absl::StatusCode::kAborted) << sent;
+  }
+  mesh[0]->ClearInterrupt();
+  for (uint64_t tag = 11; tag < 14; ++tag) {
+    RunRanks(2, [&](int32_t rank) {
+      const int32_t other = 1 - rank;
+      std::vector<Bytes> in;
+      EXPECT_OK(mesh[rank]->Exchange(tag, {Item(other, Pattern(rank, other, tag, 4096))}, {other},
+                                     &in, kTimeout));
+      EXPECT_TRUE(in.size() == 1 && in[0] == Pattern(other, rank, tag, 4096));
+    });
+  }
+}
+
 // A rank that left is replaced by a new transport with the same rank; after
 // everyone connects to its new address the mesh works again.
 TEST_P(TransportConformanceTest, ReplacedRankRejoins) {

@@ -39,9 +39,13 @@ ucp_tag_t WireTag(uint64_t user_tag, int32_t src_rank) {
 }  // namespace
 
 // A send of the current Exchange still in flight (`request` empty once done).
+// One send of the current Exchange, from a copy of the caller's bytes: a
+// send still unmatched when the call is interrupted can then be left to UCX
+// (see Abandon) instead of closing a live peer's endpoint.
 struct UcxTransport::PendingSend {
   UcxTransport::Peer* peer;
   UcpRequest request;
+  std::vector<uint8_t> buffer;
 };
 
 // One receive of the current Exchange: not yet matched, in flight
@@ -112,7 +116,7 @@ void UcxTransport::CloseFailedEndpoints() {
 
 void UcxTransport::ReapOrphans() {
   std::erase_if(orphans_,
-                [](const OrphanRecv& orphan) { return orphan.request.Status() != UCS_INPROGRESS; });
+                [](const Orphan& orphan) { return orphan.request.Status() != UCS_INPROGRESS; });
 }
 
 absl::Status UcxTransport::Connect(const std::vector<PeerAddress>& peers) {
@@ -225,14 +229,19 @@ absl::Status UcxTransport::Exchange(uint64_t tag, const std::vector<SendItem>& s
       continue;
     }
     ucp_request_param_t params{};  // contiguous bytes, completion polled below
-    const ucs_status_ptr_t result = ucp_tag_send_nbx(
-        peer->ep->get(), item.size > 0 ? item.data : &scratch_, item.size, send_tag, &params);
+    PendingSend send{peer, UcpRequest(), std::vector<uint8_t>(item.data, item.data + item.size)};
+    const ucs_status_ptr_t result =
+        ucp_tag_send_nbx(peer->ep->get(), item.size > 0 ? send.buffer.data() : &scratch_, item.size,
+                         send_tag, &params);
     if (UCS_PTR_IS_ERR(result)) {
       FailPeer(*peer, UCS_PTR_STATUS(result));
       failure = PeerDownError(*peer);
       break;
     }
-    if (result != nullptr) pending_sends.push_back({peer, UcpRequest(result)});
+    if (result != nullptr) {
+      send.request = UcpRequest(result);
+      pending_sends.push_back(std::move(send));
+    }
   }
 
   if (received != nullptr) received->assign(recv_from.size(), {});
@@ -318,12 +327,13 @@ absl::Status UcxTransport::Exchange(uint64_t tag, const std::vector<SendItem>& s
       std::this_thread::yield();
     }
   }
-  Abandon(pending_sends, recvs, received, deadline);
+  Abandon(pending_sends, recvs, received, deadline, absl::IsAborted(failure));
   return failure;
 }
 
 void UcxTransport::Abandon(std::vector<PendingSend>& sends, std::vector<PendingRecv>& recvs,
-                           std::vector<std::vector<uint8_t>>* received, absl::Time deadline) {
+                           std::vector<std::vector<uint8_t>>* received, absl::Time deadline,
+                           bool interrupted) {
   // Receives in flight write into their buffers until UCX completes them,
   // and a matched receive cannot be cancelled (ucp_request_cancel only
   // removes unmatched ones): keep request and buffer until it completes.
@@ -333,9 +343,14 @@ void UcxTransport::Abandon(std::vector<PendingSend>& sends, std::vector<PendingR
   }
   if (received != nullptr) received->clear();
 
-  // Sends read the caller's buffers, so none may outlive this call: give them
-  // a short grace, then force-close the endpoints they are stuck on, which
-  // completes them with UCS_ERR_CANCELED.
+  // Sends get a short grace. After an interrupt (the mesh is re-forming) a
+  // send still in flight is one the peer abandoned its receive for: it keeps
+  // its own buffer, so it is left to UCX (its tag carries the old mesh
+  // generation, which no later receive matches) and the live peer's endpoint
+  // stays open; force-closing it would fail the peer's first exchange of the
+  // re-formed mesh. Otherwise (a failed or silent peer) the endpoints the
+  // sends are stuck on are force-closed, which completes them with
+  // UCS_ERR_CANCELED.
   const absl::Time grace_end = std::min(deadline, absl::Now() + options_.abandon_grace);
   auto any_send_left = [&sends] {
     bool any = false;
@@ -351,6 +366,10 @@ void UcxTransport::Abandon(std::vector<PendingSend>& sends, std::vector<PendingR
   }
   for (PendingSend& send : sends) {
     if (send.request.empty()) continue;
+    if (interrupted && !send.peer->failed.load(std::memory_order_acquire)) {
+      orphans_.push_back({std::move(send.request), std::move(send.buffer)});
+      continue;
+    }
     SY_LOG(WARNING) << "ucx rank " << rank_ << ": send to rank " << send.peer->rank
                     << " still in flight after a failed exchange; closing its endpoint";
     FailPeer(*send.peer, UCS_ERR_CANCELED);
@@ -379,7 +398,7 @@ absl::Status UcxTransport::Close() {
   ReapOrphans();
   // Buffers of receives UCX may still write to live until the worker is gone.
   std::vector<std::vector<uint8_t>> late_buffers;
-  for (OrphanRecv& orphan : orphans_) {
+  for (Orphan& orphan : orphans_) {
     orphan.request.Release();  // dies with the worker
     late_buffers.push_back(std::move(orphan.buffer));
   }

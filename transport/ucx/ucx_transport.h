@@ -77,7 +77,9 @@ class UcxTransport final : public Transport {
   // receives are abandoned (their buffers stay owned here until UCX lets go),
   // and in-flight sends get `abandon_grace` to finish; the endpoints of peers
   // whose sends are still in flight then are force-closed, so those peers
-  // report Unavailable until Connect() lists them again.
+  // report Unavailable until Connect() lists them again, except after an
+  // interrupt, when a live peer's unfinished sends are left to UCX (sends go
+  // from a copy of the caller's bytes, so the call never holds them).
   absl::Status Exchange(uint64_t tag, const std::vector<SendItem>& sends,
                         const std::vector<int32_t>& recv_from,
                         std::vector<std::vector<uint8_t>>* received,
@@ -110,8 +112,9 @@ class UcxTransport final : public Transport {
   };
   struct PendingSend;
   struct PendingRecv;
-  // A receive abandoned by a failed Exchange: its buffer must outlive it.
-  struct OrphanRecv {
+  // A receive or send abandoned by a failed Exchange: its buffer must outlive
+  // the request.
+  struct Orphan {
     UcpRequest request;
     std::vector<uint8_t> buffer;
   };
@@ -135,7 +138,7 @@ class UcxTransport final : public Transport {
   absl::Status AdvanceRecv(uint64_t tag, PendingRecv& recv, std::vector<uint8_t>& buffer);
   // Cleans up after a failed Exchange (see Exchange()).
   void Abandon(std::vector<PendingSend>& sends, std::vector<PendingRecv>& recvs,
-               std::vector<std::vector<uint8_t>>* received, absl::Time deadline);
+               std::vector<std::vector<uint8_t>>* received, absl::Time deadline, bool interrupted);
 
   const int32_t rank_;
   const Options options_;
@@ -146,7 +149,7 @@ class UcxTransport final : public Transport {
   std::unique_ptr<UcpWorker> worker_;
   absl::flat_hash_map<int32_t, std::unique_ptr<Peer>> peers_;
   std::vector<std::unique_ptr<Peer>> retired_peers_;
-  std::vector<OrphanRecv> orphans_;
+  std::vector<Orphan> orphans_;
   // Messages this rank sent to itself, by user tag, oldest first.
   absl::flat_hash_map<uint64_t, std::deque<std::vector<uint8_t>>> self_messages_;
   // Stand-in buffer for zero-byte sends and receives.
