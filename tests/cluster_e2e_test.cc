@@ -2556,26 +2556,21 @@ bool AwaitWhole(const Cluster& cluster, int members, std::chrono::seconds timeou
   return false;
 }
 
-// A chaos run: a local cluster (2 attention workers, 2 expert workers each
-// holding every expert, --restart-workers --restart-coordinator) under
-// concurrent streaming load while a seeded driver (SY_CHAOS_SEED, printed)
-// kills, one at a time at random moments, an expert worker, an attention
-// worker or the coordinator; the launcher restarts each and the driver waits
-// for the mesh to be whole before the next. A probe request sent at each
-// kill measures the time to its first token. Invariants at the end: every
+// A chaos run: a local cluster (`attention_workers` attention workers, 2
+// expert workers each holding every expert, --restart-workers
+// --restart-coordinator) under concurrent streaming load while a seeded
+// driver (SY_CHAOS_SEED, printed; SY_CHAOS_KILLS kills, default 6) kills,
+// one at a time at random moments, an expert worker, an attention worker or
+// the coordinator; the launcher restarts each and the driver waits for the
+// mesh to be whole before the next. A probe request sent at each kill
+// measures the time to its first token. Invariants at the end: every
 // accepted stream either finished OK with the reference tokens (greedy: the
 // goldens' continuation) or ended with UNAVAILABLE (a re-submission that ran
 // out of attention workers); none hung or came back wrong; only the killed
 // processes exited (the launcher logged each kill and nothing else); every
 // KV block is free on every attention worker; nothing is staged; the
 // placement holds every expert in every MoE layer.
-// DISABLED: it fails today, on two failover bugs it found (README, "Not
-// yet"): with two attention workers, killing one can leave the survivors
-// re-forming the mesh over and over; and an attention worker restarted
-// while an expert worker rejoins can get an expert worker dropped as dead.
-// Run it with --gtest_also_run_disabled_tests; SY_CHAOS_SEED and
-// SY_CHAOS_KILLS choose the run.
-TEST(ClusterChaosTest, DISABLED_SeededKillsAndRestartsLoseNoAcceptedRequest) {
+void RunChaos(int attention_workers) {
   const uint64_t seed = [] {
     const char* v = std::getenv("SY_CHAOS_SEED");
     return v != nullptr ? std::strtoull(v, nullptr, 0) : 20261202ull;
@@ -2584,11 +2579,8 @@ TEST(ClusterChaosTest, DISABLED_SeededKillsAndRestartsLoseNoAcceptedRequest) {
     const char* v = std::getenv("SY_CHAOS_KILLS");
     return v != nullptr ? std::atoi(v) : 6;
   }();
-  // One attention worker: with two, killing one can leave the survivors
-  // re-forming the mesh over and over (an expert worker's combine to the
-  // surviving attention worker stays unmatched and is force-closed at the
-  // next re-formation, failing that worker's next step; README, "Not yet").
   ClusterOptions o = ReplicatedPair();
+  o.attention_workers = attention_workers;
   o.restart_workers = true;
   o.restart_coordinator = true;
   Cluster cluster;
@@ -2741,6 +2733,15 @@ TEST(ClusterChaosTest, DISABLED_SeededKillsAndRestartsLoseNoAcceptedRequest) {
       static_cast<unsigned long long>(seed), victims.size(), absl::StrJoin(victims, ", ").c_str(),
       ok, unavailable, bad.size(), p50, worst);
 }
+
+// Two attention workers: killing one leaves the other serving (the expert
+// workers' unfinished sends to it must not fail its next step).
+TEST(ClusterChaosTest, SeededKillsWithTwoAttentionWorkersLoseNoAcceptedRequest) { RunChaos(2); }
+
+// One attention worker: killing it leaves the expert workers with a mesh of
+// no attention worker until its replacement is admitted (they must wait for
+// it, not step on empty).
+TEST(ClusterChaosTest, SeededKillsWithOneAttentionWorkerLoseNoAcceptedRequest) { RunChaos(1); }
 
 // The status code of a unary Generate of `prompt` (4 greedy tokens) over
 // `stub` with `key` ("" : none) as its bearer token; `tokens` gets the output.

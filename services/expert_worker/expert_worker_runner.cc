@@ -224,12 +224,30 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
   // reform_wait: it stops only when dropped from the mesh or asked to.
   absl::Status st;
   const auto reform_wait = absl::FromChrono(cluster::ReformWait(cfg));
+  bool idle = false;  // logged that the mesh has no attention worker
   while (!should_stop() && !dropped.load()) {
     absl::StatusOr<bool> adopted = experts->ApplyReform();
     if (!adopted.ok()) {
       st = adopted.status();
       break;
     }
+    if (!experts->has_attention_workers()) {
+      if (!idle) {
+        SY_LOG(WARNING) << "expert worker " << index
+                        << ": the mesh has no attention worker; waiting for one to be admitted";
+        idle = true;
+      }
+      // Nothing to serve until a replacement attention worker is admitted:
+      // wait for that reform (stepping would spin, piling up empty load
+      // reports that made the heartbeats too slow to arrive).
+      adopted = experts->AwaitReform(absl::Milliseconds(100));
+      if (!adopted.ok()) {
+        st = adopted.status();
+        break;
+      }
+      continue;
+    }
+    idle = false;
     st = experts->ServeStep();
     if (st.ok() || should_stop() || dropped.load()) continue;
     if (!absl::IsAborted(st)) {

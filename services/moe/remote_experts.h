@@ -227,6 +227,10 @@ class ExpertServer {
     return worker_index_ < static_cast<int32_t>(ranks_.experts.size()) &&
            ranks_.experts[worker_index_] >= 0;
   }
+  // Step thread: the mesh has no attention worker (every one died and none
+  // has been admitted yet), so a step would exchange nothing and finish at
+  // once; the caller waits for a reform instead of stepping.
+  bool has_attention_workers() const { return !ranks_.attention.empty(); }
 
   // Serves one whole step (every MoE layer), first switching to the staged
   // generation when this is the agreed step. Errors (a peer gone, a timeout,
