@@ -2687,7 +2687,9 @@ void RunChaos(int attention_workers) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     whole = AwaitWhole(cluster, members, std::chrono::seconds(90), &status);
-    EXPECT_TRUE(whole) << "not whole again after killing " << name << "\n" << cluster.Logs();
+    EXPECT_TRUE(whole) << "not whole again after killing " << name << " (rebalancing "
+                       << status.rebalancing() << ")\n"
+                       << cluster.Logs();
     Progress(
         "chaos: killed %s; a retrying client's first token %.2f s after the kill; whole "
         "again %.1f s after it",

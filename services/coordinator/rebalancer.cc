@@ -294,7 +294,13 @@ absl::Status Rebalancer::Transition(const eplb::Placement& next, int64_t* epoch)
   const auto switch_deadline = Clock::now() + timeout;
   while (true) {
     std::optional<TransitionProgress> p = core_->Progress(*epoch);
-    if (p.has_value() && p->done) return absl::OkStatus();
+    if (!p.has_value()) {
+      // A re-formation (a worker died before every worker switched) dropped
+      // it: the re-formed mesh serves its own placement, nothing to wait for.
+      return absl::AbortedError(
+          absl::StrCat("epoch ", *epoch, " was committed, then dropped by a mesh re-formation"));
+    }
+    if (p->done) return absl::OkStatus();
     if (stopping_.load()) return absl::AbortedError("the coordinator is shutting down");
     if (Clock::now() > switch_deadline) {
       return absl::DeadlineExceededError(
