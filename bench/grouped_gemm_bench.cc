@@ -13,6 +13,14 @@
 // in the same run: a bf16 cuBLAS GEMM of 8192^3 (mean of 10 after warm-up)
 // and cudaMemcpyAsync device-to-device of 2 GiB (read + write bytes).
 //
+// Beside each case, the read bound: the fastest of a few configurations of
+// a kernel that only streams the same active experts' weights (one launch,
+// 16-byte loads; bench/cuda/weight_read.cu), through the same rotating
+// tables. "rd%cp" is its weight GB/s against the 2 GiB copy's, "%rdsz" its
+// time against the path's (100% would be a path as fast as reading its
+// weights and nothing else), "rdcfg" the configuration that won (uU: loads in
+// flight per thread, bB: blocks per SM, b0: one block per chunk).
+//
 // Every path's output is checked against the cuBLAS loop's (fp32
 // accumulation, the same bf16 roundings): "err" is max |out - ref| over
 // max |ref|, so a fast wrong kernel cannot hide in the table.
@@ -41,6 +49,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda/weight_read.h"
 #include "bench/gpu_bench_util.h"
 #include "kernels/cuda/backend.h"
 #include "kernels/device.h"
@@ -49,8 +58,11 @@
 namespace sy::kernels {
 namespace {
 
+using ::sy::bench::LaunchWeightRead;
 using ::sy::bench::OkOrDie;
 using ::sy::bench::OrDie;
+using ::sy::bench::ReadChunkBytes;
+using ::sy::bench::ReadConfig;
 
 struct Model {
   const char* name;
@@ -223,9 +235,9 @@ int Run(int argc, char** argv) {
       "# %%copy: weight bytes per second against the 2 GiB copy's; %%cpsz: the time of one\n"
       "# device-to-device copy that moves the same bytes (reads and writes half each)\n"
       "# against the path's time, the bandwidth bound at this size\n");
-  std::printf("%-14s %6s %6s %6s %-8s %6s %11s %9s %7s %9s %7s %7s %8s\n", "model", "tokens",
-              "rows", "active", "path", "iters", "time_us", "TFLOP/s", "%peak", "wGB/s", "%copy",
-              "%cpsz", "err");
+  std::printf("%-14s %6s %6s %6s %-8s %6s %11s %9s %7s %9s %7s %7s %8s %7s %7s %6s\n", "model",
+              "tokens", "rows", "active", "path", "iters", "time_us", "TFLOP/s", "%peak", "wGB/s",
+              "%copy", "%cpsz", "err", "rd%cp", "%rdsz", "rdcfg");
 
   struct PathSpec {
     const char* key;
@@ -274,6 +286,13 @@ int Run(int argc, char** argv) {
     FillRandom(ctx, x.data(), x.bytes(), 1.0f, 4);
     DeviceBuffer d_off = OrDie(DeviceBuffer::Allocate(ctx, (m.experts + 1) * 8), "alloc");
     DeviceBuffer copy_dst = OrDie(DeviceBuffer::Allocate(ctx, w.bytes() / 2 + 16), "alloc copy");
+    // The read bound's region lists: per table, every expert's gate_up then
+    // down (the first 2 * active entries of a table are used).
+    const int64_t table_regions = 2 * m.experts;
+    DeviceBuffer d_rptr = OrDie(DeviceBuffer::Allocate(ctx, rotate * table_regions * 8), "alloc");
+    DeviceBuffer d_rbytes = OrDie(DeviceBuffer::Allocate(ctx, table_regions * 8), "alloc");
+    DeviceBuffer d_rprefix = OrDie(DeviceBuffer::Allocate(ctx, (table_regions + 1) * 8), "alloc");
+    DeviceBuffer d_sink = OrDie(DeviceBuffer::Allocate(ctx, 16), "alloc");
 
     for (const int64_t tokens : token_counts) {
       const auto counts = RouteCounts(tokens, m.experts, m.top_k, 1234);
@@ -299,6 +318,50 @@ int Run(int argc, char** argv) {
       const double copy_once = timer.Mean(1, same_copy);
       const double copy_ms = timer.Mean(
           static_cast<int>(std::clamp(200.0 / std::max(copy_once, 1e-3), 3.0, 200.0)), same_copy);
+      // The read bound on the same experts' weights, best of the configurations.
+      std::vector<const void*> rptr;
+      for (int t = 0; t < rotate; ++t) {
+        for (int64_t e = 0; e < m.experts; ++e) {
+          if (counts[e] == 0) continue;
+          rptr.push_back(gu_ptrs[t * m.experts + e]);
+          rptr.push_back(dn_ptrs[t * m.experts + e]);
+        }
+        rptr.resize(static_cast<size_t>((t + 1) * table_regions), nullptr);
+      }
+      const int regions = static_cast<int>(2 * active);
+      OkOrDie(CopyToDevice(ctx, d_rptr.data(), rptr.data(), rotate * table_regions * 8), "copy");
+      ReadConfig best_cfg{};
+      double read_ms = 0.0;
+      for (const ReadConfig rc :
+           {ReadConfig{4, 0}, ReadConfig{8, 0}, ReadConfig{4, 2}, ReadConfig{8, 2},
+            ReadConfig{4, 4}, ReadConfig{8, 4}, ReadConfig{4, 8}, ReadConfig{8, 8}}) {
+        const int64_t cb = ReadChunkBytes(rc.unroll);
+        std::vector<int64_t> rbytes, prefix{0};
+        for (int i = 0; i < regions; ++i) {
+          rbytes.push_back((i % 2 == 0 ? gu_elems : dn_elems) * 2);
+          prefix.push_back(prefix.back() + (rbytes.back() + cb - 1) / cb);
+        }
+        OkOrDie(CopyToDevice(ctx, d_rbytes.data(), rbytes.data(), regions * 8), "copy");
+        OkOrDie(CopyToDevice(ctx, d_rprefix.data(), prefix.data(), (regions + 1) * 8), "copy");
+        auto read = [&] {
+          const int64_t at = (call_index++ % rotate) * table_regions;
+          BENCH_CUDA(LaunchWeightRead(stream, rc, info.multiprocessors,
+                                      d_rptr.as<const void* const>() + at, d_rbytes.as<int64_t>(),
+                                      d_rprefix.as<int64_t>(), regions, prefix.back(),
+                                      d_sink.as<uint32_t>()));
+        };
+        read();
+        const double once = timer.Mean(1, read);
+        const double t = timer.Mean(
+            static_cast<int>(std::clamp(100.0 / std::max(once, 1e-3), 3.0, 200.0)), read);
+        if (read_ms == 0.0 || t < read_ms) {
+          read_ms = t;
+          best_cfg = rc;
+        }
+      }
+      const double read_gbs = wbytes / (read_ms * 1e-3) / 1e9;
+      char rdcfg[16];
+      std::snprintf(rdcfg, sizeof(rdcfg), "u%db%d", best_cfg.unroll, best_cfg.blocks_per_sm);
       auto run = [&](cuda::GroupedFfnPath path, void* dst, const char* what, int table) {
         const int64_t at = table * m.experts;
         OkOrDie(
@@ -337,10 +400,12 @@ int Run(int argc, char** argv) {
         const double tflops = flops / (ms * 1e-3) / 1e12;
         const double gbs = wbytes / (ms * 1e-3) / 1e9;
         std::printf(
-            "%-14s %6lld %6lld %6lld %-8s %6d %11.1f %9.2f %6.1f%% %9.0f %6.1f%% %6.1f%% %8.1e\n",
+            "%-14s %6lld %6lld %6lld %-8s %6d %11.1f %9.2f %6.1f%% %9.0f %6.1f%% %6.1f%% %8.1e "
+            "%6.1f%% %6.1f%% %6s\n",
             m.name, static_cast<long long>(tokens), static_cast<long long>(rows),
             static_cast<long long>(active), p.key, iters, ms * 1e3, tflops,
-            100.0 * tflops / peak_tflops, gbs, 100.0 * gbs / peak_gbs, 100.0 * copy_ms / ms, err);
+            100.0 * tflops / peak_tflops, gbs, 100.0 * gbs / peak_gbs, 100.0 * copy_ms / ms, err,
+            100.0 * read_gbs / peak_gbs, 100.0 * read_ms / ms, rdcfg);
         std::fflush(stdout);
       }
     }
