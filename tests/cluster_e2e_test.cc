@@ -565,6 +565,8 @@ struct StreamOptions {
   std::optional<std::chrono::milliseconds> timeout;  // the call's deadline
   int cancel_after_tokens = -1;                      // TryCancel once this many tokens arrived
   std::function<void()> before_cancel;               // runs just before TryCancel
+  int hook_after_tokens = -1;                        // runs `hook` once this many arrived
+  std::function<void()> hook;
 };
 
 StreamOutcome RunStream(v1::Generate::Stub* stub, const v1::GenerateRequest& request,
@@ -577,6 +579,7 @@ StreamOutcome RunStream(v1::Generate::Stub* stub, const v1::GenerateRequest& req
   auto reader = stub->GenerateStream(&context, request);
   v1::GenerateStreamResponse m;
   bool cancelled = false;
+  bool hooked = false;
   while (reader->Read(&m)) {
     if (out.first_token_s < 0 && m.output_ids_size() > 0) out.first_token_s = SecondsSince(start);
     out.tokens.insert(out.tokens.end(), m.output_ids().begin(), m.output_ids().end());
@@ -589,6 +592,11 @@ StreamOutcome RunStream(v1::Generate::Stub* stub, const v1::GenerateRequest& req
       ++out.finish_messages;
     }
     if (m.has_usage()) out.usage = m.usage();
+    if (!hooked && options.hook && options.hook_after_tokens >= 0 &&
+        static_cast<int>(out.tokens.size()) >= options.hook_after_tokens) {
+      options.hook();
+      hooked = true;
+    }
     if (!cancelled && options.cancel_after_tokens >= 0 &&
         static_cast<int>(out.tokens.size()) >= options.cancel_after_tokens) {
       if (options.before_cancel) options.before_cancel();
@@ -1623,7 +1631,8 @@ TEST_F(Qwen3ClusterTest, DeadlineStopsTheRequestAndFreesItsKvBlocks) {
     const auto timeout = std::chrono::milliseconds(
         static_cast<int64_t>(1000 * (first_token_s + fraction * (full_s - first_token_s))));
     const auto t0 = Clock::now();
-    const StreamOutcome o = RunStream(cluster_->stub(), request, {timeout, -1, nullptr});
+    const StreamOutcome o =
+        RunStream(cluster_->stub(), request, {timeout, -1, nullptr, -1, nullptr});
     // On a machine whose speed varies the whole generation may beat the
     // calibrated deadline: then it succeeded (or the deadline hit just
     // after the last token).
@@ -2613,8 +2622,8 @@ void RunChaos(int attention_workers) {
     clients.emplace_back([&, c] {
       for (size_t i = c; !stop.load(); ++i) {
         const size_t p = i % requests.size();
-        StreamOutcome r =
-            RunStream(cluster.stub(), requests[p], {std::chrono::milliseconds(120000), -1, {}});
+        StreamOutcome r = RunStream(cluster.stub(), requests[p],
+                                    {std::chrono::milliseconds(120000), -1, {}, -1, {}});
         std::lock_guard<std::mutex> lock(mu);
         if (r.status.ok() && r.tokens == reference[p].tokens) {
           ++ok;
@@ -2668,7 +2677,7 @@ void RunChaos(int attention_workers) {
     while (Clock::now() - t_kill < std::chrono::seconds(60)) {
       const double attempt_s = SecondsSince(t_kill);
       probe = RunStream(cluster.stub(), requests[k % requests.size()],
-                        {std::chrono::milliseconds(120000), -1, {}});
+                        {std::chrono::milliseconds(120000), -1, {}, -1, {}});
       if (probe.first_token_s >= 0) {
         probe_first_s = attempt_s + probe.first_token_s;
         break;
@@ -2744,6 +2753,136 @@ TEST(ClusterChaosTest, SeededKillsWithTwoAttentionWorkersLoseNoAcceptedRequest) 
 // no attention worker until its replacement is admitted (they must wait for
 // it, not step on empty).
 TEST(ClusterChaosTest, SeededKillsWithOneAttentionWorkerLoseNoAcceptedRequest) { RunChaos(1); }
+
+// A router process of `cluster` beside the launcher's (which stops the
+// cluster when its own router dies): `switchyard-router --config` on `port`,
+// logging to the cluster's logs folder. Dies with the test; the caller
+// kills it before the cluster stops.
+pid_t StartExtraRouter(const Cluster& cluster, int port, const std::string& name) {
+  const std::string bin = std::string(SY_BINARY_DIR) + "/bin/switchyard-router";
+  const std::string listen = "127.0.0.1:" + std::to_string(port);
+  const std::string yaml = cluster.dir() + "/cluster.yaml";
+  const std::string log = cluster.dir() + "/logs/" + name + ".log";
+  std::vector<std::string> argv_s = {bin, "--config", yaml, "--listen", listen};
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return -1;
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
+    dup2(fd, STDERR_FILENO);
+    dup2(fd, STDOUT_FILENO);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fd);
+  return pid;
+}
+
+// Waits until the router at `address` reports SERVING.
+bool AwaitRouterServing(const std::string& address, std::chrono::seconds timeout) {
+  const auto t0 = Clock::now();
+  while (Clock::now() - t0 < timeout) {
+    auto health = grpc::health::v1::Health::NewStub(
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    HealthResponse resp;
+    if (health->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &resp).ok() &&
+        resp.status() == HealthResponse::SERVING) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// A router dies mid-stream: the client retries the request (same request_id)
+// through another router, and the stream it gets is the whole generation,
+// equal to the healthy cluster's, from the one execution the first router
+// started (the attention worker kept it running without a stream and the
+// retry attached to it, or it had finished and the retry got its kept
+// output). A retry after the finish gets the kept output again; another
+// request under the id is ALREADY_EXISTS; nothing stays held.
+TEST(ClusterRouterFailoverTest, ARetryThroughAnotherRouterIsNotExecutedTwice) {
+  ClusterOptions o = ReplicatedPair();
+  o.attention_workers = 2;  // the retry must find the worker that holds the request
+  Cluster cluster;
+  const absl::Status started = cluster.Start(o, "router-failover");
+  ASSERT_TRUE(started.ok()) << started;
+  const int ports = AllocatePortRange(2);
+  ASSERT_GE(ports, 0);
+  const pid_t first = StartExtraRouter(cluster, ports, "router-a");
+  const pid_t second = StartExtraRouter(cluster, ports + 1, "router-b");
+  ASSERT_GT(first, 0);
+  ASSERT_GT(second, 0);
+  const std::string addr_a = "127.0.0.1:" + std::to_string(ports);
+  const std::string addr_b = "127.0.0.1:" + std::to_string(ports + 1);
+  ASSERT_TRUE(AwaitRouterServing(addr_a, std::chrono::seconds(60))) << cluster.Logs();
+  ASSERT_TRUE(AwaitRouterServing(addr_b, std::chrono::seconds(60))) << cluster.Logs();
+  auto stub_a =
+      v1::Generate::NewStub(grpc::CreateChannel(addr_a, grpc::InsecureChannelCredentials()));
+  auto stub_b =
+      v1::Generate::NewStub(grpc::CreateChannel(addr_b, grpc::InsecureChannelCredentials()));
+
+  constexpr int kTokens = 300;
+  const std::vector<int32_t> prompt = {1, 7, 42, 100, 3, 9};
+  const StreamOutcome reference = RunStream(cluster.stub(), GreedyRequest(prompt, kTokens, {}));
+  ASSERT_TRUE(reference.status.ok()) << reference.status.error_message();
+  ASSERT_EQ(reference.tokens.size(), static_cast<size_t>(kTokens));
+
+  v1::GenerateRequest request = GreedyRequest(prompt, kTokens, {});
+  request.set_request_id("client-retry-1");
+  StreamOptions kill_router;
+  kill_router.hook_after_tokens = 5;
+  kill_router.hook = [&] { kill(first, SIGKILL); };
+  const StreamOutcome cut = RunStream(stub_a.get(), request, kill_router);
+  EXPECT_FALSE(cut.status.ok());
+  EXPECT_LT(cut.tokens.size(), static_cast<size_t>(kTokens));
+  int status = 0;
+  EXPECT_EQ(waitpid(first, &status, 0), first);
+
+  const StreamOutcome retry = RunStream(stub_b.get(), request);
+  ASSERT_TRUE(retry.status.ok()) << retry.status.error_message();
+  EXPECT_EQ(retry.tokens, reference.tokens);
+  EXPECT_EQ(retry.finish, v1::FINISH_REASON_LENGTH);
+  int64_t attached = 0, replayed = 0;
+  for (const auto& st : AllStats(cluster)) {
+    attached += st.dedup_attached();
+    replayed += st.dedup_replayed();
+  }
+  EXPECT_EQ(attached + replayed, 1) << "the retry started the generation again";
+  Progress(
+      "router failover: the first stream got %zu tokens before its router died; the retry "
+      "%s (%zu tokens, equal to the healthy cluster's)",
+      cut.tokens.size(), attached == 1 ? "attached to the running request" : "got the kept output",
+      retry.tokens.size());
+
+  // After the finish: the kept output again, without running it.
+  const StreamOutcome again = RunStream(stub_b.get(), request);
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.tokens, reference.tokens);
+  replayed = 0;
+  for (const auto& st : AllStats(cluster)) replayed += st.dedup_replayed();
+  EXPECT_EQ(attached + replayed, 2);
+  // Another request under the id is refused.
+  v1::GenerateRequest other = GreedyRequest({1, 2, 3}, 4, {});
+  other.set_request_id("client-retry-1");
+  const StreamOutcome refused = RunStream(stub_b.get(), other);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::ALREADY_EXISTS)
+      << refused.status.error_message();
+  for (const auto& st : AllStats(cluster)) {
+    EXPECT_EQ(st.kv_blocks_free(), st.kv_blocks_total());
+    EXPECT_EQ(st.detached(), 0);
+    EXPECT_EQ(st.running() + st.waiting(), 0);
+  }
+  kill(second, SIGKILL);
+  waitpid(second, &status, 0);
+}
 
 // The status code of a unary Generate of `prompt` (4 greedy tokens) over
 // `stub` with `key` ("" : none) as its bearer token; `tokens` gets the output.

@@ -9,6 +9,33 @@
 #include "common/log.h"
 
 namespace sy::attention_worker {
+namespace {
+
+// Whether a retry asks for the same generation (everything but the id).
+bool SameRequest(const engine::GenerationRequest& a, const engine::GenerationRequest& b) {
+  const engine::SamplingParams &x = a.sampling, &y = b.sampling;
+  const engine::StoppingParams &p = a.stopping, &q = b.stopping;
+  return a.prompt == b.prompt && a.logprobs == b.logprobs &&
+         a.prompt_logprobs == b.prompt_logprobs && x.temperature == y.temperature &&
+         x.top_k == y.top_k && x.top_p == y.top_p && x.min_p == y.min_p &&
+         x.repetition_penalty == y.repetition_penalty && x.presence_penalty == y.presence_penalty &&
+         x.frequency_penalty == y.frequency_penalty && x.has_seed == y.has_seed &&
+         (!x.has_seed || x.seed == y.seed) && p.max_new_tokens == q.max_new_tokens &&
+         p.min_new_tokens == q.min_new_tokens && p.stop_token_ids == q.stop_token_ids &&
+         p.ignore_eos == q.ignore_eos;
+}
+
+void Merge(const engine::RequestUpdate& u, engine::RequestUpdate* into) {
+  into->new_tokens.insert(into->new_tokens.end(), u.new_tokens.begin(), u.new_tokens.end());
+  into->new_logprobs.insert(into->new_logprobs.end(), u.new_logprobs.begin(), u.new_logprobs.end());
+  if (u.prompt_logprobs.has_value()) into->prompt_logprobs = u.prompt_logprobs;
+  into->finish = u.finish;
+  into->error = u.error;
+  into->error_code = u.error_code;
+  if (u.timings.has_value()) into->timings = u.timings;
+}
+
+}  // namespace
 
 AttentionWorkerCore::AttentionWorkerCore(std::unique_ptr<engine::Engine> engine,
                                          moe::RemoteExpertExecutor* mesh,
@@ -22,11 +49,12 @@ AttentionWorkerCore::AttentionWorkerCore(std::unique_ptr<engine::Engine> engine,
 }
 
 void AttentionWorkerCore::Submit(engine::GenerationRequest request,
-                                 std::shared_ptr<UpdateSink> sink) {
+                                 std::shared_ptr<UpdateSink> sink, absl::Time deadline) {
   std::lock_guard<std::mutex> lock(mu_);
   Command c;
   c.request = std::move(request);
   c.sink = std::move(sink);
+  c.deadline = deadline;
   inbox_.push_back(std::move(c));
   cv_.notify_all();
 }
@@ -34,8 +62,19 @@ void AttentionWorkerCore::Submit(engine::GenerationRequest request,
 void AttentionWorkerCore::Cancel(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   Command c;
-  c.cancel = true;
-  c.cancel_id = id;
+  c.kind = Command::kCancel;
+  c.id = id;
+  inbox_.push_back(std::move(c));
+  cv_.notify_all();
+}
+
+void AttentionWorkerCore::Release(const std::string& id, const UpdateSink* sink, bool cancel) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Command c;
+  c.kind = Command::kRelease;
+  c.id = id;
+  c.released = sink;
+  c.cancel = cancel;
   inbox_.push_back(std::move(c));
   cv_.notify_all();
 }
@@ -48,6 +87,8 @@ WorkerStatsSnapshot AttentionWorkerCore::stats() const {
   }
   std::lock_guard<std::mutex> lock(mu_);
   s.wakes_received = wakes_received_;
+  s.dedup_replayed = dedup_replayed_;
+  s.dedup_attached = dedup_attached_;
   s.pauses_cut_by_wake = pauses_cut_by_wake_;
   return s;
 }
@@ -72,22 +113,152 @@ int AttentionWorkerCore::Drain() {
     std::lock_guard<std::mutex> lock(mu_);
     commands.swap(inbox_);
   }
+  if (dedup()) ExpireRecords();
   for (Command& c : commands) {
-    if (c.cancel) {
-      // NotFound: already finished (or never admitted); nothing to do.
-      (void)engine_->Cancel(c.cancel_id);
+    if (c.kind == Command::kCancel) {
+      // NotFound: already finished (or never admitted); nothing to do. A
+      // cancelled request leaves no output for a retry.
+      (void)engine_->Cancel(c.id);
+      auto r = records_.find(c.id);
+      if (r != records_.end() && !r->second.finished) {
+        detached_.erase(c.id);
+        records_.erase(r);
+      }
+      continue;
+    }
+    if (c.kind == Command::kRelease) {
+      auto s = sinks_.find(c.id);
+      if (s == sinks_.end() || s->second.get() != c.released) continue;
+      sinks_.erase(s);
+      auto r = records_.find(c.id);
+      if (c.cancel || r == records_.end() || r->second.finished) {
+        (void)engine_->Cancel(c.id);
+        if (r != records_.end() && !r->second.finished) records_.erase(r);
+        continue;
+      }
+      detached_.insert(c.id);
+      SY_LOG(INFO) << "request " << c.id
+                   << ": its stream ended without a cancel (router gone?); running it on for a "
+                      "retry to attach to";
       continue;
     }
     const std::string id = c.request.id;
+    if (dedup()) {
+      auto r = records_.find(id);
+      if (r != records_.end()) {
+        Resubmitted(c, r->second);
+        continue;
+      }
+    }
+    engine::GenerationRequest kept;
+    if (dedup()) kept = c.request;
     absl::Status st = engine_->Add(std::move(c.request));
     if (!st.ok()) {
       c.sink->OnError(st);
       continue;
     }
     sinks_[id] = std::move(c.sink);
+    if (dedup()) {
+      Record& r = records_[id];
+      r.request = std::move(kept);
+      r.output.id = id;
+      r.deadline = c.deadline;
+      r.generation = next_generation_++;
+    }
     ++admitted;
   }
   return admitted;
+}
+
+void AttentionWorkerCore::Resubmitted(Command& c, Record& r) {
+  const std::string& id = r.output.id;
+  if (!SameRequest(r.request, c.request)) {
+    c.sink->OnError(absl::AlreadyExistsError(
+        absl::StrCat("request_id '", id, "' was used for a different request within the last ",
+                     absl::FormatDuration(options_.dedup_window), "; use a new request_id")));
+    return;
+  }
+  if (r.finished) {
+    // The whole result at once: the retry gets what the first got.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++dedup_replayed_;
+    }
+    c.sink->OnUpdate(r.output);
+    return;
+  }
+  // Running: the retry takes the request over from the stream it is on, if
+  // any (a stream still open is a router that has not noticed yet, or a
+  // second client with the same id and request), and gets what was produced
+  // so far, then the rest live.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++dedup_attached_;
+  }
+  auto s = sinks_.find(id);
+  if (s != sinks_.end()) {
+    s->second->OnError(absl::AbortedError(
+        absl::StrCat("request_id '", id, "' was taken over by a retry of the same request")));
+  }
+  engine::RequestUpdate so_far = r.output;
+  if (!so_far.new_tokens.empty() || so_far.prompt_logprobs.has_value()) {
+    c.sink->OnUpdate(so_far);
+  }
+  sinks_[id] = std::move(c.sink);
+  detached_.erase(id);
+  r.deadline = c.deadline;
+  SY_LOG(INFO) << "request " << id << ": a retry attached after " << so_far.new_tokens.size()
+               << " tokens";
+}
+
+void AttentionWorkerCore::RecordUpdate(const engine::RequestUpdate& u) {
+  auto it = records_.find(u.id);
+  if (it == records_.end()) return;
+  Record& r = it->second;
+  Merge(u, &r.output);
+  if (u.finish == engine::FinishReason::kNone) return;
+  detached_.erase(u.id);
+  if (u.finish == engine::FinishReason::kLength || u.finish == engine::FinishReason::kStop) {
+    r.finished = true;
+    kept_order_.emplace_back(absl::Now(), u.id, r.generation);
+  } else {
+    records_.erase(it);  // no result to give a retry: it runs again
+  }
+}
+
+void AttentionWorkerCore::ExpireRecords() {
+  const absl::Time now = absl::Now();
+  while (!kept_order_.empty()) {
+    const auto& [at, id, generation] = kept_order_.front();
+    const bool full = static_cast<int64_t>(kept_order_.size()) > options_.dedup_max_kept;
+    if (!full && now - at < options_.dedup_window) break;
+    auto r = records_.find(id);
+    if (r != records_.end() && r->second.generation == generation) records_.erase(r);
+    kept_order_.pop_front();
+  }
+  for (auto it = detached_.begin(); it != detached_.end();) {
+    auto r = records_.find(*it);
+    if (r == records_.end()) {
+      it = detached_.erase(it);
+      continue;
+    }
+    if (r->second.deadline <= now) {
+      SY_LOG(INFO) << "request " << *it << ": deadline passed while it ran without a stream";
+      (void)engine_->Cancel(*it);
+      records_.erase(r);
+      it = detached_.erase(it);
+      continue;
+    }
+    ++it;
+  }
+}
+
+void AttentionWorkerCore::CancelDetached() {
+  for (const std::string& id : detached_) {
+    (void)engine_->Cancel(id);
+    records_.erase(id);
+  }
+  detached_.clear();
 }
 
 void AttentionWorkerCore::Publish() {
@@ -99,6 +270,7 @@ void AttentionWorkerCore::Publish() {
   stats_.kv_blocks_free = s.kv_blocks_free;
   stats_.steps = s.steps;
   stats_.mesh_steps = mesh_steps_;
+  stats_.detached = static_cast<int64_t>(detached_.size());
 }
 
 void AttentionWorkerCore::FailAll(const std::string& why) {
@@ -109,8 +281,11 @@ void AttentionWorkerCore::FailAll(const std::string& why) {
     u.error = why;
     u.error_code = absl::StatusCode::kUnavailable;
     sink->OnUpdate(u);
+    auto r = records_.find(id);
+    if (r != records_.end() && !r->second.finished) records_.erase(r);
   }
   sinks_.clear();
+  CancelDetached();
 }
 
 bool AttentionWorkerCore::RecoverMesh(const absl::Status& failure) {
@@ -142,7 +317,7 @@ bool AttentionWorkerCore::RecoverMesh(const absl::Status& failure) {
   SY_LOG(ERROR) << why << "; failing " << sinks_.size()
                 << " live requests with UNAVAILABLE and waiting for the mesh to be whole again";
   for (const auto& entry : sinks_) (void)engine_->Cancel(entry.first);  // frees their KV blocks
-  FailAll(why);
+  FailAll(why);  // and the requests running without a stream
   Publish();
   const absl::Status refused = absl::UnavailableError(why);
   absl::Duration since_report;
@@ -169,7 +344,7 @@ void AttentionWorkerCore::RefuseQueued(const absl::Status& status) {
     commands.swap(inbox_);
   }
   for (Command& c : commands) {
-    if (!c.cancel) c.sink->OnError(status);
+    if (c.kind == Command::kSubmit) c.sink->OnError(status);
   }
 }
 
@@ -199,6 +374,7 @@ absl::Status AttentionWorkerCore::Run() {
       }
       ran_forward = engine_->stats().steps != before;
       for (const auto& u : *updates) {
+        if (dedup()) RecordUpdate(u);
         auto it = sinks_.find(u.id);
         if (it == sinks_.end()) continue;
         it->second->OnUpdate(u);

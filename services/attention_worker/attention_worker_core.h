@@ -6,7 +6,17 @@
 // nothing to run, the worker still takes part with an empty step so expert
 // workers and the other attention workers can proceed.
 //
-// Submit/Cancel/stats may be called from any thread.
+// Request de-duplication (AttentionWorkerCoreOptions::dedup_window): a
+// request whose stream broke without a cancel (its router died) runs on, its
+// output kept; a request with the same id and the same contents that comes
+// within the window (the client retrying through another router) attaches to
+// it: it gets what was produced so far and then the rest live, or the whole
+// result at once when the first has finished. A retry never starts the
+// generation a second time while the first is running or kept. The window
+// counts from the finish; a request that ended without a result (cancelled,
+// deadline, failed) is forgotten, so its retry runs again.
+//
+// Submit/Cancel/Release/stats may be called from any thread.
 #pragma once
 
 #include <atomic>
@@ -17,7 +27,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <tuple>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -45,6 +57,12 @@ struct WorkerStatsSnapshot {
   int64_t mesh_steps = 0;
   int64_t wakes_received = 0;
   int64_t pauses_cut_by_wake = 0;
+  // De-duplication: retries answered from a finished request's kept output,
+  // retries attached to a running request, and requests running now with
+  // no stream (their router went away).
+  int64_t dedup_replayed = 0;
+  int64_t dedup_attached = 0;
+  int64_t detached = 0;
 };
 
 struct AttentionWorkerCoreOptions {
@@ -69,6 +87,11 @@ struct AttentionWorkerCoreOptions {
   // reform_wait) until the mesh is re-formed, then serves again.
   std::function<void(int64_t epoch, const absl::Status&)> on_mesh_failure;
   absl::Duration reform_wait = absl::Seconds(20);
+  // How long a finished request's output is kept for retries of its id
+  // (zero: no de-duplication; a broken stream cancels its request).
+  absl::Duration dedup_window = absl::ZeroDuration();
+  // Finished requests kept at most (the oldest go first beyond it).
+  int64_t dedup_max_kept = 100000;
 };
 
 inline constexpr int64_t kIdleBackoffStartUs = 100;
@@ -80,8 +103,18 @@ class AttentionWorkerCore {
   AttentionWorkerCore(std::unique_ptr<engine::Engine> engine, moe::RemoteExpertExecutor* mesh,
                       const AttentionWorkerCoreOptions& options);
 
-  void Submit(engine::GenerationRequest request, std::shared_ptr<UpdateSink> sink);
+  // `deadline`: when a request left without a stream is cancelled (an
+  // attached one is cancelled by its stream's deadline, through Release).
+  void Submit(engine::GenerationRequest request, std::shared_ptr<UpdateSink> sink,
+              absl::Time deadline = absl::InfiniteFuture());
+  // The client cancelled request `id` (whichever stream it is on).
   void Cancel(const std::string& id);
+  // `sink`'s stream ended before its request finished: with `cancel` (the
+  // stream's deadline passed, or de-duplication is off) the request is
+  // cancelled, otherwise it runs on without a stream for a retry to attach
+  // to. A no-op when `sink` no longer carries the request (finished, or
+  // taken over by a retry).
+  void Release(const std::string& id, const UpdateSink* sink, bool cancel);
   WorkerStatsSnapshot stats() const;
   const model::ModelConfig& model_config() const { return model_config_; }
   int64_t max_model_len() const { return max_model_len_; }
@@ -96,11 +129,33 @@ class AttentionWorkerCore {
 
  private:
   struct Command {
-    bool cancel = false;
+    enum Kind { kSubmit, kCancel, kRelease } kind = kSubmit;
     engine::GenerationRequest request;
-    std::string cancel_id;
+    std::string id;  // kCancel, kRelease
     std::shared_ptr<UpdateSink> sink;
+    const UpdateSink* released = nullptr;  // kRelease
+    bool cancel = false;                   // kRelease
+    absl::Time deadline = absl::InfiniteFuture();
   };
+  // A request's kept state (de-duplication only).
+  struct Record {
+    engine::GenerationRequest request;             // as first submitted, to match retries
+    engine::RequestUpdate output;                  // everything produced so far, merged
+    absl::Time deadline = absl::InfiniteFuture();  // applies while detached
+    bool finished = false;                         // with a result, kept for the window
+    uint64_t generation = 0;                       // tells a re-used id's record apart
+  };
+
+  bool dedup() const { return options_.dedup_window > absl::ZeroDuration(); }
+  // Submit of a request whose id has a record: replays, attaches or refuses.
+  void Resubmitted(Command& c, Record& r);
+  // Keeps update `u` in its request's record (finish: kept or forgotten).
+  void RecordUpdate(const engine::RequestUpdate& u);
+  // Drops finished records past the window (or beyond dedup_max_kept) and
+  // cancels detached requests past their deadline.
+  void ExpireRecords();
+  // Cancels every request without a stream (they fail with the others).
+  void CancelDetached();
 
   // Admits queued requests and cancels; returns how many requests it admitted.
   int Drain();
@@ -129,6 +184,14 @@ class AttentionWorkerCore {
   int64_t pauses_cut_by_wake_ = 0;  // guarded by mu_
 
   std::map<std::string, std::shared_ptr<UpdateSink>> sinks_;  // step thread only
+  // De-duplication state, step thread only: records by id, the finished
+  // ones in finish order (time, id, generation), the ids running detached.
+  std::map<std::string, Record> records_;
+  std::deque<std::tuple<absl::Time, std::string, uint64_t>> kept_order_;
+  std::set<std::string> detached_;
+  uint64_t next_generation_ = 0;
+  int64_t dedup_replayed_ = 0;
+  int64_t dedup_attached_ = 0;
   mutable std::mutex stats_mu_;
   WorkerStatsSnapshot stats_;
   int64_t mesh_steps_ = 0;

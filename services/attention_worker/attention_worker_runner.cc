@@ -68,6 +68,7 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
     mesh.heartbeat->ReportMeshFailure(epoch, st.ToString());
   };
   co.reform_wait = absl::FromChrono(cluster::ReformWait(cfg));
+  co.dedup_window = absl::Milliseconds(cfg.attention_worker.dedup_window_ms);
   AttentionWorkerCore core(std::move(engine), mesh_exec, co);
   AttentionWorkerService service(&core);
   SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {&service}));

@@ -1,8 +1,10 @@
 #include "services/attention_worker/attention_worker_service.h"
 
+#include <chrono>
 #include <deque>
 #include <mutex>
 
+#include "absl/time/time.h"
 #include "common/log.h"
 #include "services/api/convert.h"
 
@@ -40,7 +42,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
 
   GenerateReactor(AttentionWorkerCore* core, grpc::CallbackServerContext* ctx,
                   const ::switchyard::v1::GenerateRequest* req)
-      : core_(core) {
+      : core_(core), ctx_(ctx) {
     auto request = api::FromProto(*req);
     if (!request.ok()) {
       Finish(api::ToGrpcStatus(request.status()));
@@ -48,14 +50,18 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
     }
     id_ = request->id;
     sink_ = std::make_shared<Sink>(this);
-    core_->Submit(*std::move(request), sink_);
+    const auto deadline = ctx->deadline();
+    core_->Submit(*std::move(request), sink_,
+                  deadline == std::chrono::system_clock::time_point::max()
+                      ? absl::InfiniteFuture()
+                      : absl::FromChrono(deadline));
   }
 
   void OnWriteDone(bool ok) override {
     std::lock_guard<std::recursive_mutex> lock(mu_);
     writing_ = false;
     if (!ok || cancelled_) {
-      // The client went away: the call still has to be finished for gRPC to
+      // The router went away: the call still has to be finished for gRPC to
       // release it (OnDone); the core is told in OnCancel/OnDone.
       FinishCancelledLocked();
       return;
@@ -70,15 +76,17 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
       cancelled_ = true;
       if (!writing_) FinishCancelledLocked();
     }
-    if (!id_.empty()) core_->Cancel(id_);
+    if (sink_ != nullptr) core_->Release(id_, sink_.get(), DeadlinePassed());
   }
 
   void OnDone() override {
     if (sink_ != nullptr) {
       sink_->Detach();
-      // A call that ended early (client gone) still frees the request.
+      // A call that ended early (router gone, or its deadline) releases its
+      // request: cancelled at the deadline, otherwise kept for a retry while
+      // de-duplication is on.
       std::lock_guard<std::recursive_mutex> lock(mu_);
-      if (!finished_) core_->Cancel(id_);
+      if (!finished_) core_->Release(id_, sink_.get(), DeadlinePassed());
     }
     delete this;
   }
@@ -131,6 +139,8 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
     }
   }
 
+  bool DeadlinePassed() const { return ctx_->deadline() <= std::chrono::system_clock::now(); }
+
   void Fail(const absl::Status& st) {
     std::lock_guard<std::recursive_mutex> lock(mu_);
     finished_ = true;
@@ -160,6 +170,7 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
   }
 
   AttentionWorkerCore* core_;
+  grpc::CallbackServerContext* ctx_;
   std::string id_;
   std::shared_ptr<Sink> sink_;
   // Recursive: gRPC may run OnWriteDone on the thread that called StartWrite
@@ -181,6 +192,15 @@ AttentionWorkerService::Generate(grpc::CallbackServerContext* ctx,
   return new GenerateReactor(core_, ctx, req);
 }
 
+grpc::ServerUnaryReactor* AttentionWorkerService::Cancel(grpc::CallbackServerContext* ctx,
+                                                         const pb::CancelRequest* req,
+                                                         pb::CancelResponse*) {
+  if (!req->request_id().empty()) core_->Cancel(req->request_id());
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* AttentionWorkerService::Stats(grpc::CallbackServerContext* ctx,
                                                         const pb::WorkerStatsRequest*,
                                                         pb::WorkerStats* resp) {
@@ -192,6 +212,9 @@ grpc::ServerUnaryReactor* AttentionWorkerService::Stats(grpc::CallbackServerCont
   resp->set_steps(s.steps);
   resp->set_wakes_received(s.wakes_received);
   resp->set_pauses_cut_by_wake(s.pauses_cut_by_wake);
+  resp->set_dedup_replayed(s.dedup_replayed);
+  resp->set_dedup_attached(s.dedup_attached);
+  resp->set_detached(s.detached);
   auto* reactor = ctx->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

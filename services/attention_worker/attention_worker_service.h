@@ -1,7 +1,9 @@
 // gRPC front of an attention worker (switchyard.internal.v1.AttentionWorker,
 // callback API): Generate streams a request's updates from the step loop to
-// the router; cancelling the call cancels the request. Stats reports the
-// engine's occupancy (KV blocks, queues).
+// the router (a call ended at its deadline cancels the request; one ended
+// otherwise releases it to the core, which keeps it running for a retry
+// while de-duplication is on); Cancel cancels a request by id. Stats reports
+// the engine's occupancy (KV blocks, queues).
 #pragma once
 
 #include "services/attention_worker/attention_worker_core.h"
@@ -18,6 +20,8 @@ class AttentionWorkerService final : public pb::AttentionWorker::CallbackService
 
   grpc::ServerWriteReactor<::switchyard::v1::GenerateStreamResponse>* Generate(
       grpc::CallbackServerContext* ctx, const ::switchyard::v1::GenerateRequest* req) override;
+  grpc::ServerUnaryReactor* Cancel(grpc::CallbackServerContext* ctx, const pb::CancelRequest* req,
+                                   pb::CancelResponse* resp) override;
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx,
                                   const pb::WorkerStatsRequest* req,
                                   pb::WorkerStats* resp) override;

@@ -217,6 +217,7 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("kv_blocks", 0, &a.kv_blocks));
     SY_RETURN_IF_ERROR(s.ReadDuration("idle_sleep_us", 0, 1000000, &a.idle_sleep_us));
     SY_RETURN_IF_ERROR(s.ReadDuration("max_idle_sleep_us", 0, 1000000, &a.max_idle_sleep_us));
+    SY_RETURN_IF_ERROR(s.ReadDuration("dedup_window_ms", 0, 1000, &a.dedup_window_ms));
     if (a.max_idle_sleep_us < a.idle_sleep_us) {
       return s.Error("max_idle_sleep_us", "must be >= idle_sleep_us");
     }

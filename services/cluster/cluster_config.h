@@ -61,6 +61,10 @@ struct AttentionWorkerOptions {
   int64_t kv_blocks = 0;               // 0: derived from max_num_seqs and max_model_len
   int64_t idle_sleep_us = 0;           // pause between empty mesh steps while peers are busy
   int64_t max_idle_sleep_us = 100000;  // longest pause while the whole mesh is idle
+  // Request de-duplication: a finished request's output is kept this long
+  // for a retry of its id, and a request whose router went away runs on for
+  // one to attach to (0: off; the router then routes client ids by load).
+  int64_t dedup_window_ms = 300000;
 };
 
 struct ExpertWorkerOptions {

@@ -30,6 +30,7 @@ router:
 attention_worker:
   base_port: 7100
   max_num_seqs: 32
+  dedup_window_ms: 60000
 expert_worker:
   base_port: 7200
   memory_limit_bytes: 1000000
@@ -68,6 +69,7 @@ TEST(ClusterConfigTest, ParsesEveryKey) {
   EXPECT_EQ(c->router.listen.port, 7001);
   EXPECT_EQ(c->attention_worker.base_port, 7100);
   EXPECT_EQ(c->attention_worker.max_num_seqs, 32);
+  EXPECT_EQ(c->attention_worker.dedup_window_ms, 60000);
   EXPECT_EQ(c->expert_worker.base_port, 7200);
   EXPECT_EQ(c->limits.max_queue, 64);
   EXPECT_EQ(c->limits.max_new_tokens, 256);
@@ -117,6 +119,8 @@ TEST(ClusterConfigTest, ErrorsNameKeyAndFile) {
       {"model: {path: /m}\ntransport: {timeout_ms: 100}\n"
        "attention_worker: {max_idle_sleep_us: 50000}\n",
        "attention_worker.max_idle_sleep_us must be under half of transport.timeout_ms (100 ms)"},
+      {"model: {path: /m}\nattention_worker: {dedup_window_ms: -1}\n",
+       "attention_worker.dedup_window_ms must be >= 0"},
       {"model: {path: /m}\neplb: {enabled: maybe}\n", "eplb.enabled has an invalid value"},
       {"model: {path: /m}\neplb: {threshold: 1.5}\n", "eplb.threshold must be in [0, 1]"},
       {"model: {path: /m}\neplb: {policy: local}\n", "eplb.policy must be global or hierarchical"},

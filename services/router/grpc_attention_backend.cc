@@ -2,6 +2,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -15,6 +17,7 @@ namespace sy::router {
 namespace {
 
 namespace v1 = ::switchyard::v1;
+namespace pb = ::switchyard::internal::v1;
 
 // One AttentionWorker/Generate call. Holds a reference to itself from Begin()
 // until OnDone(), and to its backend, so the stub outlives the call.
@@ -35,7 +38,23 @@ class GrpcCall final : public BackendCall,
     StartCall();
   }
 
-  void Cancel() override { context_.TryCancel(); }
+  // The worker is told to stop the request (a call that merely ends is
+  // taken for a router gone, and its request kept for a retry), then the
+  // call ends. Idempotent.
+  void Cancel() override {
+    if (cancelled_.exchange(true)) return;
+    struct CancelCall {
+      grpc::ClientContext ctx;
+      pb::CancelRequest req;
+      pb::CancelResponse resp;
+    };
+    auto* c = new CancelCall;
+    c->req.set_request_id(request_.request_id());
+    c->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    backend_->stub()->async()->Cancel(&c->ctx, &c->req, &c->resp,
+                                      [c](const grpc::Status&) { delete c; });
+    context_.TryCancel();
+  }
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // end of stream; OnDone follows
@@ -56,6 +75,7 @@ class GrpcCall final : public BackendCall,
   v1::GenerateRequest request_;
   v1::GenerateStreamResponse response_;
   std::shared_ptr<GrpcCall> self_;
+  std::atomic<bool> cancelled_{false};
 };
 
 // gRPC's callback API runs on a process-wide completion queue that is torn

@@ -20,6 +20,19 @@ std::string RandomPrefix() {
 
 }  // namespace
 
+uint64_t RendezvousScore(const std::string& id, const std::string& address) {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a
+  auto add = [&h](unsigned char c) { h = (h ^ c) * 0x100000001b3ull; };
+  for (const char c : id) add(static_cast<unsigned char>(c));
+  add(0xff);  // no id/address split collides with another
+  for (const char c : address) add(static_cast<unsigned char>(c));
+  // splitmix64's finaliser: FNV alone ranks addresses that differ in the last
+  // character by that character.
+  h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+  h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+  return h ^ (h >> 31);
+}
+
 void RouterCall::Cancel() {
   std::shared_ptr<BackendCall> call;
   {
@@ -99,6 +112,21 @@ bool RouterCore::serving() const {
 
 std::string RouterCore::NextRequestIdLocked() { return absl::StrCat(id_prefix_, "-", next_id_++); }
 
+std::shared_ptr<RouterCore::Backend> RouterCore::PickStickyLocked(
+    const std::string& id, const std::vector<std::string>& exclude) {
+  std::shared_ptr<Backend> best;
+  uint64_t best_score = 0;
+  for (const auto& [a, b] : backends_) {
+    if (std::find(exclude.begin(), exclude.end(), a) != exclude.end()) continue;
+    const uint64_t score = RendezvousScore(id, a);
+    if (best == nullptr || score > best_score) {
+      best = b;
+      best_score = score;
+    }
+  }
+  return best;
+}
+
 std::shared_ptr<RouterCore::Backend> RouterCore::PickBackendLocked(
     const std::vector<std::string>& exclude) {
   std::vector<std::shared_ptr<Backend>> all;
@@ -135,14 +163,16 @@ absl::StatusOr<std::shared_ptr<RouterCall>> RouterCore::Submit(engine::Generatio
                                                        options_.max_queue,
                                                        " requests in flight; retry later"));
     }
+    const bool sticky = options_.sticky_client_ids && !request.id.empty();
     if (request.id.empty()) {
       request.id = NextRequestIdLocked();
     } else if (in_flight_.count(request.id) > 0) {
       return absl::AlreadyExistsError(
           absl::StrCat("request_id '", request.id, "' is already in flight"));
     }
-    backend = PickBackendLocked();
+    backend = sticky ? PickStickyLocked(request.id) : PickBackendLocked();
     InFlight f;
+    f.sticky = sticky;
     f.backend = backend;
     f.request = request;
     f.charged = f.outstanding();
@@ -234,7 +264,7 @@ std::optional<absl::Status> RouterCore::OnDone(const std::string& id, int attemp
     if (absl::IsUnavailable(status) && !f.finished && attempt < kMaxResubmits &&
         f.produced() < f.request.stopping.max_new_tokens && handle != nullptr &&
         !handle->cancelled()) {
-      next = PickBackendLocked(f.tried);
+      next = f.sticky ? PickStickyLocked(id, f.tried) : PickBackendLocked(f.tried);
     }
     if (next != nullptr) {
       // Re-submit: the prompt and the tokens streamed so far, the rest of

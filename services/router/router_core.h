@@ -4,6 +4,14 @@
 // attention worker with the least outstanding work, streaming the worker's
 // updates back through the caller's callbacks.
 //
+// Sticky client ids (RouterCoreOptions::sticky_client_ids, on while the
+// attention workers de-duplicate): a request whose id the client chose goes
+// to the backend that id ranks first by rendezvous hashing over the backend
+// addresses (a hash of id and address that every router computes alike), so
+// a client retrying it through another router after this one died reaches
+// the attention worker that holds it; a failover re-submission goes to the
+// next in that ranking. Router-assigned ids go by load.
+//
 // Outstanding work of a backend = sum over its in-flight requests of
 // (prompt tokens + max_new_tokens - tokens produced so far), updated as tokens
 // stream back; ties go round robin.
@@ -46,8 +54,13 @@ namespace sy::router {
 
 struct RouterCoreOptions {
   api::Limits limits;
-  int64_t max_queue = 256;  // requests in flight at most; beyond: RESOURCE_EXHAUSTED
+  int64_t max_queue = 256;         // requests in flight at most; beyond: RESOURCE_EXHAUSTED
+  bool sticky_client_ids = false;  // route client-chosen ids by rendezvous hash (above)
 };
+
+// The rendezvous score of `address` for request `id`: the same in every
+// process (FNV-1a of both, mixed), highest first.
+uint64_t RendezvousScore(const std::string& id, const std::string& address);
 
 // The caller's handle on one admitted request.
 class RouterCall {
@@ -125,6 +138,7 @@ class RouterCore {
     std::shared_ptr<BackendCallbacks> caller;
     std::vector<std::string> tried;
     int attempt = 0;
+    bool sticky = false;  // placed by its client-chosen id's ranking
     std::chrono::steady_clock::time_point arrival;
     double ttft_ms = -1;  // the router's, once a token arrived
 
@@ -137,6 +151,9 @@ class RouterCore {
   };
 
   std::shared_ptr<Backend> PickBackendLocked(const std::vector<std::string>& exclude = {});
+  // The backend `id` ranks highest among those not excluded.
+  std::shared_ptr<Backend> PickStickyLocked(const std::string& id,
+                                            const std::vector<std::string>& exclude = {});
   // Starts attempt `attempt` of request `id` (its request as given) on
   // `backend`, outside the lock.
   void StartAttempt(const std::string& id, int attempt, const engine::GenerationRequest& request,

@@ -2,6 +2,7 @@
 // least-outstanding balancing, cancellation. No network.
 #include "services/router/router_core.h"
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <memory>
@@ -49,10 +50,11 @@ struct Sink {
 
 class RouterCoreTest : public ::testing::Test {
  protected:
-  void MakeCore(int64_t max_queue = 8) {
+  void MakeCore(int64_t max_queue = 8, bool sticky = false) {
     RouterCoreOptions options;
     options.limits = api::Limits{512, 512, 256, 20};
     options.max_queue = max_queue;
+    options.sticky_client_ids = sticky;
     core_ = std::make_unique<RouterCore>(options, [this](const std::string& address) {
       auto b = std::make_shared<FakeAttentionBackend>(address);
       fakes_[address] = b;
@@ -377,6 +379,81 @@ TEST_F(RouterCoreTest, OnlyUnavailableLiveRequestsAreResubmittedAndNotForever) {
   EXPECT_EQ(twice.tokens, std::vector<int32_t>({9}));
   EXPECT_EQ(core_->in_flight(), 0);
   for (const auto& l : core_->Loads()) EXPECT_EQ(l.outstanding, 0) << l.address;
+}
+
+// Sticky client ids: a client-chosen id goes to the backend it ranks first
+// by rendezvous hashing, whatever the load and whichever router (a second
+// core with the backends listed in another order picks the same), and a
+// failover re-submission to the next in its ranking; router-assigned ids
+// still go by load.
+TEST_F(RouterCoreTest, StickyClientIdsGoWhereTheirIdHashes) {
+  MakeCore(/*max_queue=*/64, /*sticky=*/true);
+  const std::vector<std::string> addresses = {"a:1", "b:1", "c:1"};
+  core_->SetBackends(addresses);
+  auto ranked = [&](const std::string& id) {
+    std::vector<std::string> r = addresses;
+    std::sort(r.begin(), r.end(), [&](const std::string& x, const std::string& y) {
+      return RendezvousScore(id, x) > RendezvousScore(id, y);
+    });
+    return r;
+  };
+  // Load one backend heavily: sticky ids ignore it.
+  Sink& heavy = NewSink();
+  auto big = MustSubmit(Request(400, 100), &heavy);
+  const std::string loaded = big->backend_address();
+  std::map<std::string, int> spread;
+  for (int i = 0; i < 30; ++i) {
+    const std::string id = "client-" + std::to_string(i);
+    Sink& sink = NewSink();
+    auto call = MustSubmit(Request(2, 2, id), &sink);
+    ASSERT_NE(call, nullptr);
+    EXPECT_EQ(call->backend_address(), ranked(id)[0]) << id;
+    ++spread[call->backend_address()];
+  }
+  EXPECT_EQ(spread.size(), 3u) << "30 ids all hashed to one backend";
+  EXPECT_GT(spread[loaded], 0);
+  // Another router with the backends in another order agrees.
+  RouterCoreOptions options;
+  options.limits = api::Limits{512, 512, 256, 20};
+  options.sticky_client_ids = true;
+  std::vector<std::shared_ptr<FakeAttentionBackend>> other_fakes;
+  {
+    RouterCore other(options, [&](const std::string& address) {
+      auto b = std::make_shared<FakeAttentionBackend>(address);
+      other_fakes.push_back(b);
+      return b;
+    });
+    other.SetBackends({"c:1", "a:1", "b:1"});
+    for (int i = 0; i < 30; ++i) {
+      const std::string id = "client-" + std::to_string(i);
+      Sink& sink = NewSink();
+      auto call = other.Submit(Request(2, 2, id), Deadline::max(), sink.Callbacks());
+      ASSERT_TRUE(call.ok());
+      EXPECT_EQ((*call)->backend_address(), ranked(id)[0]) << id;
+    }
+    for (auto& f : other_fakes) {
+      for (auto& c : f->calls()) c->Fail(absl::AbortedError("test over"));
+    }
+  }
+  // Failover goes down the id's ranking.
+  Sink& sink = NewSink();
+  const std::string id = "client-failover";
+  auto call = MustSubmit(Request(2, 4, id), &sink);
+  const auto order = ranked(id);
+  ASSERT_EQ(call->backend_address(), order[0]);
+  LastCall(order[0])->Emit({5});
+  LastCall(order[0])->Fail(absl::UnavailableError("gone"));
+  auto resumed = LastCall(order[1]);
+  ASSERT_NE(resumed, nullptr);
+  EXPECT_EQ(resumed->request().id, id);
+  resumed->Finish();
+  EXPECT_TRUE(sink.status.ok()) << sink.status;
+  // Router-assigned ids avoid the loaded backend.
+  for (int i = 0; i < 3; ++i) {
+    Sink& s = NewSink();
+    auto c = MustSubmit(Request(2, 2), &s);
+    EXPECT_NE(c->backend_address(), loaded);
+  }
 }
 
 }  // namespace

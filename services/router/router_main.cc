@@ -41,6 +41,10 @@ ABSL_FLAG(int64_t, max_queue, 256, "Requests in flight at most; beyond: RESOURCE
 ABSL_FLAG(int64_t, max_model_len, 0, "Context limit in tokens; 0 = max_position_embeddings");
 ABSL_FLAG(int64_t, max_new_tokens_limit, 4096, "Largest max_new_tokens a request may ask for");
 ABSL_FLAG(int32_t, max_logprobs, 20, "Largest top-N for logprobs and prompt_logprobs");
+ABSL_FLAG(bool, sticky_client_ids, false,
+          "Send a request whose id the client chose to the attention worker that id hashes to "
+          "(rendezvous hashing), so a retry through another router finds it (with --config: on "
+          "while attention_worker.dedup_window_ms > 0)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 
 namespace {
@@ -163,7 +167,9 @@ int main(int argc, char** argv) {
       return 2;
     }
     follow_grace = std::chrono::milliseconds(cfg->coordinator.worker_timeout_ms);
+    options.sticky_client_ids = cfg->attention_worker.dedup_window_ms > 0;
   }
+  if (absl::GetFlag(FLAGS_sticky_client_ids)) options.sticky_client_ids = true;
   if (!absl::GetFlag(FLAGS_listen).empty()) options.listen_address = absl::GetFlag(FLAGS_listen);
   if (!absl::GetFlag(FLAGS_model).empty()) options.model_dir = absl::GetFlag(FLAGS_model);
   options.attention_workers =

@@ -53,6 +53,7 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Create(const RouterO
   RouterCoreOptions core_options;
   core_options.limits = LimitsFor(s->config_, options);
   core_options.max_queue = options.max_queue;
+  core_options.sticky_client_ids = options.sticky_client_ids;
   s->core_ = std::make_unique<RouterCore>(core_options,
                                           factory ? std::move(factory) : GrpcBackendFactory());
   if (!options.api_keys_file.empty()) {

@@ -33,6 +33,7 @@ struct RouterOptions {
   std::vector<std::string> attention_workers;  // initial backends (host:port)
   std::string api_keys_file;                   // API keys (empty: none asked for)
   security::TlsFiles api_tls;                  // TLS on the API (cert_file, key_file)
+  bool sticky_client_ids = false;              // RouterCoreOptions::sticky_client_ids
 };
 
 // The limits requests must respect, from the model config and the options.
