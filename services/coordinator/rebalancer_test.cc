@@ -202,8 +202,10 @@ TEST_F(TransitionTest, PlacementsThatDoNotFitTheMeshAreRefused) {
 // once committed, reporting both in heartbeats.
 class FakeWorkers {
  public:
-  FakeWorkers(CoordinatorCore* core, int32_t fail_expert_worker = -1)
-      : core_(core), fail_(fail_expert_worker) {
+  // `switch_on_commit` false: workers stage but never switch to a
+  // committed epoch (as when one dies mid-switch).
+  FakeWorkers(CoordinatorCore* core, int32_t fail_expert_worker = -1, bool switch_on_commit = true)
+      : core_(core), fail_(fail_expert_worker), switch_(switch_on_commit) {
     thread_ = std::thread([this] { Loop(); });
   }
   ~FakeWorkers() {
@@ -230,7 +232,11 @@ class FakeWorkers {
               h.staged_epoch = e;
             }
           } else if (m.next->state == TransitionState::kCommitted) {
-            h.serving_epoch = e;
+            if (switch_) {
+              h.serving_epoch = e;
+            } else if (expert) {
+              h.staged_epoch = e;
+            }
           }
         }
         (void)core_->Heartbeat(mem.rank, h);
@@ -240,6 +246,7 @@ class FakeWorkers {
   }
   CoordinatorCore* core_;
   const int32_t fail_;
+  const bool switch_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
@@ -366,6 +373,39 @@ TEST_F(RebalancerTest, StopEndsARebalanceWaitingForStaging) {
   EXPECT_THAT(rec->reason, HasSubstr("shutting down"));
   EXPECT_FALSE(core_.GetMesh().next.has_value());
   EXPECT_EQ(r.RunOnce("operator", "").status().code(), absl::StatusCode::kUnavailable);
+}
+
+// A re-formation (a worker died before every worker switched) drops a
+// committed re-placement: the rebalance ends aborted at once, not after
+// waiting stage_timeout_ms for a switch that cannot come, and the
+// re-formed epoch serves.
+TEST_F(RebalancerTest, ACommittedPlacementDroppedByAReformationAbortsAtOnce) {
+  FakeWorkers workers(&core_, /*fail_expert_worker=*/-1, /*switch_on_commit=*/false);
+  cluster::EplbOptions o = Eplb();
+  o.stage_timeout_ms = 600000;
+  Rebalancer r(&core_, &window_, o, 100);
+  SkewedLoad(&window_);
+  absl::StatusOr<RebalanceRecord> rec = absl::UnknownError("not run");
+  std::thread run([&] { rec = r.RunOnce("operator", ""); });
+  auto committed = [&] {
+    const MeshView m = core_.GetMesh();
+    return m.next.has_value() && m.next->state == TransitionState::kCommitted;
+  };
+  const auto wait_until = Clock::now() + std::chrono::seconds(10);
+  while (!committed() && Clock::now() < wait_until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(committed());
+  auto reformed = core_.Reform({}, 0, "a failed step");
+  ASSERT_TRUE(reformed.ok()) << reformed.status();
+  const auto t0 = Clock::now();
+  run.join();
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(5));
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  EXPECT_EQ(rec->outcome, "aborted");
+  EXPECT_THAT(rec->reason, HasSubstr("dropped by a mesh re-formation"));
+  EXPECT_FALSE(core_.GetMesh().next.has_value());
+  EXPECT_EQ(core_.epoch(), *reformed);
 }
 
 }  // namespace
