@@ -72,9 +72,53 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<ModelRunn
   return std::unique_ptr<Engine>(new Engine(std::move(runner), std::move(cache), options, max_len));
 }
 
-int64_t Engine::BlocksFor(const Sequence& s) const {
-  const int64_t tokens = static_cast<int64_t>(s.req.prompt.size()) + s.req.stopping.max_new_tokens;
+int64_t Engine::BlocksForTokens(int64_t tokens) const {
   return (tokens + cache_->block_size() - 1) / cache_->block_size();
+}
+
+// The blocks an admission takes: the whole request's (kReserve), or those
+// of the first step (kOnDemand).
+int64_t Engine::BlocksFor(const Sequence& s) const {
+  if (options_.kv_admission == KvAdmission::kReserve) {
+    return BlocksForTokens(static_cast<int64_t>(s.req.prompt.size()) +
+                           s.req.stopping.max_new_tokens);
+  }
+  return BlocksForTokens(s.step_tokens());
+}
+
+void Engine::Preempt(size_t i) {
+  Sequence& s = *running_[i];
+  SY_LOG(DEBUG) << "preempting request " << s.req.id << " after " << s.output.size() << " tokens ("
+                << s.blocks.size() << " KV blocks)";
+  cache_->allocator().Free(s.blocks);
+  s.blocks.clear();
+  s.num_cached = 0;  // recomputed from its prompt and output when admitted again
+  ++preemptions_;
+  waiting_.push_front(std::move(running_[i]));
+  running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(i));
+}
+
+void Engine::GrowRunning() {
+  // Oldest first: under pressure the newest admissions give way.
+  for (size_t i = 0; i < running_.size(); ++i) {
+    Sequence& s = *running_[i];
+    const int64_t need =
+        BlocksForTokens(s.num_cached + s.step_tokens()) - static_cast<int64_t>(s.blocks.size());
+    if (need <= 0) continue;
+    while (true) {
+      auto more = cache_->allocator().Allocate(need);
+      if (more.ok()) {
+        s.blocks.insert(s.blocks.end(), more->begin(), more->end());
+        break;
+      }
+      // Validate() guarantees a lone sequence fits the cache, so there is
+      // always a newer sequence to preempt, or this one is the newest.
+      const size_t victim = running_.size() - 1;
+      Preempt(victim);
+      if (victim == i) break;
+    }
+    if (i >= running_.size() || running_[i].get() != &s) break;  // s itself was preempted
+  }
 }
 
 absl::Status Engine::Validate(const GenerationRequest& r) const {
@@ -205,17 +249,25 @@ void Engine::Finish(Sequence& s, FinishReason reason, RequestUpdate* update) {
 
 void Engine::Admit(std::vector<Sequence*>* prefills) {
   int64_t tokens = static_cast<int64_t>(running_.size());
+  const int64_t reserve = options_.kv_admission == KvAdmission::kReserve ? 0
+                          : options_.kv_admission_reserve_blocks >= 0
+                              ? options_.kv_admission_reserve_blocks
+                              : std::max<int64_t>(1, cache_->num_blocks() / 100);
   while (!waiting_.empty()) {
     Sequence& s = *waiting_.front();
     if (static_cast<int64_t>(running_.size()) >= options_.max_num_seqs) break;
-    const int64_t p = static_cast<int64_t>(s.req.prompt.size());
+    const int64_t p = s.step_tokens();
     // The budget may be exceeded by a lone prompt so long prompts still run.
     if (tokens + p > options_.max_batched_tokens && tokens > 0) break;
-    auto blocks = cache_->allocator().Allocate(BlocksFor(s));
+    const int64_t n = BlocksFor(s);
+    // The reserve is kept only while something runs: a lone request always
+    // gets in (Validate() checked that it fits the whole cache).
+    if (!running_.empty() && cache_->allocator().num_free() - n < reserve) break;
+    auto blocks = cache_->allocator().Allocate(n);
     if (!blocks.ok()) break;  // wait for running sequences to finish
     s.blocks = *std::move(blocks);
+    if (!s.started) s.scheduled = Clock::now();
     s.started = true;
-    s.scheduled = Clock::now();
     tokens += p;
     prefills->push_back(&s);
     running_.push_back(std::move(waiting_.front()));
@@ -232,6 +284,7 @@ absl::StatusOr<std::vector<RequestUpdate>> Engine::Step() {
   std::vector<RequestUpdate> updates = std::move(pending_);
   pending_.clear();
   // Decodes are the sequences already running; prefills are admitted now.
+  if (options_.kv_admission == KvAdmission::kOnDemand) GrowRunning();
   std::vector<Sequence*> decodes;
   for (auto& s : running_) decodes.push_back(s.get());
   std::vector<Sequence*> prefills;
@@ -256,7 +309,9 @@ absl::StatusOr<std::vector<RequestUpdate>> Engine::Step() {
     const bool is_prefill = s->num_cached == 0;
     std::vector<int32_t> new_tokens;
     if (is_prefill) {
+      // A preempted sequence recomputes its output's keys and values too.
       new_tokens = s->req.prompt;
+      new_tokens.insert(new_tokens.end(), s->output.begin(), s->output.end());
     } else {
       new_tokens.push_back(s->output.back());
     }
@@ -274,7 +329,7 @@ absl::StatusOr<std::vector<RequestUpdate>> Engine::Step() {
       b.block_tables.push_back(i < static_cast<int64_t>(s->blocks.size()) ? s->blocks[i] : 0);
     }
     Rows r{static_cast<int64_t>(b.logit_rows.size()), 1};
-    if (is_prefill && s->req.prompt_logprobs >= 0) {
+    if (is_prefill && s->req.prompt_logprobs >= 0 && s->output.empty()) {
       r.count = static_cast<int64_t>(new_tokens.size());
       for (int64_t i = 0; i < r.count; ++i) {
         b.logit_rows.push_back(static_cast<int32_t>(first_row_token + i));
@@ -398,6 +453,7 @@ EngineStats Engine::stats() const {
   s.kv_blocks_total = cache_->allocator().num_total();
   s.kv_blocks_free = cache_->allocator().num_free();
   s.steps = steps_;
+  s.preemptions = preemptions_;
   return s;
 }
 

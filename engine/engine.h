@@ -3,11 +3,20 @@
 //
 // Each Step() runs one forward pass over a batch built from the running
 // sequences (one decode token each) plus newly admitted prompts (whole-prompt
-// prefill). Sequences join and leave between steps. A request is admitted
-// only when the KV blocks for its prompt plus max_new_tokens are free, so an
-// admitted request never has to be preempted; until then it waits in FIFO
-// order (bounded by max_waiting). Not thread-safe: the owner drives Add(),
-// Cancel() and Step() from one thread.
+// prefill). Sequences join and leave between steps. Requests wait in FIFO
+// order (bounded by max_waiting) and are admitted, by default, once the KV
+// blocks for their prompt are free with a reserve left over
+// (KvAdmission::kOnDemand): blocks for generated tokens are taken as the
+// sequence grows, so the cache is not held idle by worst-case reservations.
+// When a running sequence needs a block and none is free, the most recently
+// admitted sequence is preempted: its blocks are freed and it goes back to
+// the front of the queue with its tokens, to be recomputed (one prefill of
+// prompt + output) when it is admitted again; a step never fails for want of
+// KV memory, and the sequence goes on with the same sampler state (the same
+// tokens, up to the rounding of recomputed keys and values).
+// KvAdmission::kReserve admits only when prompt + max_new_tokens fit, and
+// never preempts. Not thread-safe: the owner drives Add(), Cancel() and
+// Step() from one thread.
 #pragma once
 
 #include <chrono>
@@ -70,6 +79,11 @@ struct RequestUpdate {
   std::optional<RequestTimings> timings;  // set when finish != kNone
 };
 
+enum class KvAdmission {
+  kOnDemand,  // admit on the prompt's blocks (plus a reserve); preempt under pressure
+  kReserve,   // admit on prompt + max_new_tokens blocks; never preempt
+};
+
 struct EngineOptions {
   int64_t max_model_len = 0;            // 0: model's max_position_embeddings
   int64_t max_num_seqs = 64;            // running sequences per step
@@ -78,6 +92,11 @@ struct EngineOptions {
   int64_t max_new_tokens_limit = 4096;  // largest max_new_tokens a request may ask
   int32_t max_logprobs = 20;            // largest top-N for logprobs / prompt_logprobs
   KvCacheOptions kv;
+  KvAdmission kv_admission = KvAdmission::kOnDemand;
+  // kOnDemand: blocks left free after an admission at least (-1: 1% of the
+  // cache, at least one), so that admitting a prompt does not preempt at
+  // once the sequences already running.
+  int64_t kv_admission_reserve_blocks = -1;
   // A forward pass that fails because the expert mesh failed (the expert
   // executor's Aborted, Unavailable, DeadlineExceeded or FailedPrecondition)
   // leaves every sequence as it was before the step, and Step() returns that
@@ -96,6 +115,7 @@ struct EngineStats {
   int64_t kv_blocks_total = 0;
   int64_t kv_blocks_free = 0;
   int64_t steps = 0;
+  int64_t preemptions = 0;  // sequences preempted for KV blocks so far
 };
 
 class Engine {
@@ -130,6 +150,13 @@ class Engine {
     std::vector<int32_t> stop_ids;
     std::chrono::steady_clock::time_point arrival, scheduled, first_token;
     bool started = false;
+
+    // Tokens the next step feeds: the prompt and any output so far (a first
+    // prefill, or the recompute of a preempted sequence), else the last
+    // output token.
+    int64_t step_tokens() const {
+      return num_cached == 0 ? static_cast<int64_t>(req.prompt.size() + output.size()) : 1;
+    }
   };
   using SeqPtr = std::unique_ptr<Sequence>;
 
@@ -138,6 +165,12 @@ class Engine {
 
   absl::Status Validate(const GenerationRequest& r) const;
   int64_t BlocksFor(const Sequence& s) const;
+  int64_t BlocksForTokens(int64_t tokens) const;
+  // Gives every running sequence the blocks its next step writes, preempting
+  // the most recently admitted ones while none are free.
+  void GrowRunning();
+  // Frees running_[i]'s blocks and puts it back at the front of the queue.
+  void Preempt(size_t i);
   void Admit(std::vector<Sequence*>* prefills);
   void Finish(Sequence& s, FinishReason reason, RequestUpdate* update);
 
@@ -149,6 +182,7 @@ class Engine {
   std::vector<SeqPtr> running_;
   std::vector<RequestUpdate> pending_;  // cancellations to report
   int64_t steps_ = 0;
+  int64_t preemptions_ = 0;
   std::vector<float> logits_;
   std::vector<float> scratch_;
 };

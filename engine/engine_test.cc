@@ -174,6 +174,7 @@ TEST(EngineTest, WaitsForKvBlocksInsteadOfFailing) {
   EngineOptions opts;
   opts.kv.block_size = 4;
   opts.kv.num_blocks = 4;  // one request of 5 + 8 tokens at a time
+  opts.kv_admission = KvAdmission::kReserve;
   auto e = MakeEngine(opts);
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(e->Add(Req("r" + std::to_string(i))).ok());
   auto step = e->Step();
@@ -188,6 +189,109 @@ TEST(EngineTest, WaitsForKvBlocksInsteadOfFailing) {
   // A request that could never fit is refused up front.
   GenerationRequest big = Req("big", 20);
   EXPECT_THAT(e->Add(big).message(), HasSubstr("KV blocks"));
+}
+
+// Four requests of 5 + 40 tokens (12 blocks of 4 each at the end) on a
+// cache of 24 blocks. Reserving the worst case runs two at a time; on
+// demand all four start at once, and as they grow the newest are preempted
+// (blocks freed, back to the queue) and later recomputed from prompt +
+// output. Either way every request gets the tokens it gets alone (greedy,
+// and a seeded sampled one with logprobs), no step fails, and every block
+// comes back.
+TEST(EngineTest, OnDemandAdmissionPreemptsAndRecomputesUnderKvPressure) {
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < 4; ++i) {
+    GenerationRequest r = Req("r" + std::to_string(i), 40);
+    r.prompt[0] = 1 + 17 * i;
+    r.stopping.ignore_eos = true;
+    reqs.push_back(r);
+  }
+  reqs[3].sampling.temperature = 0.9f;
+  reqs[3].sampling.has_seed = true;
+  reqs[3].sampling.seed = 77;
+  reqs[3].logprobs = 2;
+  reqs[2].prompt_logprobs = 1;
+  std::map<std::string, std::vector<int32_t>> alone;
+  {
+    auto e = MakeEngine();
+    for (const auto& r : reqs) {
+      ASSERT_TRUE(e->Add(r).ok());
+      alone[r.id] = RunAll(*e)[r.id].tokens;
+      ASSERT_EQ(alone[r.id].size(), 40u);
+    }
+  }
+  for (const KvAdmission mode : {KvAdmission::kOnDemand, KvAdmission::kReserve}) {
+    SCOPED_TRACE(mode == KvAdmission::kOnDemand ? "on demand" : "reserve");
+    EngineOptions opts;
+    opts.kv.block_size = 4;
+    opts.kv.num_blocks = 24;
+    opts.kv_admission = mode;
+    auto e = MakeEngine(opts);
+    for (const auto& r : reqs) ASSERT_TRUE(e->Add(r).ok());
+    std::map<std::string, Out> out;
+    std::map<std::string, int> logprobs, prompt_logprob_updates;
+    int64_t most_running = 0;
+    while (e->HasWork()) {
+      auto updates = e->Step();
+      ASSERT_TRUE(updates.ok()) << updates.status();
+      most_running = std::max(most_running, e->stats().running);
+      for (const auto& u : *updates) {
+        auto& o = out[u.id];
+        o.tokens.insert(o.tokens.end(), u.new_tokens.begin(), u.new_tokens.end());
+        logprobs[u.id] += static_cast<int>(u.new_logprobs.size());
+        prompt_logprob_updates[u.id] += u.prompt_logprobs.has_value() ? 1 : 0;
+        if (u.finish != FinishReason::kNone) o.finish = u.finish;
+      }
+    }
+    for (const auto& r : reqs) {
+      EXPECT_EQ(out[r.id].finish, FinishReason::kLength) << r.id;
+      EXPECT_EQ(out[r.id].tokens, alone[r.id]) << r.id;
+    }
+    EXPECT_EQ(logprobs["r3"], 40);  // one per token, none repeated by a recompute
+    EXPECT_EQ(prompt_logprob_updates["r2"], 1);
+    const EngineStats st = e->stats();
+    EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total);
+    if (mode == KvAdmission::kOnDemand) {
+      EXPECT_EQ(most_running, 4);
+      EXPECT_GT(st.preemptions, 0);
+    } else {
+      EXPECT_EQ(most_running, 2);
+      EXPECT_EQ(st.preemptions, 0);
+    }
+  }
+}
+
+// A lone request that needs the whole cache runs on demand too (the
+// admission reserve is kept only while others run), and a cancel of a
+// preempted request frees nothing twice.
+TEST(EngineTest, OnDemandEdgeCases) {
+  EngineOptions opts;
+  opts.kv.block_size = 4;
+  opts.kv.num_blocks = 4;
+  auto e = MakeEngine(opts);
+  GenerationRequest whole = Req("whole", 11);  // 5 + 11 = 16 tokens: every block
+  whole.stopping.ignore_eos = true;
+  ASSERT_TRUE(e->Add(whole).ok());
+  auto out = RunAll(*e);
+  EXPECT_EQ(out["whole"].tokens.size(), 11u);
+  EXPECT_EQ(e->stats().kv_blocks_free, 4);
+  // Two that cannot both finish: the newer is preempted, then cancelled
+  // while it waits.
+  GenerationRequest a = Req("a", 11), b = Req("b", 11);
+  a.stopping.ignore_eos = b.stopping.ignore_eos = true;
+  b.prompt[0] = 2;
+  opts.kv_admission_reserve_blocks = 0;  // b starts at once beside a
+  e = MakeEngine(opts);
+  ASSERT_TRUE(e->Add(a).ok());
+  ASSERT_TRUE(e->Add(b).ok());
+  while (e->stats().preemptions == 0 && e->HasWork()) ASSERT_TRUE(e->Step().ok());
+  ASSERT_GT(e->stats().preemptions, 0);
+  EXPECT_EQ(e->stats().waiting, 1);
+  ASSERT_TRUE(e->Cancel("b").ok());
+  out = RunAll(*e);
+  EXPECT_EQ(out["a"].finish, FinishReason::kLength);
+  EXPECT_EQ(out["b"].finish, FinishReason::kCancelled);
+  EXPECT_EQ(e->stats().kv_blocks_free, 4);
 }
 
 TEST(EngineTest, SeededSamplingIsReproducibleWhateverTheBatch) {

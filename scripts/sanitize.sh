@@ -19,6 +19,7 @@ configure() {  # dir sanitizer
 
 export UCX_NET_DEVICES=lo
 export SY_FUZZ_SECONDS=${SY_FUZZ_SECONDS:-20}
+export SY_SOAK_SECONDS=${SY_SOAK_SECONDS:-30}
 if [ "$which" = all ] || [ "$which" = asan ]; then
   echo "[sanitize] AddressSanitizer + UndefinedBehaviorSanitizer: build-asan"
   configure build-asan address,undefined

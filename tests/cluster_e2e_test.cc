@@ -211,6 +211,7 @@ struct ClusterOptions {
   int max_new_tokens = 4096;
   int max_logprobs = 20;
   int64_t max_num_seqs = 64;
+  int64_t kv_blocks = 0;             // attention_worker.kv_blocks (0: the default)
   std::string model_dir;             // overrides `model` (a directory of its own)
   std::string load_format = "auto";  // or dummy
   int64_t transport_timeout_ms = 30000;
@@ -490,6 +491,7 @@ class Cluster {
     y << "attention_worker:\n  base_port: " << attention_base_
       << "\n  max_num_seqs: " << o.max_num_seqs << "\n  kv_block_size: 16\n";
     if (o.max_idle_sleep_us > 0) y << "  max_idle_sleep_us: " << o.max_idle_sleep_us << "\n";
+    if (o.kv_blocks > 0) y << "  kv_blocks: " << o.kv_blocks << "\n";
     y << "expert_worker:\n  base_port: " << expert_base_ << "\n";
     if (o.expert_memory_limit_bytes > 0) {
       y << "  memory_limit_bytes: " << o.expert_memory_limit_bytes << "\n";
@@ -2882,6 +2884,223 @@ TEST(ClusterRouterFailoverTest, ARetryThroughAnotherRouterIsNotExecutedTwice) {
   }
   kill(second, SIGKILL);
   waitpid(second, &status, 0);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+
+// Resident memory of `pid` in KiB (0 if it is gone).
+int64_t RssKib(pid_t pid) {
+  const std::string status = ReadFile("/proc/" + std::to_string(pid) + "/status");
+  const size_t at = status.find("VmRSS:");
+  return at == std::string::npos ? 0 : std::atoll(status.c_str() + at + 6);
+}
+
+// The cluster's processes by name (the binary and its --index), with their
+// resident memory.
+std::map<std::string, std::pair<pid_t, int64_t>> ClusterRss(const Cluster& cluster) {
+  std::map<std::string, std::pair<pid_t, int64_t>> out;
+  for (pid_t p : ProcessesMentioning(cluster.dir() + "/cluster.yaml")) {
+    std::string cmdline = ReadFile("/proc/" + std::to_string(p) + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    const std::string bin = cmdline.substr(0, cmdline.find(' '));
+    std::string name = fs::path(bin).filename().string();
+    const size_t index = cmdline.find("--index ");
+    if (index != std::string::npos) name += "-" + cmdline.substr(index + 8, 1);
+    out[name] = {p, RssKib(p)};
+  }
+  return out;
+}
+
+// Every attention worker idle: nothing running, waiting or detached, every
+// KV block free; false after `timeout`.
+bool AwaitAttentionIdle(const Cluster& cluster, std::chrono::seconds timeout) {
+  const auto t0 = Clock::now();
+  while (Clock::now() - t0 < timeout) {
+    bool idle = true;
+    for (const auto& st : AllStats(cluster)) {
+      idle = idle && st.running() + st.waiting() + st.detached() == 0 &&
+             st.kv_blocks_free() == st.kv_blocks_total();
+    }
+    if (idle) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// A soak (SY_SOAK_SECONDS, default 90; SY_SOAK_SEED): eight clients stream
+// the golden prompts at 8-200 new tokens against attention workers whose KV
+// cache is far smaller than the load's worst case (so sequences are
+// preempted and recomputed all along), each request at random either run
+// to the end, cancelled after a random number of tokens, given a random
+// short deadline, or sent unary with a fresh request_id and sent again
+// (the second answered from the kept output). Invariants: a request that
+// finished has the reference tokens; a cancelled one ends CANCELLED, one
+// past its deadline DEADLINE_EXCEEDED (or finished in time, right); no
+// other status; at the end every attention worker is idle with every KV
+// block free and nothing detached, no process exited, and every process's
+// resident memory is back within 10% + 16 MiB of what it was after a
+// warm-up round of the same load.
+TEST(ClusterSoakTest, RandomCancellationsAndDeadlinesLeaveNothingBehind) {
+  const int seconds = [] {
+    const char* v = std::getenv("SY_SOAK_SECONDS");
+    return v != nullptr ? std::atoi(v) : 90;
+  }();
+  const uint64_t seed = [] {
+    const char* v = std::getenv("SY_SOAK_SEED");
+    return v != nullptr ? std::strtoull(v, nullptr, 0) : 20261203ull;
+  }();
+  ClusterOptions o = ReplicatedPair();
+  o.attention_workers = 2;
+  o.kv_blocks = 40;  // 640 tokens per attention worker: a few long requests fill it
+  Cluster cluster;
+  const absl::Status started = cluster.Start(o, "soak");
+  ASSERT_TRUE(started.ok()) << started;
+  const std::vector<GoldenPrompt> golden = LoadGolden("qwen3_moe");
+  ASSERT_FALSE(golden.empty());
+  const std::vector<int> lengths = {8, 48, 200};
+  // The reference tokens of every prompt at the longest length, one at a
+  // time (no KV pressure); shorter requests are their prefixes.
+  std::vector<std::vector<int32_t>> reference;
+  for (const auto& g : golden) {
+    const StreamOutcome r = RunStream(cluster.stub(), GreedyRequest(g.prompt, lengths.back(), {}));
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    const size_t n = std::min(g.greedy.size(), r.tokens.size());
+    ASSERT_TRUE(std::equal(g.greedy.begin(), g.greedy.begin() + n, r.tokens.begin()));
+    reference.push_back(r.tokens);
+  }
+
+  struct Counts {
+    int finished = 0, cancelled = 0, deadline = 0, replayed = 0;
+    std::vector<std::string> bad;
+  };
+  std::mutex mu;
+  auto load = [&](int clients, std::chrono::seconds duration, uint64_t round_seed, Counts* c) {
+    const auto until = Clock::now() + duration;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < clients; ++t) {
+      threads.emplace_back([&, t] {
+        std::mt19937_64 rng(round_seed * 1000 + t);
+        for (int i = 0; Clock::now() < until; ++i) {
+          const size_t p = rng() % golden.size();
+          const int len = lengths[rng() % lengths.size()];
+          const std::vector<int32_t> want(reference[p].begin(), reference[p].begin() + len);
+          v1::GenerateRequest req = GreedyRequest(golden[p].prompt, len, {});
+          const int what = static_cast<int>(rng() % 10);
+          std::string problem;
+          if (what < 4) {  // to the end
+            const StreamOutcome r = RunStream(cluster.stub(), req);
+            if (!r.status.ok() || r.tokens != want) problem = "full stream";
+            std::lock_guard<std::mutex> lock(mu);
+            c->finished += problem.empty() ? 1 : 0;
+          } else if (what < 6) {  // cancelled after a few tokens
+            StreamOptions so;
+            so.cancel_after_tokens = 1 + static_cast<int>(rng() % len);
+            const StreamOutcome r = RunStream(cluster.stub(), req, so);
+            const bool prefix = r.tokens.size() <= want.size() &&
+                                std::equal(r.tokens.begin(), r.tokens.end(), want.begin());
+            if (!prefix || (r.status.error_code() != grpc::StatusCode::CANCELLED &&
+                            !(r.status.ok() && r.tokens == want))) {
+              problem = "cancelled stream";
+            }
+            std::lock_guard<std::mutex> lock(mu);
+            c->cancelled += problem.empty() ? 1 : 0;
+          } else if (what < 8) {  // a short deadline
+            StreamOptions so;
+            so.timeout = std::chrono::milliseconds(5 + rng() % 300);
+            const StreamOutcome r = RunStream(cluster.stub(), req, so);
+            const bool prefix = r.tokens.size() <= want.size() &&
+                                std::equal(r.tokens.begin(), r.tokens.end(), want.begin());
+            if (!prefix || (r.status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED &&
+                            !(r.status.ok() && r.tokens == want))) {
+              problem = "deadline stream";
+            }
+            std::lock_guard<std::mutex> lock(mu);
+            c->deadline += problem.empty() ? 1 : 0;
+          } else {  // unary with an id, then the same again
+            req.set_request_id(absl::StrCat("soak-", round_seed, "-", t, "-", i));
+            for (int k = 0; k < 2 && problem.empty(); ++k) {
+              grpc::ClientContext ctx;
+              ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+              v1::GenerateResponse resp;
+              const grpc::Status st = cluster.stub()->Generate(&ctx, req, &resp);
+              if (!st.ok() || std::vector<int32_t>(resp.output_ids().begin(),
+                                                   resp.output_ids().end()) != want) {
+                problem = absl::StrCat("unary ", k == 0 ? "request" : "retry", " (",
+                                       st.error_message(), ")");
+              }
+            }
+            std::lock_guard<std::mutex> lock(mu);
+            c->replayed += problem.empty() ? 1 : 0;
+          }
+          if (!problem.empty()) {
+            std::lock_guard<std::mutex> lock(mu);
+            c->bad.push_back(absl::StrCat(problem, ": prompt ", p, ", ", len, " tokens"));
+          }
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+  };
+
+  // Warm-up: the same load for a few seconds, then the baseline.
+  Counts warm;
+  load(8, std::chrono::seconds(5), seed, &warm);
+  ASSERT_TRUE(warm.bad.empty()) << warm.bad.size() << " bad, first: " << warm.bad[0];
+  ASSERT_TRUE(AwaitAttentionIdle(cluster, std::chrono::seconds(30))) << Describe(AllStats(cluster));
+  const auto baseline = ClusterRss(cluster);
+  int64_t preempted_before = 0;
+  for (const auto& st : AllStats(cluster)) preempted_before += st.preemptions();
+
+  const auto t0 = Clock::now();
+  Counts soak;
+  load(8, std::chrono::seconds(seconds), seed + 1, &soak);
+  const double soak_s = SecondsSince(t0);
+  EXPECT_TRUE(soak.bad.empty()) << soak.bad.size() << " bad, first: " << soak.bad[0];
+  EXPECT_GT(soak.finished, 0);
+  EXPECT_GT(soak.cancelled, 0);
+  EXPECT_GT(soak.deadline, 0);
+  EXPECT_GT(soak.replayed, 0);
+  EXPECT_TRUE(AwaitAttentionIdle(cluster, std::chrono::seconds(30))) << Describe(AllStats(cluster));
+  int64_t preempted = 0, replays = 0;
+  for (const auto& st : AllStats(cluster)) {
+    preempted += st.preemptions();
+    replays += st.dedup_replayed();
+  }
+  preempted -= preempted_before;
+  EXPECT_GT(preempted, 0) << "the KV cache was never short: the soak does not test preemption";
+  EXPECT_GE(replays, soak.replayed);
+  const auto after = ClusterRss(cluster);
+  std::string rss;
+  for (const auto& [name, was] : baseline) {
+    auto it = after.find(name);
+    ASSERT_NE(it, after.end()) << name << " exited during the soak\n" << cluster.Logs();
+    EXPECT_EQ(it->second.first, was.first) << name << " was restarted";
+    const int64_t now = it->second.second;
+    // Under AddressSanitizer freed memory sits in its quarantine (256 MiB per
+    // process), so resident memory says nothing there; LeakSanitizer checks
+    // every process for leaks when it exits instead.
+    if (!kAddressSanitizer) {
+      EXPECT_LE(now, was.second + was.second / 10 + 16 * 1024)
+          << name << ": resident memory " << was.second << " KiB after the warm-up, " << now
+          << " KiB after the soak";
+    }
+    absl::StrAppend(&rss, rss.empty() ? "" : ", ", name, " ", was.second / 1024, "->", now / 1024);
+  }
+  const std::string launcher = ReadFile(cluster.dir() + "/launcher.stderr");
+  EXPECT_FALSE(absl::StrContains(launcher, " exited ") ||
+               absl::StrContains(launcher, "killed by signal"))
+      << launcher;
+  Progress(
+      "soak (seed %llu, %.0f s, 8 clients): %d streams to the end, %d cancelled, %d past a "
+      "deadline, %d unary requests each answered again from the kept output; %zu wrong; %lld "
+      "preemptions; resident MiB after the warm-up -> after%s: %s",
+      static_cast<unsigned long long>(seed), soak_s, soak.finished, soak.cancelled, soak.deadline,
+      soak.replayed, soak.bad.size(), static_cast<long long>(preempted),
+      kAddressSanitizer ? " (not checked under AddressSanitizer)" : "", rss.c_str());
 }
 
 // The status code of a unary Generate of `prompt` (4 greedy tokens) over

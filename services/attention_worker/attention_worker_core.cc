@@ -269,6 +269,7 @@ void AttentionWorkerCore::Publish() {
   stats_.kv_blocks_total = s.kv_blocks_total;
   stats_.kv_blocks_free = s.kv_blocks_free;
   stats_.steps = s.steps;
+  stats_.preemptions = s.preemptions;
   stats_.mesh_steps = mesh_steps_;
   stats_.detached = static_cast<int64_t>(detached_.size());
 }

@@ -63,6 +63,7 @@ struct WorkerStatsSnapshot {
   int64_t dedup_replayed = 0;
   int64_t dedup_attached = 0;
   int64_t detached = 0;
+  int64_t preemptions = 0;  // the engine's (EngineStats::preemptions)
 };
 
 struct AttentionWorkerCoreOptions {

@@ -55,6 +55,8 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   eo.max_logprobs = cfg.limits.max_logprobs;
   eo.kv.block_size = cfg.attention_worker.kv_block_size;
   eo.kv.num_blocks = cfg.attention_worker.kv_blocks;
+  eo.kv_admission = cfg.attention_worker.kv_admission == "reserve" ? engine::KvAdmission::kReserve
+                                                                   : engine::KvAdmission::kOnDemand;
   // A step that fails with the mesh is retried once the mesh is re-formed.
   eo.keep_batch_on_mesh_failure = true;
   SY_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> engine,

@@ -215,6 +215,7 @@ grpc::ServerUnaryReactor* AttentionWorkerService::Stats(grpc::CallbackServerCont
   resp->set_dedup_replayed(s.dedup_replayed);
   resp->set_dedup_attached(s.dedup_attached);
   resp->set_detached(s.detached);
+  resp->set_preemptions(s.preemptions);
   auto* reactor = ctx->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

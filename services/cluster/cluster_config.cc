@@ -215,6 +215,10 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_batched_tokens", 1, &a.max_batched_tokens));
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("kv_block_size", 1, &a.kv_block_size));
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("kv_blocks", 0, &a.kv_blocks));
+    SY_RETURN_IF_ERROR(s.Read("kv_admission", &a.kv_admission));
+    if (a.kv_admission != "on_demand" && a.kv_admission != "reserve") {
+      return s.Error("kv_admission", "must be on_demand or reserve");
+    }
     SY_RETURN_IF_ERROR(s.ReadDuration("idle_sleep_us", 0, 1000000, &a.idle_sleep_us));
     SY_RETURN_IF_ERROR(s.ReadDuration("max_idle_sleep_us", 0, 1000000, &a.max_idle_sleep_us));
     SY_RETURN_IF_ERROR(s.ReadDuration("dedup_window_ms", 0, 1000, &a.dedup_window_ms));

@@ -58,7 +58,11 @@ struct AttentionWorkerOptions {
   int64_t max_num_seqs = 64;
   int64_t max_batched_tokens = 8192;
   int64_t kv_block_size = 16;
-  int64_t kv_blocks = 0;               // 0: derived from max_num_seqs and max_model_len
+  int64_t kv_blocks = 0;  // 0: derived from max_num_seqs and max_model_len
+  // on_demand: admit on the prompt's blocks, preempt (and later recompute)
+  // the newest sequences when the cache runs out; reserve: admit only when
+  // prompt + max_new_tokens fit, never preempt.
+  std::string kv_admission = "on_demand";
   int64_t idle_sleep_us = 0;           // pause between empty mesh steps while peers are busy
   int64_t max_idle_sleep_us = 100000;  // longest pause while the whole mesh is idle
   // Request de-duplication: a finished request's output is kept this long

@@ -31,6 +31,7 @@ attention_worker:
   base_port: 7100
   max_num_seqs: 32
   dedup_window_ms: 60000
+  kv_admission: reserve
 expert_worker:
   base_port: 7200
   memory_limit_bytes: 1000000
@@ -70,6 +71,7 @@ TEST(ClusterConfigTest, ParsesEveryKey) {
   EXPECT_EQ(c->attention_worker.base_port, 7100);
   EXPECT_EQ(c->attention_worker.max_num_seqs, 32);
   EXPECT_EQ(c->attention_worker.dedup_window_ms, 60000);
+  EXPECT_EQ(c->attention_worker.kv_admission, "reserve");
   EXPECT_EQ(c->expert_worker.base_port, 7200);
   EXPECT_EQ(c->limits.max_queue, 64);
   EXPECT_EQ(c->limits.max_new_tokens, 256);
@@ -119,6 +121,8 @@ TEST(ClusterConfigTest, ErrorsNameKeyAndFile) {
       {"model: {path: /m}\ntransport: {timeout_ms: 100}\n"
        "attention_worker: {max_idle_sleep_us: 50000}\n",
        "attention_worker.max_idle_sleep_us must be under half of transport.timeout_ms (100 ms)"},
+      {"model: {path: /m}\nattention_worker: {kv_admission: lazy}\n",
+       "attention_worker.kv_admission must be on_demand or reserve"},
       {"model: {path: /m}\nattention_worker: {dedup_window_ms: -1}\n",
        "attention_worker.dedup_window_ms must be >= 0"},
       {"model: {path: /m}\neplb: {enabled: maybe}\n", "eplb.enabled has an invalid value"},
