@@ -257,8 +257,10 @@ void Engine::Admit(std::vector<Sequence*>* prefills) {
     Sequence& s = *waiting_.front();
     if (static_cast<int64_t>(running_.size()) >= options_.max_num_seqs) break;
     const int64_t p = s.step_tokens();
-    // The budget may be exceeded by a lone prompt so long prompts still run.
-    if (tokens + p > options_.max_batched_tokens && tokens > 0) break;
+    // The budget may be exceeded by a lone prompt so long prompts still run,
+    // and by a preempted sequence's recompute, which would otherwise wait for
+    // the whole batch to drain when it is longer than the budget leaves.
+    if (tokens + p > options_.max_batched_tokens && tokens > 0 && s.output.empty()) break;
     const int64_t n = BlocksFor(s);
     // The reserve is kept only while something runs: a lone request always
     // gets in (Validate() checked that it fits the whole cache).

@@ -49,6 +49,10 @@ struct GenerationRequest {
   StoppingParams stopping;
   int32_t logprobs = -1;         // -1: none; N >= 0: chosen token + top-N
   int32_t prompt_logprobs = -1;  // -1: none; N >= 0: per prompt token + top-N
+  // Not used by the engine: the router sets it for a request whose id the
+  // client chose (not for a failover re-submission), and the attention
+  // worker then de-duplicates retries of that id (attention_worker_core.h).
+  bool dedup = false;
 };
 
 enum class FinishReason { kNone, kLength, kStop, kCancelled, kError };

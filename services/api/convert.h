@@ -27,6 +27,10 @@ namespace v1 = ::switchyard::v1;
 absl::StatusOr<engine::GenerationRequest> FromProto(const v1::GenerateRequest& proto);
 void ToProto(const engine::GenerationRequest& request, v1::GenerateRequest* proto);
 
+// Metadata key (value "1") on a router's AttentionWorker/Generate call that
+// carries GenerationRequest::dedup, which the public proto does not have.
+inline constexpr char kDedupMetadata[] = "sy-dedup";
+
 // Finish reasons. kNone <-> FINISH_REASON_UNSPECIFIED.
 v1::FinishReason ToProto(engine::FinishReason reason);
 engine::FinishReason FromProto(v1::FinishReason reason);

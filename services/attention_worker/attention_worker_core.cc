@@ -116,9 +116,14 @@ int AttentionWorkerCore::Drain() {
   if (dedup()) ExpireRecords();
   for (Command& c : commands) {
     if (c.kind == Command::kCancel) {
-      // NotFound: already finished (or never admitted); nothing to do. A
-      // cancelled request leaves no output for a retry.
-      (void)engine_->Cancel(c.id);
+      // NotFound: already finished, or not submitted yet (the router's
+      // Cancel can overtake its Generate): the tombstone makes the stream's
+      // end cancel the request then. A cancelled request leaves no output
+      // for a retry.
+      if (absl::IsNotFound(engine_->Cancel(c.id)) && dedup()) {
+        tombstones_[c.id] = absl::Now();
+        tombstone_order_.emplace_back(absl::Now(), c.id);
+      }
       auto r = records_.find(c.id);
       if (r != records_.end() && !r->second.finished) {
         detached_.erase(c.id);
@@ -131,19 +136,22 @@ int AttentionWorkerCore::Drain() {
       if (s == sinks_.end() || s->second.get() != c.released) continue;
       sinks_.erase(s);
       auto r = records_.find(c.id);
-      if (c.cancel || r == records_.end() || r->second.finished) {
+      const bool cancelled = tombstones_.erase(c.id) > 0;
+      if (c.cancel || cancelled || r == records_.end() || r->second.finished) {
         (void)engine_->Cancel(c.id);
         if (r != records_.end() && !r->second.finished) records_.erase(r);
         continue;
       }
       detached_.insert(c.id);
       SY_LOG(INFO) << "request " << c.id
-                   << ": its stream ended without a cancel (router gone?); running it on for a "
-                      "retry to attach to";
+                   << ": its stream ended without a cancel; running it on (until its deadline) "
+                      "for a retry to attach to";
       continue;
     }
     const std::string id = c.request.id;
-    if (dedup()) {
+    // Only requests the router marked (client-chosen ids) are kept.
+    const bool keep = dedup() && c.request.dedup && !id.empty();
+    if (keep) {
       auto r = records_.find(id);
       if (r != records_.end()) {
         Resubmitted(c, r->second);
@@ -151,14 +159,14 @@ int AttentionWorkerCore::Drain() {
       }
     }
     engine::GenerationRequest kept;
-    if (dedup()) kept = c.request;
+    if (keep) kept = c.request;
     absl::Status st = engine_->Add(std::move(c.request));
     if (!st.ok()) {
       c.sink->OnError(st);
       continue;
     }
     sinks_[id] = std::move(c.sink);
-    if (dedup()) {
+    if (keep) {
       Record& r = records_[id];
       r.request = std::move(kept);
       r.output.id = id;
@@ -228,6 +236,11 @@ void AttentionWorkerCore::RecordUpdate(const engine::RequestUpdate& u) {
 
 void AttentionWorkerCore::ExpireRecords() {
   const absl::Time now = absl::Now();
+  while (!tombstone_order_.empty() && now - tombstone_order_.front().first > kTombstoneLife) {
+    auto t = tombstones_.find(tombstone_order_.front().second);
+    if (t != tombstones_.end() && t->second == tombstone_order_.front().first) tombstones_.erase(t);
+    tombstone_order_.pop_front();
+  }
   while (!kept_order_.empty()) {
     const auto& [at, id, generation] = kept_order_.front();
     const bool full = static_cast<int64_t>(kept_order_.size()) > options_.dedup_max_kept;

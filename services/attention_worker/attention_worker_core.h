@@ -6,7 +6,8 @@
 // nothing to run, the worker still takes part with an empty step so expert
 // workers and the other attention workers can proceed.
 //
-// Request de-duplication (AttentionWorkerCoreOptions::dedup_window): a
+// Request de-duplication (AttentionWorkerCoreOptions::dedup_window), for the
+// requests the router marks (GenerationRequest::dedup: client-chosen ids): a
 // request whose stream broke without a cancel (its router died) runs on, its
 // output kept; a request with the same id and the same contents that comes
 // within the window (the client retrying through another router) attaches to
@@ -190,6 +191,11 @@ class AttentionWorkerCore {
   std::map<std::string, Record> records_;
   std::deque<std::tuple<absl::Time, std::string, uint64_t>> kept_order_;
   std::set<std::string> detached_;
+  // Cancels of ids not (yet) known, for kTombstoneLife: the router's Cancel
+  // may overtake its Generate, whose stream's end must then cancel it.
+  static constexpr absl::Duration kTombstoneLife = absl::Seconds(10);
+  std::map<std::string, absl::Time> tombstones_;
+  std::deque<std::pair<absl::Time, std::string>> tombstone_order_;
   uint64_t next_generation_ = 0;
   int64_t dedup_replayed_ = 0;
   int64_t dedup_attached_ = 0;

@@ -43,6 +43,7 @@ engine::GenerationRequest Req(const std::string& id, int32_t max_new, int32_t fi
   r.prompt = {first, 7, 42, 100, 3};
   r.stopping.max_new_tokens = max_new;
   r.stopping.ignore_eos = true;
+  r.dedup = true;  // as the router marks a client-chosen id
   return r;
 }
 
@@ -300,6 +301,48 @@ TEST(AttentionWorkerDedupTest, AKeptOutputExpiresWithTheWindow) {
   ASSERT_TRUE(other->AwaitDone());
   EXPECT_EQ(other->finish(), engine::FinishReason::kLength) << other->error();
   EXPECT_EQ(run.core().stats().dedup_replayed, 0);
+}
+
+// Requests the router did not mark (router-assigned ids, failover
+// re-submissions) are not kept: an ended stream cancels, a retry runs again.
+TEST(AttentionWorkerDedupTest, UnmarkedRequestsAreNotKept) {
+  CoreRunner run(absl::Seconds(60));
+  engine::GenerationRequest req = Req("x", 6);
+  req.dedup = false;
+  auto first = std::make_shared<TestSink>();
+  run.core().Submit(req, first);
+  ASSERT_TRUE(first->AwaitDone());
+  auto again = std::make_shared<TestSink>();
+  run.core().Submit(req, again);
+  ASSERT_TRUE(again->AwaitDone());
+  EXPECT_EQ(again->tokens(), first->tokens());
+  EXPECT_GT(again->updates(), 1);  // generated again
+  req.stopping.max_new_tokens = 400;
+  auto held = run.SubmitHeld(req, 2);
+  ASSERT_NE(held, nullptr);
+  run.core().Release("x", held.get(), /*cancel=*/false);
+  held->Go();
+  ASSERT_TRUE(run.AwaitIdle());
+  EXPECT_LT(held->tokens().size(), 400u);
+  EXPECT_EQ(run.core().stats().dedup_replayed + run.core().stats().dedup_attached, 0);
+}
+
+// The router's Cancel can reach the worker before the Generate it cancels:
+// the stream's end then cancels the request instead of keeping it.
+TEST(AttentionWorkerDedupTest, ACancelThatOvertakesItsRequestStillCancelsIt) {
+  CoreRunner run(absl::Seconds(60));
+  run.core().Cancel("x");
+  auto held = run.SubmitHeld(Req("x", 400), 2);
+  ASSERT_NE(held, nullptr);
+  run.core().Release("x", held.get(), /*cancel=*/false);
+  held->Go();
+  ASSERT_TRUE(run.AwaitIdle());  // cancelled, not detached
+  EXPECT_LT(held->tokens().size(), 400u);
+  // A retry of the id runs anew.
+  auto retry = std::make_shared<TestSink>();
+  run.core().Submit(Req("x", 4), retry);
+  ASSERT_TRUE(retry->AwaitDone());
+  EXPECT_EQ(retry->finish(), engine::FinishReason::kLength);
 }
 
 TEST(AttentionWorkerDedupTest, WithoutDedupAnEndedStreamCancelsItsRequest) {

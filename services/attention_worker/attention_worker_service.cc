@@ -49,6 +49,9 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
       return;
     }
     id_ = request->id;
+    const auto& md = ctx->client_metadata();
+    auto dedup = md.find(api::kDedupMetadata);
+    request->dedup = dedup != md.end() && dedup->second == "1";
     sink_ = std::make_shared<Sink>(this);
     const auto deadline = ctx->deadline();
     core_->Submit(*std::move(request), sink_,
@@ -144,6 +147,9 @@ class GenerateReactor : public grpc::ServerWriteReactor<GenerateStreamResponse> 
   void Fail(const absl::Status& st) {
     std::lock_guard<std::recursive_mutex> lock(mu_);
     finished_ = true;
+    // Mid-stream (a retry took the request over) the call ends with this
+    // once the messages already queued are written.
+    final_status_ = api::ToGrpcStatus(st);
     if (!finish_called_ && !writing_) {
       finish_called_ = true;
       Finish(api::ToGrpcStatus(st));

@@ -29,6 +29,7 @@ class GrpcCall final : public BackendCall,
       : backend_(std::move(backend)), callbacks_(std::move(callbacks)) {
     api::ToProto(request, &request_);
     if (deadline != Deadline::max()) context_.set_deadline(deadline);
+    if (request.dedup) context_.AddMetadata(api::kDedupMetadata, "1");
   }
 
   void Begin(std::shared_ptr<GrpcCall> self) {
@@ -42,7 +43,9 @@ class GrpcCall final : public BackendCall,
   // taken for a router gone, and its request kept for a retry), then the
   // call ends. Idempotent.
   void Cancel() override {
-    if (cancelled_.exchange(true)) return;
+    // After the end the id may belong to a retry on another stream (one
+    // that took the request over): leave it alone.
+    if (done_.load() || cancelled_.exchange(true)) return;
     struct CancelCall {
       grpc::ClientContext ctx;
       pb::CancelRequest req;
@@ -63,6 +66,7 @@ class GrpcCall final : public BackendCall,
   }
 
   void OnDone(const grpc::Status& status) override {
+    done_.store(true);
     // Released last: this object may be freed when `keep` goes out of scope.
     std::shared_ptr<GrpcCall> keep = std::move(self_);
     callbacks_.on_done(api::FromGrpcStatus(status));
@@ -76,6 +80,7 @@ class GrpcCall final : public BackendCall,
   v1::GenerateStreamResponse response_;
   std::shared_ptr<GrpcCall> self_;
   std::atomic<bool> cancelled_{false};
+  std::atomic<bool> done_{false};
 };
 
 // gRPC's callback API runs on a process-wide completion queue that is torn

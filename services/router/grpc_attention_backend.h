@@ -1,10 +1,12 @@
 // AttentionBackend over gRPC: forwards a request to an attention worker's
 // switchyard.internal.v1.AttentionWorker/Generate and turns its response
 // stream into engine updates. Uses the callback client API (one
-// ClientReadReactor per call, no thread per call). Cancel() is
-// ClientContext::TryCancel(), which the worker sees as a cancelled call and
-// answers by freeing the request's KV blocks. The request's deadline becomes
-// the call's deadline.
+// ClientReadReactor per call, no thread per call). Cancel() calls
+// AttentionWorker/Cancel for the request's id, then TryCancel() (a call that
+// merely ends is, to the worker, a router gone: with de-duplication it keeps
+// the request running for a retry); a no-op once the call has ended. The
+// request's deadline becomes the call's deadline; GenerationRequest::dedup
+// travels as the kDedupMetadata header.
 //
 // Ownership: each call keeps itself and its backend (channel, stub) alive
 // until its on_done has returned. Thread-safe.

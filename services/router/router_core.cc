@@ -170,6 +170,7 @@ absl::StatusOr<std::shared_ptr<RouterCall>> RouterCore::Submit(engine::Generatio
       return absl::AlreadyExistsError(
           absl::StrCat("request_id '", request.id, "' is already in flight"));
     }
+    request.dedup = sticky;
     backend = sticky ? PickStickyLocked(request.id) : PickBackendLocked();
     InFlight f;
     f.sticky = sticky;
@@ -275,6 +276,9 @@ std::optional<absl::Status> RouterCore::OnDone(const std::string& id, int attemp
       again.stopping.max_new_tokens = f.request.stopping.max_new_tokens - produced;
       again.stopping.min_new_tokens = std::max(0, f.request.stopping.min_new_tokens - produced);
       again.prompt_logprobs = -1;
+      // Not the request the client sent: a retry of its id must not match it
+      // (the worker runs it without keeping it; see router_core.h).
+      again.dedup = false;
       deadline = f.deadline;
       f.backend->outstanding -= f.charged;
       f.backend->in_flight -= 1;

@@ -10,7 +10,10 @@
 // addresses (a hash of id and address that every router computes alike), so
 // a client retrying it through another router after this one died reaches
 // the attention worker that holds it; a failover re-submission goes to the
-// next in that ranking. Router-assigned ids go by load.
+// next in that ranking. Router-assigned ids go by load. Only such requests
+// are marked for de-duplication (GenerationRequest::dedup), and not their
+// failover re-submissions (a longer prompt under the same id: a retry of the
+// original must not match it, and the first run died with its worker).
 //
 // Outstanding work of a backend = sum over its in-flight requests of
 // (prompt tokens + max_new_tokens - tokens produced so far), updated as tokens
