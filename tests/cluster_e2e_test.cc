@@ -71,6 +71,8 @@
 #include "kernels/kernels.h"
 #include "nlohmann/json.hpp"
 #include "services/api/convert.h"
+#include "services/metrics/promtool_check.h"
+#include "services/metrics/scrape.h"
 #include "services/security/security.h"
 #include "switchyard/internal/v1/cluster.grpc.pb.h"
 #include "switchyard/v1/admin.grpc.pb.h"
@@ -184,7 +186,7 @@ bool PortFree(int port) {
 // check and the processes' bind; each call moves on to a new range, so a
 // cluster never reuses the ports of the one stopped before it.
 int AllocatePortRange(int n) {
-  constexpr int kLow = 20000, kSpan = 12000, kStride = 16;
+  constexpr int kLow = 20000, kSpan = 12000, kStride = 32;
   static int next = static_cast<int>(getpid() % (kSpan / kStride)) * kStride;
   for (int attempt = 0; attempt < kSpan / kStride; ++attempt) {
     const int base = kLow + next;
@@ -244,13 +246,16 @@ class Cluster {
     yaml_ = dir_ + "/cluster.yaml";
     out_path_ = dir_ + "/launcher.stdout";
     err_path_ = dir_ + "/launcher.stderr";
-    const int n_ports = 2 + options.attention_workers + options.expert_workers;
+    // gRPC ports, then as many metrics ports.
+    const int n_grpc = 2 + options.attention_workers + options.expert_workers;
+    const int n_ports = 2 * n_grpc;
     const int base = AllocatePortRange(n_ports);
     if (base < 0) return absl::UnavailableError("no free port range on 127.0.0.1");
     coordinator_port_ = base;
     router_port_ = base + 1;
     attention_base_ = base + 2;
     expert_base_ = attention_base_ + options.attention_workers;
+    metrics_base_ = base + n_grpc;
     {
       std::ofstream y(yaml_);
       y << YamlText();
@@ -446,6 +451,13 @@ class Cluster {
   }
 
   std::string api_address() const { return "127.0.0.1:" + std::to_string(router_port_); }
+  // /metrics ports, as the YAML gives them.
+  int coordinator_metrics_port() const { return metrics_base_; }
+  int router_metrics_port() const { return metrics_base_ + 1; }
+  int attention_metrics_port(int i) const { return metrics_base_ + 2 + i; }
+  int expert_metrics_port(int i) const {
+    return metrics_base_ + 2 + options_.attention_workers + i;
+  }
   std::string coordinator_address() const {
     return "127.0.0.1:" + std::to_string(coordinator_port_);
   }
@@ -505,6 +517,10 @@ class Cluster {
     y << "limits:\n  max_queue: " << o.max_queue << "\n  max_new_tokens: " << o.max_new_tokens
       << "\n  max_logprobs: " << o.max_logprobs << "\n";
     if (!o.security_yaml.empty()) y << "security:\n" << o.security_yaml;
+    y << "metrics:\n  coordinator_port: " << metrics_base_
+      << "\n  router_port: " << metrics_base_ + 1
+      << "\n  attention_worker_base_port: " << metrics_base_ + 2
+      << "\n  expert_worker_base_port: " << metrics_base_ + 2 + o.attention_workers << "\n";
     return y.str();
   }
 
@@ -532,6 +548,7 @@ class Cluster {
   ClusterOptions options_;
   std::string dir_, yaml_, out_path_, err_path_;
   int coordinator_port_ = 0, router_port_ = 0, attention_base_ = 0, expert_base_ = 0;
+  int metrics_base_ = 0;  // coordinator, router, attention workers, expert workers
   pid_t pid_ = -1;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Generate::Stub> stub_;
@@ -1120,6 +1137,89 @@ TEST_F(Qwen3ClusterTest, HealthServingOnEveryProcess) {
     ASSERT_TRUE(st.ok()) << role << " " << addr << ": " << st.error_message();
     EXPECT_EQ(resp.status(), HealthResponse::SERVING) << role << " " << addr;
   }
+}
+
+// Every process serves Prometheus metrics on the port the YAML gives it:
+// the RPC observer's counts of the calls it served, its role's own
+// families, and an exposition promtool accepts.
+TEST_F(Qwen3ClusterTest, MetricsOnEveryProcessPassPromtool) {
+  // Traffic first: two streams through the router, and a health check on
+  // every process (an expert worker serves nothing else).
+  for (int i = 0; i < 2; ++i) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::GenerateRequest req;
+    for (int t : {5, 6, 7}) req.add_input_ids(t);
+    req.mutable_stopping()->set_max_new_tokens(4);
+    auto reader = cluster_->stub()->GenerateStream(&context, req);
+    v1::GenerateStreamResponse m;
+    while (reader->Read(&m)) {
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+  }
+  struct Process {
+    std::string name, grpc_address;
+    int metrics_port;
+    std::vector<std::string> want;  // substrings of the exposition
+  };
+  const std::string health_ok =
+      "switchyard_grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Check\","
+      "grpc_service=\"grpc.health.v1.Health\"}";
+  std::vector<Process> processes = {
+      {"router",
+       cluster_->api_address(),
+       cluster_->router_metrics_port(),
+       {"switchyard_router_requests_total{code=\"OK\",method=\"GenerateStream\",outcome=\"ok\"}",
+        "switchyard_router_time_to_first_token_seconds_bucket",
+        "switchyard_router_requests_in_flight 0"}},
+      {"coordinator",
+       cluster_->coordinator_address(),
+       cluster_->coordinator_metrics_port(),
+       {"switchyard_grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Heartbeat\","
+        "grpc_service=\"switchyard.internal.v1.Coordinator\"}"}},
+  };
+  for (int i = 0; i < cluster_->options().attention_workers; ++i) {
+    processes.push_back({"attention-worker-" + std::to_string(i),
+                         cluster_->attention_addresses()[i],
+                         cluster_->attention_metrics_port(i),
+                         {}});
+  }
+  for (int i = 0; i < cluster_->options().expert_workers; ++i) {
+    processes.push_back({"expert-worker-" + std::to_string(i),
+                         cluster_->expert_addresses()[i],
+                         cluster_->expert_metrics_port(i),
+                         {}});
+  }
+  for (Process& p : processes) {
+    auto stub = grpc::health::v1::Health::NewStub(
+        grpc::CreateChannel(p.grpc_address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    HealthResponse resp;
+    ASSERT_TRUE(stub->Check(&context, grpc::health::v1::HealthCheckRequest(), &resp).ok())
+        << p.name;
+    p.want.push_back(health_ok);
+  }
+  for (const Process& p : processes) {
+    auto text =
+        metrics::HttpGet("127.0.0.1", p.metrics_port, "/metrics", std::chrono::milliseconds(5000));
+    ASSERT_TRUE(text.ok()) << p.name << ": " << text.status();
+    for (const std::string& w : p.want) {
+      EXPECT_THAT(*text, ::testing::HasSubstr(w)) << p.name << " on port " << p.metrics_port;
+    }
+    EXPECT_EQ(metrics::PromtoolCheckMetrics(*text), "") << p.name;
+  }
+  // The launcher said where each is.
+  std::ifstream out(cluster_->dir() + "/launcher.stdout");
+  std::stringstream launcher;
+  launcher << out.rdbuf();
+  EXPECT_THAT(launcher.str(),
+              ::testing::HasSubstr("switchyard-local: metrics of router on http://127.0.0.1:" +
+                                   std::to_string(cluster_->router_metrics_port()) + "/metrics"));
+  EXPECT_THAT(
+      launcher.str(),
+      ::testing::HasSubstr("switchyard-local: metrics of expert-worker-2 on http://127.0.0.1:" +
+                           std::to_string(cluster_->expert_metrics_port(2)) + "/metrics"));
 }
 
 // What a server-reflection client (grpcurl, Postman) sees of one process:
@@ -2765,7 +2865,9 @@ pid_t StartExtraRouter(const Cluster& cluster, int port, const std::string& name
   const std::string listen = "127.0.0.1:" + std::to_string(port);
   const std::string yaml = cluster.dir() + "/cluster.yaml";
   const std::string log = cluster.dir() + "/logs/" + name + ".log";
-  std::vector<std::string> argv_s = {bin, "--config", yaml, "--listen", listen};
+  // The cluster's router serves metrics.router_port; this one none.
+  std::vector<std::string> argv_s = {bin,    "--config",       yaml, "--listen",
+                                     listen, "--metrics-port", "0"};
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
   argv.push_back(nullptr);

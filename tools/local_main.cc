@@ -197,6 +197,31 @@ std::string Describe(const Child& c) {
   return "stopped";
 }
 
+// Where each process serves /metrics (the metrics section of the YAML).
+void PrintMetricsEndpoints(const sy::cluster::ClusterConfig& cfg) {
+  const std::string& host = cfg.metrics.host;
+  const std::string shown =
+      host.find(':') != std::string::npos ? absl::StrCat("[", host, "]") : host;
+  auto line = [&](const std::string& name, int32_t port) {
+    if (port == 0) {
+      std::cout << "switchyard-local: metrics of " << name << ": off\n";
+    } else {
+      std::cout << "switchyard-local: metrics of " << name << " on http://" << shown << ":" << port
+                << "/metrics\n";
+    }
+  };
+  line("coordinator", sy::cluster::MetricsPort(cfg, "coordinator", 0));
+  line("router", sy::cluster::MetricsPort(cfg, "router", 0));
+  for (int32_t i = 0; i < cfg.topology.attention_workers; ++i) {
+    line(absl::StrCat("attention-worker-", i),
+         sy::cluster::MetricsPort(cfg, "attention_worker", i));
+  }
+  for (int32_t i = 0; i < cfg.topology.expert_workers; ++i) {
+    line(absl::StrCat("expert-worker-", i), sy::cluster::MetricsPort(cfg, "expert_worker", i));
+  }
+  std::cout << std::flush;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -427,6 +452,7 @@ int main(int argc, char** argv) {
       if (RouterServing(ApiChannel(*cfg, api))) {
         ready = true;
         std::cout << "switchyard-local: cluster ready; Generate API on " << api << std::endl;
+        PrintMetricsEndpoints(*cfg);
       } else if (std::chrono::steady_clock::now() > ready_deadline) {
         std::cerr << "switchyard-local: the router did not report SERVING in time\n";
         exit_code = 1;

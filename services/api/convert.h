@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
 #include "model/config.h"
+#include "services/api/grpc_status.h"
 #include "services/api/validate.h"
 #include "switchyard/v1/generate.pb.h"
 
@@ -55,12 +56,5 @@ engine::RequestUpdate UpdateFromResponse(const v1::GenerateResponse& response);
 
 // ModelInfo from the model's config and the limits the router enforces.
 void ToProto(const model::ModelConfig& config, const Limits& limits, v1::ModelInfoResponse* proto);
-
-// Status codes map one to one (absl's codes are gRPC's canonical codes); the
-// message is kept.
-grpc::Status ToGrpcStatus(const absl::Status& status);
-// "OK", "CANCELLED", ... for logs and reports.
-const char* GrpcCodeName(grpc::StatusCode code);
-absl::Status FromGrpcStatus(const grpc::Status& status);
 
 }  // namespace sy::api

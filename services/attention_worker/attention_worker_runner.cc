@@ -24,7 +24,8 @@ namespace pb = ::switchyard::internal::v1;
 
 absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index,
                                 transport::Transport& transport, const std::string& listen,
-                                const std::function<bool()>& should_stop) {
+                                const std::function<bool()>& should_stop,
+                                cluster::ProcessMetrics* metrics) {
   SY_ASSIGN_OR_RETURN(model::ModelConfig model, model::LoadModelConfig(cfg.model.path));
   // Dense weights only: the experts live on the expert workers.
   model::DenseWeights dense;
@@ -73,7 +74,12 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   co.dedup_window = absl::Milliseconds(cfg.attention_worker.dedup_window_ms);
   AttentionWorkerCore core(std::move(engine), mesh_exec, co);
   AttentionWorkerService service(&core);
-  SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {&service}));
+  cluster::ServerOptions so;
+  so.address = listen;
+  so.services = {&service};
+  so.name = absl::StrCat("attention worker ", index);
+  if (metrics != nullptr) so.metrics = metrics->registry();
+  SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(so));
   // Re-placements: a committed placement goes to the executor, which
   // switches at the step the leader announces; heartbeats report the epoch
   // served.

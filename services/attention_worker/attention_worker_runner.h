@@ -11,12 +11,14 @@
 
 #include "absl/status/status.h"
 #include "services/cluster/cluster_config.h"
+#include "services/cluster/process_metrics.h"
 #include "transport/transport.h"
 
 namespace sy::attention_worker {
 
 absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index,
                                 transport::Transport& transport, const std::string& listen,
-                                const std::function<bool()>& should_stop);
+                                const std::function<bool()>& should_stop,
+                                cluster::ProcessMetrics* metrics = nullptr);
 
 }  // namespace sy::attention_worker

@@ -315,6 +315,56 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
     }));
     return absl::OkStatus();
   }));
+  SY_RETURN_IF_ERROR(ParseSection(top, "metrics", [&](Section& s) -> absl::Status {
+    auto& m = c.metrics;
+    SY_RETURN_IF_ERROR(s.Read("host", &m.host));
+    if (m.host.empty()) return s.Error("host", "must not be empty");
+    struct Range {
+      const char* key;
+      int32_t* port;
+      int32_t count;
+    };
+    const Range ranges[] = {
+        {"coordinator_port", &m.coordinator_port, 1},
+        {"router_port", &m.router_port, 1},
+        {"attention_worker_base_port", &m.attention_worker_base_port, c.topology.attention_workers},
+        {"expert_worker_base_port", &m.expert_worker_base_port, c.topology.expert_workers},
+    };
+    for (const Range& r : ranges) {
+      SY_RETURN_IF_ERROR(s.ReadMin(r.key, 0, r.port));
+      if (int64_t{*r.port} + r.count - 1 > 65535) {
+        return s.Error(r.key, absl::StrCat("(", *r.port, ") plus ", r.count - 1,
+                                           " workers must stay <= 65535"));
+      }
+    }
+    // No two endpoints, and no endpoint and gRPC server, on one port.
+    struct Taken {
+      std::string what;
+      int64_t begin, end;  // [begin, end)
+    };
+    std::vector<Taken> taken = {
+        {"coordinator.listen", c.coordinator.listen.port, c.coordinator.listen.port + 1},
+        {"router.listen", c.router.listen.port, c.router.listen.port + 1},
+        {"attention_worker.base_port", c.attention_worker.base_port,
+         int64_t{c.attention_worker.base_port} + c.topology.attention_workers},
+        {"expert_worker.base_port", c.expert_worker.base_port,
+         int64_t{c.expert_worker.base_port} + c.topology.expert_workers},
+    };
+    for (const Range& r : ranges) {
+      if (*r.port == 0) continue;
+      const int64_t b = *r.port, e = b + r.count;
+      for (const Taken& t : taken) {
+        if (t.begin == 0 || t.begin == t.end) continue;
+        if (b < t.end && t.begin < e) {
+          return s.Error(r.key,
+                         absl::StrCat("(", *r.port, r.count > 1 ? absl::StrCat(" to ", e - 1) : "",
+                                      ") overlaps the ports of ", t.what));
+        }
+      }
+      taken.push_back({s.Key(r.key), b, e});
+    }
+    return s.Read("per_expert_load", &m.per_expert_load);
+  }));
   SY_RETURN_IF_ERROR(top.CheckUnknown());
   return c;
 }
@@ -336,6 +386,19 @@ absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", e.what()));
   }
+}
+
+int32_t MetricsPort(const ClusterConfig& config, const std::string& role, int32_t index) {
+  const MetricsOptions& m = config.metrics;
+  if (role == "coordinator") return m.coordinator_port;
+  if (role == "router") return m.router_port;
+  if (role == "attention_worker") {
+    return m.attention_worker_base_port == 0 ? 0 : m.attention_worker_base_port + index;
+  }
+  if (role == "expert_worker") {
+    return m.expert_worker_base_port == 0 ? 0 : m.expert_worker_base_port + index;
+  }
+  return 0;
 }
 
 absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {

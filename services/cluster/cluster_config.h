@@ -122,6 +122,19 @@ struct SecurityOptions {
   security::TlsFiles internal_tls;
 };
 
+// Prometheus /metrics endpoints, one per process (port 0: that role's
+// processes serve none).
+struct MetricsOptions {
+  std::string host = "127.0.0.1";  // every endpoint binds here
+  int32_t coordinator_port = 9400;
+  int32_t router_port = 9401;
+  int32_t attention_worker_base_port = 9410;  // worker i: base + i
+  int32_t expert_worker_base_port = 9450;
+  // Per-expert load as layers x experts series (coordinator); off by
+  // default, since the Admin API always has the full matrix.
+  bool per_expert_load = false;
+};
+
 struct ClusterConfig {
   std::string source;  // file path, for messages
   ModelOptions model;
@@ -135,7 +148,12 @@ struct ClusterConfig {
   LimitOptions limits;
   EplbOptions eplb;
   SecurityOptions security;
+  MetricsOptions metrics;
 };
+
+// The metrics port of a process (0: none), by role: "coordinator",
+// "router", "attention_worker" or "expert_worker" (with its index).
+int32_t MetricsPort(const ClusterConfig& config, const std::string& role, int32_t index);
 
 absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,
                                                  const std::string& source);

@@ -53,6 +53,13 @@ eplb:
   groups: 4
   stage_timeout_ms: 9000
   max_staging_bytes: 4096
+metrics:
+  host: 0.0.0.0
+  coordinator_port: 7300
+  router_port: 0
+  attention_worker_base_port: 7310
+  expert_worker_base_port: 7320
+  per_expert_load: true
 )";
 
 TEST(ClusterConfigTest, ParsesEveryKey) {
@@ -91,6 +98,12 @@ TEST(ClusterConfigTest, ParsesEveryKey) {
   EXPECT_EQ(e.groups, 4);
   EXPECT_EQ(e.stage_timeout_ms, 9000);
   EXPECT_EQ(e.max_staging_bytes, 4096);
+  EXPECT_EQ(c->metrics.host, "0.0.0.0");
+  EXPECT_TRUE(c->metrics.per_expert_load);
+  EXPECT_EQ(MetricsPort(*c, "coordinator", 0), 7300);
+  EXPECT_EQ(MetricsPort(*c, "router", 0), 0);  // off
+  EXPECT_EQ(MetricsPort(*c, "attention_worker", 1), 7311);
+  EXPECT_EQ(MetricsPort(*c, "expert_worker", 2), 7322);
 }
 
 TEST(ClusterConfigTest, DefaultsForMissingSections) {
@@ -99,6 +112,12 @@ TEST(ClusterConfigTest, DefaultsForMissingSections) {
   EXPECT_EQ(c->transport.backend, "ucx");
   EXPECT_EQ(c->topology.attention_workers, 1);
   EXPECT_EQ(c->router.listen.address(), "127.0.0.1:50051");
+  EXPECT_EQ(c->metrics.host, "127.0.0.1");
+  EXPECT_FALSE(c->metrics.per_expert_load);
+  EXPECT_EQ(MetricsPort(*c, "coordinator", 0), 9400);
+  EXPECT_EQ(MetricsPort(*c, "router", 0), 9401);
+  EXPECT_EQ(MetricsPort(*c, "attention_worker", 0), 9410);
+  EXPECT_EQ(MetricsPort(*c, "expert_worker", 0), 9450);
 }
 
 TEST(ClusterConfigTest, ErrorsNameKeyAndFile) {
@@ -138,6 +157,20 @@ TEST(ClusterConfigTest, ErrorsNameKeyAndFile) {
        "transport.timeout_ms must be <= 86400000 (a day)"},
       {"model: {path: /m}\ntopology: {attention_workers: 2147483647, expert_workers: 4}\n",
        "topology.attention_workers plus expert_workers must be <= 1024"},
+      {"model: {path: /m}\nmetrics: {router_port: -1}\n", "metrics.router_port must be >= 0"},
+      {"model: {path: /m}\nmetrics: {host: ''}\n", "metrics.host must not be empty"},
+      {"model: {path: /m}\nmetrics: {scrape: yes}\n", "metrics.scrape is not a known key"},
+      {"model: {path: /m}\ntopology: {expert_workers: 4}\nmetrics: {expert_worker_base_port: "
+       "65533}\n",
+       "metrics.expert_worker_base_port (65533) plus 3 workers must stay <= 65535"},
+      {"model: {path: /m}\nmetrics: {router_port: 50051}\n",
+       "metrics.router_port (50051) overlaps the ports of router.listen"},
+      {"model: {path: /m}\ntopology: {attention_workers: 3}\n"
+       "metrics: {attention_worker_base_port: 9400}\n",
+       "metrics.attention_worker_base_port (9400 to 9402) overlaps the ports of "
+       "metrics.coordinator_port"},
+      {"model: {path: /m}\nmetrics: {per_expert_load: sometimes}\n",
+       "metrics.per_expert_load has an invalid value"},
       {"model: {path: /m}\n{a: 1}: 2\n", "top level has a key that is not a name"},
       {"model: {path: /m\n", "not valid YAML"},
       {"- a\n- b\n", "top level must be a mapping"},

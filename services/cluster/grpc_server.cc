@@ -5,6 +5,7 @@
 #include "grpc/health/v1/health.pb.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "services/cluster/rpc_observer.h"
 #include "services/security/security.h"
 
 namespace sy::cluster {
@@ -35,21 +36,35 @@ std::string HealthCheckFailure(const std::shared_ptr<grpc::Channel>& channel,
   return "";
 }
 
-absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,
-                                           const std::vector<grpc::Service*>& services) {
+absl::StatusOr<GrpcServer> StartGrpcServer(const ServerOptions& options) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   // Reference the health descriptor so reflection can describe it.
   (void)grpc::health::v1::HealthCheckRequest::descriptor();
   grpc::ServerBuilder builder;
   GrpcServer out;
-  builder.AddListeningPort(address, security::InternalServerCredentials(), &out.port);
-  for (grpc::Service* s : services) builder.RegisterService(s);
+  builder.AddListeningPort(
+      options.address,
+      options.credentials != nullptr ? options.credentials : security::InternalServerCredentials(),
+      &out.port);
+  for (grpc::Service* s : options.services) builder.RegisterService(s);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
+  observers.push_back(MakeRpcObserver({options.name, options.log_ok_at_info, options.metrics}));
+  builder.experimental().SetInterceptorCreators(std::move(observers));
   out.server = builder.BuildAndStart();
   if (out.server == nullptr || out.port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+    return absl::UnavailableError(
+        absl::StrCat(options.name, ": cannot listen on '", options.address, "'"));
   }
   return out;
+}
+
+absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,
+                                           const std::vector<grpc::Service*>& services) {
+  ServerOptions o;
+  o.address = address;
+  o.services = services;
+  return StartGrpcServer(o);
 }
 
 std::shared_ptr<grpc::Channel> CoordinatorChannel(const std::string& address) {

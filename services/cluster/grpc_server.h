@@ -1,5 +1,6 @@
 // Builds a gRPC server the way every Switchyard process runs one: the given
-// services, grpc.health.v1 and server reflection, listening on one address.
+// services, grpc.health.v1 and server reflection, listening on one address,
+// every RPC logged, timed and counted by the RPC observer (rpc_observer.h).
 #pragma once
 
 #include <chrono>
@@ -9,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "grpcpp/grpcpp.h"
+#include "prometheus/registry.h"
 
 namespace sy::cluster {
 
@@ -34,9 +36,20 @@ std::string HealthCheckFailure(const std::shared_ptr<grpc::Channel>& channel,
 // router keep using theirs across a coordinator restart.
 std::shared_ptr<grpc::Channel> CoordinatorChannel(const std::string& address);
 
-// Starts a server on `address` (host:port; port 0 picks a free one) with
-// `services` (not owned; must outlive the server). Unavailable when the
-// address cannot be bound.
+struct ServerOptions {
+  std::string address;                   // host:port; port 0 picks a free one
+  std::vector<grpc::Service*> services;  // not owned; must outlive the server
+  // null: the internal services' credentials (mutual TLS when the cluster
+  // has it, security::InternalServerCredentials).
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  std::string name = "server";                    // for logs: "router", "coordinator", ...
+  bool log_ok_at_info = false;                    // RpcObserverOptions::log_ok_at_info
+  std::shared_ptr<prometheus::Registry> metrics;  // RPC metrics go here (null: none)
+};
+
+// Starts the server. Unavailable when the address cannot be bound.
+absl::StatusOr<GrpcServer> StartGrpcServer(const ServerOptions& options);
+// The internal services' shorthand: no metrics, default credentials.
 absl::StatusOr<GrpcServer> StartGrpcServer(const std::string& address,
                                            const std::vector<grpc::Service*>& services);
 

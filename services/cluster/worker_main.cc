@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "services/cluster/process.h"
+#include "services/cluster/process_metrics.h"
 #include "services/cluster/worker_bootstrap.h"
 #include "services/security/security.h"
 #include "transport/registry.h"
@@ -20,6 +21,9 @@ ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
 ABSL_FLAG(int32_t, index, 0, "This worker's index among the workers of its role");
 ABSL_FLAG(std::string, listen, "",
           "gRPC address; default 127.0.0.1:(base_port + index) of the role's config section");
+ABSL_FLAG(int32_t, metrics_port, -1,
+          "Port of the Prometheus /metrics endpoint (0: none; -1: the metrics section of "
+          "--config: the role's base port + index)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 
 namespace sy::cluster {
@@ -60,6 +64,19 @@ int WorkerMain(int argc, char** argv, bool attention, const WorkerRunFn& run) {
                  "(switchyard-local runs inproc clusters in one process)\n";
     return 2;
   }
+  int32_t metrics_port = MetricsPort(*cfg, attention ? "attention_worker" : "expert_worker", index);
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port > 65535) {
+    std::cerr << binary << ": --metrics-port must be in [-1, 65535]\n";
+    return 2;
+  }
+  auto metrics = ProcessMetrics::Start(
+      cfg->metrics.host, metrics_port,
+      absl::StrCat(attention ? "attention worker " : "expert worker ", index));
+  if (!metrics.ok()) {
+    std::cerr << binary << ": " << metrics.status().message() << "\n";
+    return 1;
+  }
   transport::TransportOptions to;
   to.backend = cfg->transport.backend;
   to.rank = RankOf(*cfg, attention, index);
@@ -77,7 +94,8 @@ int WorkerMain(int argc, char** argv, bool attention, const WorkerRunFn& run) {
   std::atomic<bool> done{false};
   absl::Status status;
   std::thread worker([&] {
-    status = run(*cfg, index, **transport, listen, [] { return ShutdownRequested(); });
+    status = run(
+        *cfg, index, **transport, listen, [] { return ShutdownRequested(); }, metrics->get());
     done.store(true, std::memory_order_release);
     RequestShutdown();
   });
@@ -93,6 +111,7 @@ int WorkerMain(int argc, char** argv, bool attention, const WorkerRunFn& run) {
     _exit(0);
   }
   worker.join();
+  metrics->reset();
   if (!status.ok()) {
     std::cerr << binary << ": " << status.message() << "\n";
     return 1;

@@ -10,13 +10,14 @@
 
 #include "absl/status/status.h"
 #include "services/cluster/cluster_config.h"
+#include "services/cluster/process_metrics.h"
 #include "transport/transport.h"
 
 namespace sy::cluster {
 
 using WorkerRunFn = std::function<absl::Status(
     const ClusterConfig& cfg, int32_t index, transport::Transport& transport,
-    const std::string& listen, const std::function<bool()>& should_stop)>;
+    const std::string& listen, const std::function<bool()>& should_stop, ProcessMetrics* metrics)>;
 
 // Returns the process exit code: 0 on an orderly stop, 1 when the role
 // failed, 2 for bad flags or configuration.

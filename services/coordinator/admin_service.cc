@@ -2,18 +2,11 @@
 
 #include <chrono>
 
+#include "services/api/grpc_status.h"
+
 namespace sy::coordinator {
 
 namespace apb = ::switchyard::v1;
-
-namespace {
-
-grpc::Status ToGrpc(const absl::Status& st) {
-  if (st.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
-}
-
-}  // namespace
 
 void RecordToProto(const RebalanceRecord& r, apb::RebalanceRecord* out) {
   out->set_id(r.id);
@@ -43,7 +36,7 @@ bool AdminService::Refused(grpc::CallbackServerContext* ctx, grpc::ServerUnaryRe
   const absl::Status st = keys_->Check(*ctx, security::Right::kAdmin);
   if (st.ok()) return false;
   *out = ctx->DefaultReactor();
-  (*out)->Finish(ToGrpc(st));
+  (*out)->Finish(api::ToGrpcStatus(st));
   return true;
 }
 
@@ -129,7 +122,7 @@ grpc::ServerUnaryReactor* AdminService::Rebalance(grpc::CallbackServerContext* c
   runs_.emplace_back([this, reactor, resp, policy, force] {
     absl::StatusOr<RebalanceRecord> r = rebalancer_->RunOnce("operator", policy, force);
     if (r.ok()) RecordToProto(*r, resp);
-    reactor->Finish(ToGrpc(r.status()));
+    reactor->Finish(api::ToGrpcStatus(r.status()));
   });
   return reactor;
 }

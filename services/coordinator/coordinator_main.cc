@@ -10,11 +10,15 @@
 #include "common/log.h"
 #include "services/cluster/cluster_config.h"
 #include "services/cluster/process.h"
+#include "services/cluster/process_metrics.h"
 #include "services/coordinator/coordinator_runner.h"
 #include "services/security/security.h"
 
 ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
 ABSL_FLAG(std::string, listen, "", "Override coordinator.listen (host:port)");
+ABSL_FLAG(int32_t, metrics_port, -1,
+          "Port of the Prometheus /metrics endpoint (0: none; -1: metrics.coordinator_port of "
+          "--config)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 
 int main(int argc, char** argv) {
@@ -40,9 +44,21 @@ int main(int argc, char** argv) {
   }
   const std::string listen = absl::GetFlag(FLAGS_listen).empty() ? cfg->coordinator.listen.address()
                                                                  : absl::GetFlag(FLAGS_listen);
+  int32_t metrics_port = sy::cluster::MetricsPort(*cfg, "coordinator", 0);
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port > 65535) {
+    std::cerr << "switchyard-coordinator: --metrics-port must be in [-1, 65535]\n";
+    return 2;
+  }
+  auto metrics = sy::cluster::ProcessMetrics::Start(cfg->metrics.host, metrics_port, "coordinator");
+  if (!metrics.ok()) {
+    std::cerr << "switchyard-coordinator: " << metrics.status().message() << "\n";
+    return 1;
+  }
   sy::cluster::InstallShutdownHandlers();
   absl::Status st = sy::coordinator::RunCoordinator(
-      *cfg, listen, [] { return sy::cluster::ShutdownRequested(); });
+      *cfg, listen, [] { return sy::cluster::ShutdownRequested(); }, metrics->get());
+  metrics->reset();
   if (!st.ok()) {
     std::cerr << "switchyard-coordinator: " << st.message() << "\n";
     return st.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;

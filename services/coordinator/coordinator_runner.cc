@@ -42,7 +42,8 @@ absl::StatusOr<eplb::Placement> InitialPlacementFor(const cluster::ClusterConfig
 }
 
 absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string& listen,
-                            const std::function<bool()>& should_stop) {
+                            const std::function<bool()>& should_stop,
+                            cluster::ProcessMetrics* metrics) {
   SY_ASSIGN_OR_RETURN(model::ModelConfig model, model::LoadModelConfig(cfg.model.path));
   SY_ASSIGN_OR_RETURN(eplb::Placement placement, InitialPlacementFor(cfg, model));
   CoordinatorOptions co;
@@ -76,8 +77,12 @@ absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string
     SY_ASSIGN_OR_RETURN(keys, security::ApiKeys::Load(cfg.security.api_keys_file));
   }
   AdminService admin(&core, &window, &rebalancer, keys.has_value() ? &*keys : nullptr);
-  SY_ASSIGN_OR_RETURN(cluster::GrpcServer server,
-                      cluster::StartGrpcServer(listen, {&service, &admin}));
+  cluster::ServerOptions so;
+  so.address = listen;
+  so.services = {&service, &admin};
+  so.name = "coordinator";
+  if (metrics != nullptr) so.metrics = metrics->registry();
+  SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(so));
   server.SetServing({"switchyard.internal.v1.Coordinator", "switchyard.v1.Admin"}, true);
   rebalancer.Start();
   if (cfg.eplb.enabled) {

@@ -12,6 +12,7 @@
 #include "eplb/placement.h"
 #include "model/config.h"
 #include "services/cluster/cluster_config.h"
+#include "services/cluster/process_metrics.h"
 
 namespace sy::coordinator {
 
@@ -23,6 +24,7 @@ absl::StatusOr<eplb::Placement> InitialPlacementFor(const cluster::ClusterConfig
                                                     const model::ModelConfig& model);
 
 absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string& listen,
-                            const std::function<bool()>& should_stop);
+                            const std::function<bool()>& should_stop,
+                            cluster::ProcessMetrics* metrics = nullptr);
 
 }  // namespace sy::coordinator

@@ -7,29 +7,15 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "services/api/grpc_status.h"
 
 namespace sy::coordinator {
 namespace {
 
-grpc::Status ToGrpc(const absl::Status& st) {
-  if (st.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
-}
-
-// Finishes a unary call, logging its outcome and latency (one place for every RPC).
-grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const char* method,
-                               std::chrono::steady_clock::time_point start,
-                               const absl::Status& st) {
-  const double ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  if (!st.ok()) {
-    SY_LOG(WARNING) << "rpc " << method << " from " << ctx->peer() << " failed in " << ms
-                    << " ms: " << st;
-  } else {
-    SY_LOG(DEBUG) << "rpc " << method << " ok in " << ms << " ms";
-  }
+// Finishes a unary call (the server's RPC observer logs and counts it).
+grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const absl::Status& st) {
   auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(ToGrpc(st));
+  reactor->Finish(api::ToGrpcStatus(st));
   return reactor;
 }
 
@@ -107,15 +93,13 @@ bool CoordinatorService::Satisfied(const ParkedCall& c, const MeshView& mesh) {
 grpc::ServerUnaryReactor* CoordinatorService::Register(grpc::CallbackServerContext* ctx,
                                                        const pb::RegisterRequest* req,
                                                        pb::RegisterResponse* resp) {
-  const auto start = std::chrono::steady_clock::now();
   Role role;
   if (req->role() == pb::ROLE_ATTENTION) {
     role = Role::kAttention;
   } else if (req->role() == pb::ROLE_EXPERT) {
     role = Role::kExpert;
   } else {
-    return Done(ctx, "Register", start,
-                absl::InvalidArgumentError("role must be ROLE_ATTENTION or ROLE_EXPERT"));
+    return Done(ctx, absl::InvalidArgumentError("role must be ROLE_ATTENTION or ROLE_EXPERT"));
   }
   std::optional<RecoveryInfo> recovery;
   if (req->has_recovery()) {
@@ -124,7 +108,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Register(grpc::CallbackServerConte
     recovery->generation = req->recovery().generation();
     if (req->recovery().has_placement()) {
       absl::StatusOr<eplb::Placement> p = PlacementFromProto(req->recovery().placement());
-      if (!p.ok()) return Done(ctx, "Register", start, Annotate(p.status(), "recovery.placement"));
+      if (!p.ok()) return Done(ctx, Annotate(p.status(), "recovery.placement"));
       recovery->placement = *std::move(p);
     }
   }
@@ -137,7 +121,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Register(grpc::CallbackServerConte
     resp->set_registration(registration);
     resp->set_epoch(core_->epoch());
   }
-  return Done(ctx, "Register", start, rank.status());
+  return Done(ctx, rank.status());
 }
 
 CoordinatorService::CoordinatorService(CoordinatorCore* core,
@@ -228,13 +212,12 @@ grpc::ServerUnaryReactor* CoordinatorService::GetMesh(grpc::CallbackServerContex
     }
   }
   MeshToProto(mesh, resp);
-  return Done(ctx, "GetMesh", start, absl::OkStatus());
+  return Done(ctx, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerContext* ctx,
                                                         const pb::HeartbeatRequest* req,
                                                         pb::HeartbeatResponse* resp) {
-  const auto start = std::chrono::steady_clock::now();
   HeartbeatInfo info;
   info.ready = req->ready();
   info.serving_epoch = req->serving_epoch();
@@ -255,7 +238,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
   }
   info.registration = req->registration();
   if (info.registration == 0) {
-    return Done(ctx, "Heartbeat", start,
+    return Done(ctx,
                 absl::InvalidArgumentError(
                     "registration must be set (the token RegisterResponse.registration gave)"));
   }
@@ -264,7 +247,7 @@ grpc::ServerUnaryReactor* CoordinatorService::Heartbeat(grpc::CallbackServerCont
     resp->set_epoch(*epoch);
     resp->set_version(core_->version());
   }
-  return Done(ctx, "Heartbeat", start, epoch.status());
+  return Done(ctx, epoch.status());
 }
 
 }  // namespace sy::coordinator

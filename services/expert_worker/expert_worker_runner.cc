@@ -65,7 +65,8 @@ absl::Status StageNext(moe::ExpertServer& server, const eplb::Placement& next, i
 
 absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
                              transport::Transport& transport, const std::string& listen,
-                             const std::function<bool()>& should_stop) {
+                             const std::function<bool()>& should_stop,
+                             cluster::ProcessMetrics* metrics) {
   std::unique_ptr<transport::Transport> own;
   if (cfg.transport.backend == "ucx") {
     transport::TransportOptions to;
@@ -73,20 +74,25 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
     to.rank = index;
     SY_ASSIGN_OR_RETURN(own, transport::CreateTransport(to));
   }
-  return RunExpertWorkerWithStaging(cfg, index, transport, listen, should_stop, own.get());
+  return RunExpertWorkerWithStaging(cfg, index, transport, listen, should_stop, own.get(), metrics);
 }
 
 absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32_t index,
                                         transport::Transport& transport, const std::string& listen,
                                         const std::function<bool()>& should_stop,
-                                        transport::Transport* staging) {
+                                        transport::Transport* staging,
+                                        cluster::ProcessMetrics* metrics) {
   SY_ASSIGN_OR_RETURN(model::ModelConfig model, model::LoadModelConfig(cfg.model.path));
   std::unique_ptr<model::Checkpoint> ckpt;
   if (cfg.model.load_format != "dummy") {
     SY_ASSIGN_OR_RETURN(ckpt, model::Checkpoint::Open(cfg.model.path));
   }
   // A gRPC server for health probes.
-  SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(listen, {}));
+  cluster::ServerOptions so;
+  so.address = listen;
+  so.name = absl::StrCat("expert worker ", index);
+  if (metrics != nullptr) so.metrics = metrics->registry();
+  SY_ASSIGN_OR_RETURN(cluster::GrpcServer server, cluster::StartGrpcServer(so));
   SY_ASSIGN_OR_RETURN(
       cluster::JoinedMesh mesh,
       cluster::JoinMesh(cfg, false, index, listen, transport, std::chrono::seconds(120),

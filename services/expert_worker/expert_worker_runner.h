@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "services/cluster/cluster_config.h"
+#include "services/cluster/process_metrics.h"
 #include "transport/transport.h"
 
 namespace sy::expert_worker {
@@ -22,9 +23,11 @@ namespace sy::expert_worker {
 absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32_t index,
                                         transport::Transport& transport, const std::string& listen,
                                         const std::function<bool()>& should_stop,
-                                        transport::Transport* staging);
+                                        transport::Transport* staging,
+                                        cluster::ProcessMetrics* metrics = nullptr);
 absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
                              transport::Transport& transport, const std::string& listen,
-                             const std::function<bool()>& should_stop);
+                             const std::function<bool()>& should_stop,
+                             cluster::ProcessMetrics* metrics = nullptr);
 
 }  // namespace sy::expert_worker

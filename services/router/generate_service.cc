@@ -7,7 +7,7 @@
 
 #include "common/status.h"
 #include "services/api/convert.h"
-#include "services/router/rpc_log.h"
+#include "services/router/router_metrics.h"
 
 namespace sy::router {
 namespace {
@@ -34,15 +34,16 @@ absl::StatusOr<std::shared_ptr<RouterCall>> SubmitProto(RouterCore* core,
 // constructor has returned, and nothing touches the reactor after it.
 class GenerateReactor final : public grpc::ServerUnaryReactor {
  public:
-  GenerateReactor(RouterCore* core, const security::ApiKeys* keys,
+  GenerateReactor(RouterCore* core, const security::ApiKeys* keys, RouterMetrics* metrics,
                   grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
                   v1::GenerateResponse* response)
-      : log_("Generate", context), response_(response) {
+      : context_(context), tracker_(metrics, "Generate"), response_(response) {
     BackendCallbacks callbacks;
     callbacks.on_update = [this](engine::RequestUpdate u) {
       v1::GenerateStreamResponse part;
       api::ToProto(u, &part);
       std::lock_guard<std::mutex> lock(mu_);
+      tracker_.Tokens(static_cast<int64_t>(u.new_tokens.size()));
       api::FoldStreamResponse(part, response_);
     };
     callbacks.on_done = [this](absl::Status status) {
@@ -57,7 +58,7 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
       std::lock_guard<std::mutex> lock(mu_);
       if (call.ok()) {
         call_ = *std::move(call);
-        log_.set_request_id(call_->request_id());
+        tracker_.Admitted(call_->request_id(), request->input_ids_size());
         if (response_->request_id().empty()) response_->set_request_id(call_->request_id());
         if (cancelled_) cancel_now = call_;  // OnCancel came first
       } else {
@@ -89,12 +90,13 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
   void MaybeFinish(std::unique_lock<std::mutex>& lock) {
     if (!constructed_ || !done_ || finished_) return;
     finished_ = true;
-    grpc::Status status = log_.Finish(api::ToGrpcStatus(status_));
+    grpc::Status status = tracker_.Finish(context_, api::ToGrpcStatus(status_));
     lock.unlock();
     Finish(std::move(status));  // the reactor may be gone after this
   }
 
-  RpcLog log_;
+  grpc::CallbackServerContext* context_;
+  RequestTracker tracker_;
   v1::GenerateResponse* response_;
   std::mutex mu_;
   std::shared_ptr<RouterCall> call_;
@@ -110,15 +112,16 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
 // previous write completes; the status follows the last write.
 class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse> {
  public:
-  GenerateStreamReactor(RouterCore* core, const security::ApiKeys* keys,
+  GenerateStreamReactor(RouterCore* core, const security::ApiKeys* keys, RouterMetrics* metrics,
                         grpc::CallbackServerContext* context, const v1::GenerateRequest* request)
-      : log_("GenerateStream", context) {
+      : context_(context), tracker_(metrics, "GenerateStream") {
     BackendCallbacks callbacks;
     callbacks.on_update = [this](engine::RequestUpdate u) {
       v1::GenerateStreamResponse message;
       api::ToProto(u, &message);
       std::unique_lock<std::mutex> lock(mu_);
       if (write_failed_) return;
+      tracker_.Tokens(static_cast<int64_t>(u.new_tokens.size()));
       pending_.push_back(std::move(message));
       Advance(lock);
     };
@@ -134,7 +137,7 @@ class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::Generate
       std::lock_guard<std::mutex> lock(mu_);
       if (call.ok()) {
         call_ = *std::move(call);
-        log_.set_request_id(call_->request_id());
+        tracker_.Admitted(call_->request_id(), request->input_ids_size());
         if (cancelled_) cancel_now = call_;  // OnCancel came first
       } else {
         done_ = true;
@@ -194,12 +197,13 @@ class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::Generate
     }
     if (!done_) return;
     finished_ = true;
-    grpc::Status status = log_.Finish(api::ToGrpcStatus(status_));
+    grpc::Status status = tracker_.Finish(context_, api::ToGrpcStatus(status_));
     lock.unlock();
     Finish(std::move(status));
   }
 
-  RpcLog log_;
+  grpc::CallbackServerContext* context_;
+  RequestTracker tracker_;
   std::mutex mu_;
   std::shared_ptr<RouterCall> call_;
   std::deque<v1::GenerateStreamResponse> pending_;
@@ -218,27 +222,26 @@ class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::Generate
 grpc::ServerUnaryReactor* GenerateService::Generate(grpc::CallbackServerContext* context,
                                                     const v1::GenerateRequest* request,
                                                     v1::GenerateResponse* response) {
-  return new GenerateReactor(core_, keys_, context, request, response);
+  return new GenerateReactor(core_, keys_, metrics_, context, request, response);
 }
 
 grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerateService::GenerateStream(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  return new GenerateStreamReactor(core_, keys_, context, request);
+  return new GenerateStreamReactor(core_, keys_, metrics_, context, request);
 }
 
 grpc::ServerUnaryReactor* GenerateService::ModelInfo(grpc::CallbackServerContext* context,
                                                      const v1::ModelInfoRequest* /*request*/,
                                                      v1::ModelInfoResponse* response) {
-  RpcLog log("ModelInfo", context);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (keys_ != nullptr) {
     if (absl::Status st = keys_->Check(*context, security::Right::kGenerate); !st.ok()) {
-      reactor->Finish(log.Finish(api::ToGrpcStatus(st)));
+      reactor->Finish(api::ToGrpcStatus(st));
       return reactor;
     }
   }
   api::ToProto(*config_, core_->limits(), response);
-  reactor->Finish(log.Finish(grpc::Status::OK));
+  reactor->Finish(grpc::Status::OK);
   return reactor;
 }
 

@@ -321,4 +321,14 @@ int64_t RouterCore::in_flight() const {
   return static_cast<int64_t>(in_flight_.size());
 }
 
+RouterCore::Counts RouterCore::counts() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Counts c;
+  c.in_flight = static_cast<int64_t>(in_flight_.size());
+  for (const auto& [id, f] : in_flight_) {
+    if (f.tokens.empty() && !f.finished) ++c.waiting_first_token;
+  }
+  return c;
+}
+
 }  // namespace sy::router

@@ -119,6 +119,12 @@ class RouterCore {
   // Current load of every backend, ordered by address.
   std::vector<BackendLoad> Loads() const;
   int64_t in_flight() const;
+  struct Counts {
+    int64_t in_flight = 0;
+    int64_t waiting_first_token = 0;  // in flight, no token streamed yet
+  };
+  Counts counts() const;
+  int64_t max_queue() const { return options_.max_queue; }
   const api::Limits& limits() const { return options_.limits; }
 
  private:

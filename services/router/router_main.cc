@@ -26,6 +26,7 @@
 #include "services/cluster/cluster_config.h"
 #include "services/cluster/grpc_server.h"
 #include "services/cluster/process.h"
+#include "services/cluster/process_metrics.h"
 #include "services/router/router_server.h"
 #include "services/security/security.h"
 #include "switchyard/internal/v1/cluster.grpc.pb.h"
@@ -45,6 +46,9 @@ ABSL_FLAG(bool, sticky_client_ids, false,
           "Send a request whose id the client chose to the attention worker that id hashes to "
           "(rendezvous hashing), so a retry through another router finds it (with --config: on "
           "while attention_worker.dedup_window_ms > 0)");
+ABSL_FLAG(int32_t, metrics_port, -1,
+          "Port of the Prometheus /metrics endpoint (0: none; -1: metrics.router_port of "
+          "--config, or none without it)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 
 namespace {
@@ -147,6 +151,8 @@ int main(int argc, char** argv) {
   options.max_logprobs = absl::GetFlag(FLAGS_max_logprobs);
   std::string coordinator;
   std::chrono::milliseconds follow_grace(10000);
+  std::string metrics_host = "127.0.0.1";
+  int32_t metrics_port = 0;
   if (!absl::GetFlag(FLAGS_config).empty()) {
     auto cfg = sy::cluster::LoadClusterConfig(absl::GetFlag(FLAGS_config));
     if (!cfg.ok()) {
@@ -168,6 +174,13 @@ int main(int argc, char** argv) {
     }
     follow_grace = std::chrono::milliseconds(cfg->coordinator.worker_timeout_ms);
     options.sticky_client_ids = cfg->attention_worker.dedup_window_ms > 0;
+    metrics_host = cfg->metrics.host;
+    metrics_port = sy::cluster::MetricsPort(*cfg, "router", 0);
+  }
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port > 65535) {
+    std::cerr << "switchyard-router: --metrics_port must be in [-1, 65535]\n";
+    return 2;
   }
   if (absl::GetFlag(FLAGS_sticky_client_ids)) options.sticky_client_ids = true;
   if (!absl::GetFlag(FLAGS_listen).empty()) options.listen_address = absl::GetFlag(FLAGS_listen);
@@ -187,11 +200,18 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  auto metrics = sy::cluster::ProcessMetrics::Start(metrics_host, metrics_port, "router");
+  if (!metrics.ok()) {
+    std::cerr << "switchyard-router: " << metrics.status().message() << "\n";
+    return 1;
+  }
+  options.metrics = (*metrics)->registry();
   auto server = sy::router::RouterServer::Create(options);
   if (!server.ok()) {
     std::cerr << "switchyard-router: " << server.status().message() << "\n";
     return server.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
   }
+  sy::router::RouterMetrics::AddCollectors(&(*server)->core(), **metrics);
   SY_LOG(INFO) << "switchyard-router listening on " << (*server)->address();
   // Written by main after the signal, read by the follower thread.
   std::atomic<bool> stop{false};
@@ -205,5 +225,6 @@ int main(int argc, char** argv) {
   stop.store(true);
   if (follower.joinable()) follower.join();
   (*server)->Shutdown();
+  metrics->reset();  // its collectors read the core, which goes with the server
   return 0;
 }

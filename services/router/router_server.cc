@@ -1,13 +1,12 @@
 #include "services/router/router_server.h"
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
-#include "grpc/health/v1/health.pb.h"
+#include "services/cluster/grpc_server.h"
 #include "services/router/grpc_attention_backend.h"
 
 namespace sy::router {
@@ -67,21 +66,21 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Create(const RouterO
     if (!tls.ok()) return tls.status();
     creds = *std::move(tls);
   }
-  s->service_ = std::make_unique<GenerateService>(s->core_.get(), &s->config_, s->keys_.get());
+  if (options.metrics != nullptr) s->metrics_ = std::make_unique<RouterMetrics>(*options.metrics);
+  s->service_ = std::make_unique<GenerateService>(s->core_.get(), &s->config_, s->keys_.get(),
+                                                  s->metrics_.get());
 
-  // The generated health descriptor must be linked in for reflection to
-  // describe grpc.health.v1.Health; this reference keeps it.
-  (void)grpc::health::v1::HealthCheckRequest::descriptor();
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, creds, &s->port_);
-  builder.RegisterService(s->service_.get());
-  s->server_ = builder.BuildAndStart();
-  if (s->server_ == nullptr || s->port_ == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("router: cannot listen on '", options.listen_address, "'"));
-  }
+  cluster::ServerOptions so;
+  so.address = options.listen_address;
+  so.services = {s->service_.get()};
+  so.credentials = creds;
+  so.name = "router";
+  so.log_ok_at_info = true;
+  so.metrics = options.metrics;
+  absl::StatusOr<cluster::GrpcServer> server = cluster::StartGrpcServer(so);
+  if (!server.ok()) return server.status();
+  s->server_ = std::move(server->server);
+  s->port_ = server->port;
   s->SetBackends(options.attention_workers);
   SY_LOG(INFO) << "router: serving " << s->config_.architecture << " on " << s->address()
                << " (max_queue " << options.max_queue << ", max_context "

@@ -1,6 +1,7 @@
 // RouterServer: the router process's gRPC server. It loads the model's
 // config.json (limits and ModelInfo), owns the RouterCore and the Generate
-// service, and serves them with grpc.health.v1 and server reflection.
+// service, and serves them with grpc.health.v1 and server reflection
+// (cluster::StartGrpcServer: the RPC observer logs every call at INFO).
 //
 // Health: "" and "switchyard.v1.Generate" are SERVING exactly while at least
 // one attention worker is known (SetBackends), NOT_SERVING otherwise.
@@ -17,9 +18,11 @@
 
 #include "absl/status/statusor.h"
 #include "model/config.h"
+#include "prometheus/registry.h"
 #include "services/router/attention_backend.h"
 #include "services/router/generate_service.h"
 #include "services/router/router_core.h"
+#include "services/router/router_metrics.h"
 
 namespace sy::router {
 
@@ -34,6 +37,8 @@ struct RouterOptions {
   std::string api_keys_file;                   // API keys (empty: none asked for)
   security::TlsFiles api_tls;                  // TLS on the API (cert_file, key_file)
   bool sticky_client_ids = false;              // RouterCoreOptions::sticky_client_ids
+  // The process's registry: RPC and request metrics go here (null: none).
+  std::shared_ptr<prometheus::Registry> metrics;
 };
 
 // The limits requests must respect, from the model config and the options.
@@ -69,6 +74,7 @@ class RouterServer {
   model::ModelConfig config_;
   std::unique_ptr<RouterCore> core_;
   std::unique_ptr<security::ApiKeys> keys_;
+  std::unique_ptr<RouterMetrics> metrics_;
   std::unique_ptr<GenerateService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

@@ -23,6 +23,9 @@
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "services/cluster/process_metrics.h"
+#include "services/metrics/promtool_check.h"
+#include "services/metrics/scrape.h"
 #include "services/router/router_server.h"
 #include "switchyard/internal/v1/cluster.grpc.pb.h"
 #include "switchyard/v1/generate.grpc.pb.h"
@@ -194,7 +197,8 @@ class FakeWorker final : public internal::AttentionWorker::Service {
 
 class RouterTest : public ::testing::Test {
  protected:
-  void Start(int num_workers, int64_t max_queue = 64) {
+  void Start(int num_workers, int64_t max_queue = 64,
+             std::shared_ptr<prometheus::Registry> metrics = nullptr) {
     for (int i = 0; i < num_workers; ++i) workers_.push_back(std::make_unique<FakeWorker>());
     RouterOptions options;
     options.listen_address = "127.0.0.1:0";
@@ -202,6 +206,7 @@ class RouterTest : public ::testing::Test {
     options.max_queue = max_queue;
     options.max_new_tokens_limit = 256;
     for (const auto& w : workers_) options.attention_workers.push_back(w->address());
+    options.metrics = std::move(metrics);
     auto server = RouterServer::Create(options);
     ASSERT_TRUE(server.ok()) << server.status();
     router_ = *std::move(server);
@@ -291,6 +296,91 @@ TEST_F(RouterTest, UnaryGenerate) {
   EXPECT_EQ(received[0].request_id(), response.request_id());
   EXPECT_EQ(received[0].logprobs(), 2);
   EXPECT_EQ(received[0].stopping().max_new_tokens(), 5);
+}
+
+// Request metrics by outcome and code, token counts and latency histograms,
+// the RPC observer's counts and the core's gauges, scraped over HTTP as
+// Prometheus would and accepted by promtool; the request id comes back as
+// trailing metadata.
+TEST_F(RouterTest, MetricsCountOutcomesTokensAndLatencies) {
+  auto pm = cluster::ProcessMetrics::StartOnFreePort("127.0.0.1", "router");
+  ASSERT_TRUE(pm.ok()) << pm.status();
+  Start(1, 64, (*pm)->registry());
+  RouterMetrics::AddCollectors(&router_->core(), **pm);
+
+  for (int i = 0; i < 2; ++i) {
+    grpc::ClientContext context;
+    v1::GenerateResponse response;
+    ASSERT_TRUE(
+        stub_->Generate(&context, Request({1, 2, 3}, 5, "ok-" + std::to_string(i)), &response)
+            .ok());
+    const auto& trailers = context.GetServerTrailingMetadata();
+    const auto it = trailers.find("sy-request-id");
+    ASSERT_NE(it, trailers.end());
+    EXPECT_EQ(std::string(it->second.data(), it->second.size()), "ok-" + std::to_string(i));
+  }
+  std::vector<v1::GenerateStreamResponse> messages;
+  ASSERT_TRUE(Stream(Request({7}, 4), &messages).ok());
+  v1::GenerateResponse response;
+  EXPECT_EQ(Unary(Request({kVocab}, 4), &response).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  {
+    // Cancelled by its client after 2 of its tokens.
+    grpc::ClientContext context;
+    auto reader = stub_->GenerateStream(&context, Request({1}, 6, "hold2-cancel"));
+    v1::GenerateStreamResponse m;
+    ASSERT_TRUE(reader->Read(&m));
+    ASSERT_TRUE(reader->Read(&m));
+    // A scrape while it is held: one request in flight.
+    auto text =
+        metrics::HttpGet("127.0.0.1", (*pm)->port(), "/metrics", std::chrono::milliseconds(5000));
+    ASSERT_TRUE(text.ok()) << text.status();
+    EXPECT_THAT(*text, HasSubstr("switchyard_router_requests_in_flight 1\n"));
+    EXPECT_THAT(*text, HasSubstr("switchyard_router_attention_workers 1\n"));
+    context.TryCancel();
+    while (reader->Read(&m)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  ASSERT_TRUE(Eventually([&] { return router_->core().in_flight() == 0; }));
+
+  // The router finishes the cancelled call's bookkeeping just after the
+  // client sees it end.
+  std::string text;
+  ASSERT_TRUE(Eventually([&] {
+    auto t =
+        metrics::HttpGet("127.0.0.1", (*pm)->port(), "/metrics", std::chrono::milliseconds(5000));
+    if (!t.ok()) return false;
+    text = *t;
+    return text.find("outcome=\"cancelled\"") != std::string::npos;
+  })) << text;
+  EXPECT_THAT(text, HasSubstr("switchyard_router_requests_total{code=\"OK\",method=\"Generate\","
+                              "outcome=\"ok\"} 2\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_requests_total{code=\"OK\",method=\""
+                              "GenerateStream\",outcome=\"ok\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_requests_total{code=\"INVALID_ARGUMENT\","
+                              "method=\"Generate\",outcome=\"rejected\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_requests_total{code=\"CANCELLED\",method=\""
+                              "GenerateStream\",outcome=\"cancelled\"} 1\n"));
+  // Admitted prompts: 3 + 3 + 1 + 1; tokens: 5 + 5 + 4 + 2.
+  EXPECT_THAT(text, HasSubstr("switchyard_router_prompt_tokens_total 8\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_generation_tokens_total 16\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_time_to_first_token_seconds_count 4\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_time_per_output_token_seconds_count 4\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_request_duration_seconds_count 4\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_requests_in_flight 0\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_max_requests_in_flight 64\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_backend_requests_in_flight{attention_worker=\"" +
+                              workers_[0]->address() + "\"} 0\n"));
+  // The RPC observer: every call by code.
+  EXPECT_THAT(text, HasSubstr("switchyard_grpc_server_handled_total{grpc_code=\"OK\","
+                              "grpc_method=\"Generate\",grpc_service=\"switchyard.v1.Generate\"} "
+                              "2\n"));
+  EXPECT_THAT(text,
+              HasSubstr("switchyard_grpc_server_started_total{grpc_method=\"GenerateStream\","
+                        "grpc_service=\"switchyard.v1.Generate\",grpc_type=\"server_stream\"} "
+                        "2\n"));
+  EXPECT_EQ(metrics::PromtoolCheckMetrics(text), "");
 }
 
 TEST_F(RouterTest, StreamingGenerate) {
