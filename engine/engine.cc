@@ -358,6 +358,7 @@ absl::StatusOr<std::vector<RequestUpdate>> Engine::Step() {
   std::vector<int32_t> device_tokens;
   std::vector<float> device_logprobs;
   absl::Status st;
+  const auto forward_start = Clock::now();
   if (device_sampling) {
     std::vector<kernels::SampleParams> params(order.size());
     for (size_t i = 0; i < order.size(); ++i) {
@@ -374,6 +375,7 @@ absl::StatusOr<std::vector<RequestUpdate>> Engine::Step() {
   } else {
     st = runner_->Forward(b, *cache_, &logits_);
   }
+  const auto forward_end = Clock::now();
   ++steps_;
   if (!st.ok() && options_.keep_batch_on_mesh_failure && IsMeshFailure(st)) {
     // Undo the step: the sequences run again once the mesh is back.
@@ -445,6 +447,11 @@ absl::StatusOr<std::vector<RequestUpdate>> Engine::Step() {
       return std::find(done.begin(), done.end(), s.get()) != done.end();
     });
   }
+  last_step_.sequences = static_cast<int64_t>(order.size());
+  last_step_.prefills = static_cast<int64_t>(prefills.size());
+  last_step_.tokens = b.num_tokens();
+  last_step_.forward_seconds = std::chrono::duration<double>(forward_end - forward_start).count();
+  last_step_.sample_seconds = std::chrono::duration<double>(Clock::now() - forward_end).count();
   return updates;
 }
 

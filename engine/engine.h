@@ -122,6 +122,18 @@ struct EngineStats {
   int64_t preemptions = 0;  // sequences preempted for KV blocks so far
 };
 
+// What the last Step() that ran a forward pass did.
+struct StepRecord {
+  int64_t sequences = 0;  // in the batch
+  int64_t prefills = 0;   // of them, admitted this step (a prompt or a recompute)
+  int64_t tokens = 0;     // rows of the forward pass
+  // The model's forward pass (with the sampling on the device when the step
+  // samples there), and what follows on the host: sampling from the logits,
+  // logprobs, stop checks, the updates.
+  double forward_seconds = 0;
+  double sample_seconds = 0;
+};
+
 class Engine {
  public:
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<ModelRunner> runner,
@@ -140,6 +152,9 @@ class Engine {
 
   bool HasWork() const { return !waiting_.empty() || !running_.empty() || !pending_.empty(); }
   EngineStats stats() const;
+  // Valid once stats().steps > 0; read it right after the Step() that
+  // advanced stats().steps.
+  const StepRecord& last_step() const { return last_step_; }
   const model::ModelConfig& config() const { return runner_->config(); }
   int64_t max_model_len() const { return max_model_len_; }
 
@@ -186,6 +201,7 @@ class Engine {
   std::vector<SeqPtr> running_;
   std::vector<RequestUpdate> pending_;  // cancellations to report
   int64_t steps_ = 0;
+  StepRecord last_step_;
   int64_t preemptions_ = 0;
   std::vector<float> logits_;
   std::vector<float> scratch_;

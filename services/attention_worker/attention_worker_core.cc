@@ -375,6 +375,7 @@ absl::Status AttentionWorkerCore::Run() {
     bool ran_forward = false;
     if (engine_->HasWork()) {
       const int64_t before = engine_->stats().steps;
+      const auto step_start = std::chrono::steady_clock::now();
       auto updates = engine_->Step();
       if (!updates.ok()) {
         // The engine kept the batch (a mesh failure): step again on the
@@ -387,6 +388,14 @@ absl::Status AttentionWorkerCore::Run() {
         return updates.status();
       }
       ran_forward = engine_->stats().steps != before;
+      if (ran_forward && options_.on_step) {
+        StepTimes t;
+        t.step = engine_->last_step();
+        t.total_seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+        if (mesh_ != nullptr) t.moe = mesh_->last_step_phases();
+        options_.on_step(t);
+      }
       for (const auto& u : *updates) {
         if (dedup()) RecordUpdate(u);
         auto it = sinks_.find(u.id);

@@ -67,6 +67,14 @@ struct WorkerStatsSnapshot {
   int64_t preemptions = 0;  // the engine's (EngineStats::preemptions)
 };
 
+// One step that ran a forward pass, as AttentionWorkerCoreOptions::on_step
+// sees it.
+struct StepTimes {
+  engine::StepRecord step;                      // batch, forward and host-side sampling seconds
+  double total_seconds = 0;                     // Engine::Step() as a whole
+  moe::RemoteExpertExecutor::PhaseSeconds moe;  // zero without a mesh
+};
+
 struct AttentionWorkerCoreOptions {
   // Pause after an empty mesh step while other attention workers are busy
   // (0: none; the transport's own wait paces the step). While the whole mesh
@@ -94,6 +102,9 @@ struct AttentionWorkerCoreOptions {
   absl::Duration dedup_window = absl::ZeroDuration();
   // Finished requests kept at most (the oldest go first beyond it).
   int64_t dedup_max_kept = 100000;
+  // Called on the step thread after every step that ran a forward pass
+  // (metrics; must not block).
+  std::function<void(const StepTimes&)> on_step;
 };
 
 inline constexpr int64_t kIdleBackoffStartUs = 100;

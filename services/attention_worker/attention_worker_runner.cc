@@ -12,6 +12,7 @@
 #include "model/safetensors.h"
 #include "model/weights.h"
 #include "services/attention_worker/attention_worker_core.h"
+#include "services/attention_worker/attention_worker_metrics.h"
 #include "services/attention_worker/attention_worker_service.h"
 #include "services/attention_worker/peer_waker.h"
 #include "services/cluster/grpc_server.h"
@@ -72,7 +73,15 @@ absl::Status RunAttentionWorker(const cluster::ClusterConfig& cfg, int32_t index
   };
   co.reform_wait = absl::FromChrono(cluster::ReformWait(cfg));
   co.dedup_window = absl::Milliseconds(cfg.attention_worker.dedup_window_ms);
+  std::unique_ptr<AttentionWorkerMetrics> step_metrics;
+  if (metrics != nullptr && metrics->serving()) {
+    step_metrics = std::make_unique<AttentionWorkerMetrics>(*metrics->registry());
+    co.on_step = [m = step_metrics.get()](const StepTimes& t) { m->OnStep(t); };
+  }
   AttentionWorkerCore core(std::move(engine), mesh_exec, co);
+  // Stops the collectors (which read `core`) when this function returns.
+  cluster::CollectorsOff collectors_off(metrics);
+  if (metrics != nullptr) AttentionWorkerMetrics::AddCollectors(&core, *metrics);
   AttentionWorkerService service(&core);
   cluster::ServerOptions so;
   so.address = listen;

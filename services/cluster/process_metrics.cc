@@ -41,6 +41,10 @@ ProcessMetrics::~ProcessMetrics() {
   endpoint_.reset();
 }
 
+void ProcessMetrics::DisableCollectors() {
+  if (endpoint_ != nullptr) endpoint_->DisableCollectors();
+}
+
 void ProcessMetrics::AddCollector(metrics::Collector::Fn fn) {
   if (endpoint_ == nullptr) return;
   endpoint_->Add(std::make_shared<metrics::Collector>(std::move(fn)));

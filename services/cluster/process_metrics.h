@@ -28,6 +28,8 @@ class ProcessMetrics {
   // Serves `fn`'s families on scrapes while this object lives; a no-op when
   // metrics are off.
   void AddCollector(metrics::Collector::Fn fn);
+  // Stops every collector added so far (before what they read goes away).
+  void DisableCollectors();
   bool serving() const { return endpoint_ != nullptr; }
   std::string url() const { return endpoint_ ? endpoint_->url() : ""; }
   int port() const { return endpoint_ ? endpoint_->port() : 0; }
@@ -38,6 +40,21 @@ class ProcessMetrics {
                                                                const std::string& process);
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<metrics::Endpoint> endpoint_;
+};
+
+// Disables a ProcessMetrics' collectors when it goes out of scope: declare
+// it after what the collectors read (m may be null).
+class CollectorsOff {
+ public:
+  explicit CollectorsOff(ProcessMetrics* m) : m_(m) {}
+  ~CollectorsOff() {
+    if (m_ != nullptr) m_->DisableCollectors();
+  }
+  CollectorsOff(const CollectorsOff&) = delete;
+  CollectorsOff& operator=(const CollectorsOff&) = delete;
+
+ private:
+  ProcessMetrics* m_;
 };
 
 }  // namespace sy::cluster

@@ -452,6 +452,7 @@ std::vector<int32_t> CoordinatorCore::ExpireSilent(std::chrono::steady_clock::ti
     for (MemberInfo& m : *list) {
       if (m.rank >= 0 && m.alive && now - m.last_heartbeat > options_.worker_timeout) {
         m.alive = false;
+        ++heartbeat_timeouts_;
         if (m.joining) {
           // A replacement that went silent while loading: dropped again; the
           // serving mesh never included it.
@@ -571,6 +572,11 @@ int64_t CoordinatorCore::epoch() const {
 int64_t CoordinatorCore::version() const {
   std::lock_guard<std::mutex> lock(mu_);
   return version_;
+}
+
+int64_t CoordinatorCore::heartbeat_timeouts() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return heartbeat_timeouts_;
 }
 
 }  // namespace sy::coordinator

@@ -231,6 +231,8 @@ class CoordinatorCore {
 
   int64_t epoch() const;
   int64_t version() const;
+  // Members declared dead for want of heartbeats (worker_timeout) so far.
+  int64_t heartbeat_timeouts() const;
 
  private:
   struct Transition {
@@ -271,6 +273,7 @@ class CoordinatorCore {
   std::optional<eplb::Placement> whole_;
   const uint64_t incarnation_;
   bool recovering_ = false;  // rebuilding the mesh from recovering registrations
+  int64_t heartbeat_timeouts_ = 0;
   std::chrono::steady_clock::time_point recovering_since_;
   std::mt19937_64 rng_;  // registration tokens
   int64_t epoch_ = 1;

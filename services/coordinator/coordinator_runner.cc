@@ -9,6 +9,7 @@
 #include "model/config.h"
 #include "services/cluster/grpc_server.h"
 #include "services/coordinator/admin_service.h"
+#include "services/coordinator/coordinator_metrics.h"
 #include "services/coordinator/coordinator_service.h"
 #include "services/coordinator/load_window.h"
 #include "services/coordinator/mesh_prober.h"
@@ -77,6 +78,14 @@ absl::Status RunCoordinator(const cluster::ClusterConfig& cfg, const std::string
     SY_ASSIGN_OR_RETURN(keys, security::ApiKeys::Load(cfg.security.api_keys_file));
   }
   AdminService admin(&core, &window, &rebalancer, keys.has_value() ? &*keys : nullptr);
+  std::unique_ptr<CoordinatorMetrics> coordinator_metrics;
+  if (metrics != nullptr && metrics->serving()) {
+    coordinator_metrics = std::make_unique<CoordinatorMetrics>(
+        &core, &window, &rebalancer, cfg.metrics.per_expert_load, *metrics);
+  }
+  // Stops the collectors (which read the core, window and rebalancer) when
+  // this function returns.
+  cluster::CollectorsOff collectors_off(metrics);
   cluster::ServerOptions so;
   so.address = listen;
   so.services = {&service, &admin};

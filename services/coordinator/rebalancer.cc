@@ -118,6 +118,7 @@ void Rebalancer::Record(const RebalanceRecord& r) {
                << "; balancedness " << r.balancedness_before << " -> " << r.balancedness_after
                << ", " << r.moved_experts << " experts moved, epoch " << r.epoch_before << " -> "
                << r.epoch_after << ", " << r.seconds << " s";
+  if (observer_) observer_(r);
   std::lock_guard<std::mutex> lock(mu_);
   history_.push_back(r);
   if (history_.size() > 100) history_.erase(history_.begin());

@@ -25,6 +25,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -70,6 +71,9 @@ class Rebalancer {
   absl::StatusOr<RebalanceRecord> RunOnce(const std::string& trigger, const std::string& policy,
                                           bool force = false);
   std::vector<RebalanceRecord> History() const;
+  // Called with every record as it is added (any thread; metrics). Set
+  // before Start().
+  void set_observer(std::function<void(const RebalanceRecord&)> f) { observer_ = std::move(f); }
   bool running() const { return running_.load(); }
   // Ends a rebalance in progress (aborted before its commit; after it, the
   // wait for the switch ends) and refuses new ones: the coordinator is
@@ -96,7 +100,8 @@ class Rebalancer {
   std::atomic<bool> stopping_{false};
   mutable std::mutex mu_;
   std::vector<RebalanceRecord> history_;  // guarded by mu_
-  int64_t next_id_ = 1;                   // guarded by mu_
+  std::function<void(const RebalanceRecord&)> observer_;
+  int64_t next_id_ = 1;  // guarded by mu_
   std::condition_variable cv_;
   bool stop_ = false;  // guarded by mu_
   std::thread thread_;

@@ -13,6 +13,7 @@
 #include "services/cluster/grpc_server.h"
 #include "services/cluster/worker_bootstrap.h"
 #include "services/coordinator/coordinator_service.h"
+#include "services/expert_worker/expert_worker_metrics.h"
 #include "services/moe/expert_copy.h"
 #include "services/moe/remote_experts.h"
 #include "transport/registry.h"
@@ -127,6 +128,12 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
       << std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count()
       << " s; ready";
   experts->set_memory_limit(cfg.expert_worker.memory_limit_bytes);
+  std::unique_ptr<ExpertWorkerMetrics> worker_metrics;
+  if (metrics != nullptr && metrics->serving()) {
+    worker_metrics = std::make_unique<ExpertWorkerMetrics>(experts.get(), index, *metrics);
+  }
+  // Stops the collectors (which read `experts`) when this function returns.
+  cluster::CollectorsOff collectors_off(metrics);
   // Re-placements: the coordinator's mesh carries the placement to stage;
   // heartbeats report the outcome, the epochs and the load.
   std::mutex report_mu;

@@ -61,6 +61,8 @@ absl::Status RemoteExpertExecutor::Run(int64_t layer, const void* hidden_v, int6
     last_moe_index_ = -1;
     last_step_mesh_rows_ = mesh_rows_;
     mesh_rows_ = 0;
+    last_step_phases_ = phases_;
+    phases_ = {};
   }
   return st;
 }
@@ -141,6 +143,7 @@ void RemoteExpertExecutor::OfferPlacement(eplb::Placement next) {
 }
 
 absl::Status RemoteExpertExecutor::BeginStep() {
+  phases_ = {};  // a step abandoned half way counts nothing
   if (switch_.pending() && step_ >= switch_.step) {
     std::unique_lock<std::mutex> lock(offer_mu_);
     const int64_t want = switch_.epoch;
@@ -181,6 +184,8 @@ absl::Status RemoteExpertExecutor::RunEmptyStep() {
 absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidden,
                                             int64_t num_tokens, const int32_t* topk_ids,
                                             const float* topk_weights, int64_t top_k, float* out) {
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
   const int64_t H = cfg_.hidden_size;
   const size_t num_ew = ranks_.experts.size();
   for (size_t w = 0; w < num_ew; ++w) {
@@ -230,10 +235,12 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
       transport_->Exchange(StepTag(generation_, step_, moe_index, Phase::kDispatch), sends, {},
                            &recv_, timeout_),
       absl::StrCat("MoE dispatch, step ", step_, " layer ", placement_.layers[moe_index])));
+  const auto t1 = Clock::now();
   SY_RETURN_IF_ERROR(
       Annotate(transport_->Exchange(StepTag(generation_, step_, moe_index, Phase::kCombine), {},
                                     from, &recv_, timeout_),
                absl::StrCat("MoE combine, step ", step_, " layer ", placement_.layers[moe_index])));
+  const auto t2 = Clock::now();
   if (num_tokens > 0) std::memset(out, 0, sizeof(float) * num_tokens * H);
   for (size_t i = 0; i < workers.size(); ++i) {
     const int32_t w = workers[i];
@@ -257,6 +264,9 @@ absl::Status RemoteExpertExecutor::Exchange(int32_t moe_index, const float* hidd
       for (int64_t c = 0; c < H; ++c) dst[c] += wt * src[c];
     }
   }
+  phases_.dispatch += std::chrono::duration<double>(t1 - t0).count();
+  phases_.expert_wait += std::chrono::duration<double>(t2 - t1).count();
+  phases_.combine += std::chrono::duration<double>(Clock::now() - t2).count();
   return absl::OkStatus();
 }
 
@@ -393,14 +403,29 @@ absl::StatusOr<StageStats> ExpertServer::Stage(const eplb::Placement& next,
   const int64_t limit = memory_limit_.load();
   const int64_t budget = limit > 0 ? std::max<int64_t>(limit - expert_bytes(), 1) : 0;
   StageStats stats;
-  SY_ASSIGN_OR_RETURN(std::shared_ptr<Generation> gen,
-                      Build(next, {cur.get()}, fetch, budget, &stats));
+  absl::StatusOr<std::shared_ptr<Generation>> gen = Build(next, {cur.get()}, fetch, budget, &stats);
+  {
+    std::lock_guard<std::mutex> lock(totals_mu_);
+    ++(gen.ok() ? totals_.stages : totals_.stage_failures);
+    if (gen.ok()) {
+      totals_.staged_experts += stats.fetched_experts;
+      totals_.staged_bytes += stats.fetched_bytes;
+      totals_.kept_experts += stats.kept_experts;
+      totals_.stage_seconds += stats.seconds;
+    }
+  }
+  if (!gen.ok()) return gen.status();
   std::lock_guard<std::mutex> lock(mu_);
-  staged_ = std::move(gen);
+  staged_ = *std::move(gen);
   SY_LOG(INFO) << "expert worker " << worker_index_ << ": staged placement epoch " << next.epoch
                << " (" << stats.fetched_experts << " experts loaded, " << stats.fetched_bytes
                << " bytes, " << stats.kept_experts << " kept, " << stats.seconds << " s)";
   return stats;
+}
+
+ExpertServer::Totals ExpertServer::totals() const {
+  std::lock_guard<std::mutex> lock(totals_mu_);
+  return totals_;
 }
 
 void ExpertServer::DropStaged(int64_t epoch) {
@@ -519,9 +544,22 @@ absl::Status ExpertServer::ServeStep() {
     chunk_.slot_tokens.assign(cur_->placement.layers.size(),
                               std::vector<int64_t>(cur_->placement.NumSlotsOf(worker_index_), 0));
   }
-  for (int32_t i = 0; i < static_cast<int32_t>(cur_->placement.layers.size()); ++i) {
+  const size_t layers = cur_->placement.layers.size();
+  step_compute_ = step_wait_ = 0;
+  step_rows_ = 0;
+  step_layer_rows_.assign(layers, 0);
+  for (int32_t i = 0; i < static_cast<int32_t>(layers); ++i) {
     SY_RETURN_IF_ERROR(ServeLayer(i));
   }
+  {
+    std::lock_guard<std::mutex> lock(totals_mu_);
+    totals_.rows_per_layer.resize(layers, 0);
+    for (size_t i = 0; i < layers; ++i) totals_.rows_per_layer[i] += step_layer_rows_[i];
+    ++totals_.steps;
+    totals_.compute_seconds += step_compute_;
+    totals_.wait_seconds += step_wait_;
+  }
+  if (step_observer_) step_observer_(step_compute_, step_rows_);
   ++chunk_.steps;
   ++step_;
   if (chunk_.steps == kLoadChunkSteps || (switch_.pending() && step_ >= switch_.step)) {
@@ -549,10 +587,13 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   const eplb::Placement& placement = cur_->placement;
   const int32_t spw = placement.NumSlotsOf(worker_index_);
   const int32_t slot_begin = placement.SlotBegin(worker_index_);
+  using Clock = std::chrono::steady_clock;
+  const auto wait_start = Clock::now();
   SY_RETURN_IF_ERROR(
       Annotate(transport_->Exchange(StepTag(generation_, step_, moe_index, Phase::kDispatch), {},
                                     ranks_.attention, &recv_, timeout_),
                absl::StrCat("expert worker ", worker_index_, " dispatch, step ", step_)));
+  step_wait_ += std::chrono::duration<double>(Clock::now() - wait_start).count();
   const size_t num_aw = ranks_.attention.size();
   send_.resize(num_aw);
   std::vector<transport::SendItem> sends(num_aw);
@@ -610,9 +651,13 @@ absl::Status ExpertServer::ServeLayer(int32_t moe_index) {
   if (ones_.size() < static_cast<size_t>(total)) ones_.resize(static_cast<size_t>(total), 1.0f);
   scattered_.resize(static_cast<size_t>(total) * H);
   const std::vector<const void*>& ptrs = cur_->ptrs[moe_index];
+  const auto compute_start = Clock::now();
   SY_RETURN_IF_ERROR(routed_.Run(
       ctx_, kernels::DType::kF32, gathered_.data(), total, local_slot_.data(), 1, ones_.data(), spw,
       ptrs.data(), ptrs.data() + spw, H, I, scattered_.data(), &chunk_.slot_tokens[moe_index]));
+  step_compute_ += std::chrono::duration<double>(Clock::now() - compute_start).count();
+  step_rows_ += total;
+  step_layer_rows_[static_cast<size_t>(moe_index)] += total;
   for (size_t w = 0; w < num_aw; ++w) {
     EncodeCombine(placement.epoch, switch_, scattered_.data() + base[w] * H, views[w].num_rows,
                   mesh_rows, H, &send_[w]);

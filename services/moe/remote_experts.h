@@ -141,6 +141,13 @@ class RemoteExpertExecutor : public engine::ExpertExecutor {
   // Rows the expert workers received from all attention workers during the
   // last completed step (0: the whole mesh was idle).
   uint64_t last_step_mesh_rows() const { return last_step_mesh_rows_; }
+  // Seconds the last completed step spent, summed over its MoE layers, in
+  // dispatch (mapping rows to slots, encoding, sending), waiting for the
+  // expert workers' outputs, and combining them.
+  struct PhaseSeconds {
+    double dispatch = 0, expert_wait = 0, combine = 0;
+  };
+  const PhaseSeconds& last_step_phases() const { return last_step_phases_; }
 
  private:
   absl::Status Exchange(int32_t moe_index, const float* hidden, int64_t num_tokens,
@@ -173,6 +180,7 @@ class RemoteExpertExecutor : public engine::ExpertExecutor {
   std::vector<std::vector<uint32_t>> next_replica_;
   uint64_t mesh_rows_ = 0;  // accumulating over the current step
   uint64_t last_step_mesh_rows_ = 0;
+  PhaseSeconds phases_, last_step_phases_;
   // Scratch per expert worker.
   std::vector<std::vector<int32_t>> slots_;
   std::vector<std::vector<float>> rows_;
@@ -250,6 +258,26 @@ class ExpertServer {
   };
   std::vector<LoadDelta> TakeLoad();
 
+  // Running totals, for metrics (any thread).
+  struct Totals {
+    std::vector<int64_t> rows_per_layer;  // (token, expert) rows received, per MoE layer
+    int64_t steps = 0;                    // mesh steps served
+    double compute_seconds = 0;           // the routed-experts step (grouped FFNs)
+    double wait_seconds = 0;              // waiting for the attention workers' dispatches
+    int64_t stages = 0;                   // placements staged
+    int64_t stage_failures = 0;
+    int64_t staged_experts = 0;  // experts loaded or copied in for them
+    int64_t staged_bytes = 0;
+    int64_t kept_experts = 0;  // shared with the serving placement instead
+    double stage_seconds = 0;
+  };
+  Totals totals() const;
+  // Called on the step thread after each step served, with its compute
+  // seconds and rows (metrics; must not block). Set before serving.
+  void set_step_observer(std::function<void(double compute_seconds, int64_t rows)> f) {
+    step_observer_ = std::move(f);
+  }
+
   // Any thread, while ServeStep runs: builds the generation of placement
   // `next` (a newer epoch) beside the serving one. Experts this worker
   // already serves in the same layer are shared, the others loaded through
@@ -322,6 +350,13 @@ class ExpertServer {
   std::vector<float> gathered_, ones_, scattered_;
   std::vector<int32_t> local_slot_;
   engine::RoutedExperts routed_;
+  // This step's (step thread), then added to totals_.
+  double step_compute_ = 0, step_wait_ = 0;
+  int64_t step_rows_ = 0;
+  std::vector<int64_t> step_layer_rows_;
+  mutable std::mutex totals_mu_;
+  Totals totals_;  // guarded by totals_mu_
+  std::function<void(double, int64_t)> step_observer_;
 };
 
 }  // namespace sy::moe

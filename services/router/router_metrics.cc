@@ -1,5 +1,7 @@
 #include "services/router/router_metrics.h"
 
+#include <algorithm>
+
 #include "services/api/grpc_status.h"
 #include "services/cluster/rpc_observer.h"
 #include "services/metrics/metrics.h"
@@ -15,6 +17,31 @@ prometheus::Histogram& Hist(prometheus::Registry& r, const std::string& name,
 prometheus::Counter& Count(prometheus::Registry& r, const std::string& name,
                            const std::string& help) {
   return prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
+}
+
+// The request id as a legal metadata value (printable ASCII): any other byte,
+// and '%', as %XX. gRPC refuses (aborts on) a value with other bytes, and a
+// client may choose any id. At most kMaxTrailer characters (a longer id ends
+// in "..."): clients refuse metadata beyond 8 KB in all.
+constexpr size_t kMaxTrailer = 256;
+std::string HeaderSafe(const std::string& id) {
+  std::string out;
+  out.reserve(std::min(id.size(), kMaxTrailer));
+  for (const unsigned char c : id) {
+    if (out.size() + 3 > kMaxTrailer - 3) {
+      out += "...";
+      break;
+    }
+    if (c >= 0x20 && c < 0x7F && c != '%') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      static const char kHex[] = "0123456789ABCDEF";
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -92,7 +119,9 @@ void RequestTracker::Tokens(int64_t n) {
 grpc::Status RequestTracker::Finish(grpc::CallbackServerContext* context, grpc::Status status) {
   if (finished_) return status;
   finished_ = true;
-  if (!request_id_.empty()) context->AddTrailingMetadata(cluster::kRequestIdTrailer, request_id_);
+  if (!request_id_.empty()) {
+    context->AddTrailingMetadata(cluster::kRequestIdTrailer, HeaderSafe(request_id_));
+  }
   if (metrics_ == nullptr) return status;
   const grpc::StatusCode code = status.error_code();
   const char* outcome =

@@ -10,8 +10,10 @@
 //   switchyard_router_request_duration_seconds (end to end; histograms of
 //   admitted requests that produced tokens)
 //   switchyard_router_prompt_tokens_total, switchyard_router_generation_tokens_total
-// The tracker also puts the request id on the call's trailing metadata,
-// which the RPC observer's log line names. Gauges of the core's state (in
+// The tracker also puts the request id on the call's trailing metadata
+// (sy-request-id; bytes outside printable ASCII, and '%', as %XX; at most
+// 256 characters), which the
+// RPC observer's log line names. Gauges of the core's state (in
 // flight, waiting for a first token, per attention worker) are read at
 // scrape time (AddCollectors).
 //

@@ -319,6 +319,29 @@ TEST_F(RouterTest, MetricsCountOutcomesTokensAndLatencies) {
     ASSERT_NE(it, trailers.end());
     EXPECT_EQ(std::string(it->second.data(), it->second.size()), "ok-" + std::to_string(i));
   }
+  {
+    // Any id a client may choose comes back as a legal metadata value.
+    grpc::ClientContext context;
+    v1::GenerateResponse response;
+    ASSERT_TRUE(stub_->Generate(&context, Request({1}, 1, "id\x01\xc3\xa9%"), &response).ok());
+    const auto& trailers = context.GetServerTrailingMetadata();
+    const auto it = trailers.find("sy-request-id");
+    ASSERT_NE(it, trailers.end());
+    EXPECT_EQ(std::string(it->second.data(), it->second.size()), "id%01%C3%A9%25");
+  }
+  {
+    // A long id is cut (clients refuse more than 8 KB of metadata).
+    grpc::ClientContext context;
+    v1::GenerateResponse response;
+    ASSERT_TRUE(
+        stub_->Generate(&context, Request({1}, 1, std::string(5000, '\x7f')), &response).ok());
+    const auto it = context.GetServerTrailingMetadata().find("sy-request-id");
+    ASSERT_NE(it, context.GetServerTrailingMetadata().end());
+    const std::string v(it->second.data(), it->second.size());
+    EXPECT_LE(v.size(), 256u);
+    EXPECT_EQ(v.substr(0, 6), "%7F%7F");
+    EXPECT_EQ(v.substr(v.size() - 3), "...");
+  }
   std::vector<v1::GenerateStreamResponse> messages;
   ASSERT_TRUE(Stream(Request({7}, 4), &messages).ok());
   v1::GenerateResponse response;
@@ -355,19 +378,20 @@ TEST_F(RouterTest, MetricsCountOutcomesTokensAndLatencies) {
     return text.find("outcome=\"cancelled\"") != std::string::npos;
   })) << text;
   EXPECT_THAT(text, HasSubstr("switchyard_router_requests_total{code=\"OK\",method=\"Generate\","
-                              "outcome=\"ok\"} 2\n"));
+                              "outcome=\"ok\"} 4\n"));
   EXPECT_THAT(text, HasSubstr("switchyard_router_requests_total{code=\"OK\",method=\""
                               "GenerateStream\",outcome=\"ok\"} 1\n"));
   EXPECT_THAT(text, HasSubstr("switchyard_router_requests_total{code=\"INVALID_ARGUMENT\","
                               "method=\"Generate\",outcome=\"rejected\"} 1\n"));
   EXPECT_THAT(text, HasSubstr("switchyard_router_requests_total{code=\"CANCELLED\",method=\""
                               "GenerateStream\",outcome=\"cancelled\"} 1\n"));
-  // Admitted prompts: 3 + 3 + 1 + 1; tokens: 5 + 5 + 4 + 2.
-  EXPECT_THAT(text, HasSubstr("switchyard_router_prompt_tokens_total 8\n"));
-  EXPECT_THAT(text, HasSubstr("switchyard_router_generation_tokens_total 16\n"));
-  EXPECT_THAT(text, HasSubstr("switchyard_router_time_to_first_token_seconds_count 4\n"));
+  // Admitted prompts: 3 + 3 + 1 + 1 + 1 + 1; tokens: 5 + 5 + 1 + 1 + 4 + 2
+  // (the one-token requests have no time per output token).
+  EXPECT_THAT(text, HasSubstr("switchyard_router_prompt_tokens_total 10\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_generation_tokens_total 18\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_time_to_first_token_seconds_count 6\n"));
   EXPECT_THAT(text, HasSubstr("switchyard_router_time_per_output_token_seconds_count 4\n"));
-  EXPECT_THAT(text, HasSubstr("switchyard_router_request_duration_seconds_count 4\n"));
+  EXPECT_THAT(text, HasSubstr("switchyard_router_request_duration_seconds_count 6\n"));
   EXPECT_THAT(text, HasSubstr("switchyard_router_requests_in_flight 0\n"));
   EXPECT_THAT(text, HasSubstr("switchyard_router_max_requests_in_flight 64\n"));
   EXPECT_THAT(text, HasSubstr("switchyard_router_backend_requests_in_flight{attention_worker=\"" +
@@ -375,7 +399,7 @@ TEST_F(RouterTest, MetricsCountOutcomesTokensAndLatencies) {
   // The RPC observer: every call by code.
   EXPECT_THAT(text, HasSubstr("switchyard_grpc_server_handled_total{grpc_code=\"OK\","
                               "grpc_method=\"Generate\",grpc_service=\"switchyard.v1.Generate\"} "
-                              "2\n"));
+                              "4\n"));
   EXPECT_THAT(text,
               HasSubstr("switchyard_grpc_server_started_total{grpc_method=\"GenerateStream\","
                         "grpc_service=\"switchyard.v1.Generate\",grpc_type=\"server_stream\"} "
