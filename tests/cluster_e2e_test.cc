@@ -3457,6 +3457,60 @@ TEST_P(ClusterSecurityTest, TlsAndApiKeysGiveEachCallerItsCode) {
 INSTANTIATE_TEST_SUITE_P(Backends, ClusterSecurityTest, ::testing::Values("ucx", "inproc"),
                          [](const auto& info) { return info.param; });
 
+// --check-config on every binary: the YAML and the flags are validated, the
+// verdict printed, exit 0 or 2, and nothing is started (no port bound).
+TEST(LauncherTest, EveryBinaryChecksItsConfigAndStartsNothing) {
+  const int base = AllocatePortRange(8);
+  ASSERT_GE(base, 0);
+  const std::string good = RunRoot() + "/check-good.yaml";
+  {
+    std::ofstream y(good);
+    y << "model:\n  path: " << CaseDir("qwen3_moe") << "\n"
+      << "topology:\n  attention_workers: 1\n  expert_workers: 2\n"
+      << "coordinator:\n  listen: 127.0.0.1:" << base << "\n"
+      << "router:\n  listen: 127.0.0.1:" << base + 1 << "\n"
+      << "attention_worker:\n  base_port: " << base + 2 << "\n"
+      << "expert_worker:\n  base_port: " << base + 3 << "\n"
+      << "metrics:\n  coordinator_port: " << base + 5 << "\n  router_port: " << base + 6
+      << "\n  attention_worker_base_port: 0\n  expert_worker_base_port: 0\n";
+  }
+  const std::string bad = RunRoot() + "/check-bad.yaml";
+  {
+    std::ofstream y(bad);
+    y << "model:\n  path: /m\nmetrics:\n  router_port: 50051\n";
+  }
+  struct Case {
+    std::string tool, extra;
+  };
+  const std::vector<Case> tools = {{"switchyard-local", ""},
+                                   {"switchyard-coordinator", ""},
+                                   {"switchyard-router", ""},
+                                   {"switchyard-attention-worker", "--index 0"},
+                                   {"switchyard-expert-worker", "--index 1"}};
+  for (const Case& c : tools) {
+    const ToolRun ok = RunTool(c.tool, "--config " + good + " --check-config " + c.extra);
+    EXPECT_EQ(ok.exit_code, 0) << c.tool << ": " << ok.out << ok.err;
+    EXPECT_THAT(ok.out, ::testing::HasSubstr("config OK")) << c.tool;
+    const ToolRun no = RunTool(c.tool, "--config " + bad + " --check-config " + c.extra);
+    EXPECT_EQ(no.exit_code, 2) << c.tool << ": " << no.out << no.err;
+    EXPECT_THAT(no.err, ::testing::HasSubstr("metrics.router_port (50051) overlaps the ports of "
+                                             "router.listen"))
+        << c.tool;
+  }
+  // Flags count too: an index outside the topology, a bad router limit.
+  const ToolRun index =
+      RunTool("switchyard-expert-worker", "--config " + good + " --check-config --index 2");
+  EXPECT_EQ(index.exit_code, 2);
+  EXPECT_THAT(index.err, ::testing::HasSubstr("--index 2 outside [0, 2)"));
+  const ToolRun queue = RunTool(
+      "switchyard-router", "--model " + CaseDir("qwen3_moe") + " --check-config --max-queue 0");
+  EXPECT_EQ(queue.exit_code, 2);
+  EXPECT_THAT(queue.err, ::testing::HasSubstr("max_queue (0) must be >= 1"));
+  // Nothing was started: every port of the YAML is still free.
+  for (int p = base; p < base + 7; ++p) EXPECT_TRUE(PortFree(p)) << "port " << p;
+  EXPECT_TRUE(ProcessesMentioning(good).empty());
+}
+
 // A placement the coordinator would refuse (experts + redundant slots not a
 // multiple of the expert workers) stops switchyard-local before it starts any
 // process, naming the keys.

@@ -40,6 +40,9 @@
 #include "tools/local_single_process.h"
 
 ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
+ABSL_FLAG(bool, check_config, false,
+          "Validate --config and the flags, print the problems (or that they are fine) and exit 0 "
+          "or 2, starting nothing");
 ABSL_FLAG(std::string, log_dir, "",
           "Directory for each process's log (default: a new switchyard-local-PID under $TMPDIR "
           "or /tmp)");
@@ -269,6 +272,10 @@ int main(int argc, char** argv) {
   if (auto placement = sy::coordinator::InitialPlacementFor(*cfg); !placement.ok()) {
     std::cerr << "switchyard-local: " << placement.status().message() << "\n";
     return 2;
+  }
+  if (absl::GetFlag(FLAGS_check_config)) {
+    std::cout << "switchyard-local: " << config_path << ": config OK (and its initial placement)\n";
+    return 0;
   }
   // Every worker runs OpenMP kernels; with more workers than cores their
   // thread pools oversubscribe the machine and spin against each other

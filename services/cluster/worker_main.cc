@@ -18,6 +18,9 @@
 #include "transport/registry.h"
 
 ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
+ABSL_FLAG(bool, check_config, false,
+          "Validate --config and the flags, print the problems (or that they are fine) and exit 0 "
+          "or 2, starting nothing");
 ABSL_FLAG(int32_t, index, 0, "This worker's index among the workers of its role");
 ABSL_FLAG(std::string, listen, "",
           "gRPC address; default 127.0.0.1:(base_port + index) of the role's config section");
@@ -69,6 +72,11 @@ int WorkerMain(int argc, char** argv, bool attention, const WorkerRunFn& run) {
   if (metrics_port > 65535) {
     std::cerr << binary << ": --metrics-port must be in [-1, 65535]\n";
     return 2;
+  }
+  if (absl::GetFlag(FLAGS_check_config)) {
+    std::cout << binary << ": " << absl::GetFlag(FLAGS_config) << ": config OK (index " << index
+              << ")\n";
+    return 0;
   }
   auto metrics = ProcessMetrics::Start(
       cfg->metrics.host, metrics_port,

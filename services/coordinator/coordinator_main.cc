@@ -15,6 +15,9 @@
 #include "services/security/security.h"
 
 ABSL_FLAG(std::string, config, "", "Cluster YAML (required)");
+ABSL_FLAG(bool, check_config, false,
+          "Validate --config and the flags, print the problems (or that they are fine) and exit 0 "
+          "or 2, starting nothing");
 ABSL_FLAG(std::string, listen, "", "Override coordinator.listen (host:port)");
 ABSL_FLAG(int32_t, metrics_port, -1,
           "Port of the Prometheus /metrics endpoint (0: none; -1: metrics.coordinator_port of "
@@ -49,6 +52,10 @@ int main(int argc, char** argv) {
   if (metrics_port > 65535) {
     std::cerr << "switchyard-coordinator: --metrics-port must be in [-1, 65535]\n";
     return 2;
+  }
+  if (absl::GetFlag(FLAGS_check_config)) {
+    std::cout << "switchyard-coordinator: " << absl::GetFlag(FLAGS_config) << ": config OK\n";
+    return 0;
   }
   auto metrics = sy::cluster::ProcessMetrics::Start(cfg->metrics.host, metrics_port, "coordinator");
   if (!metrics.ok()) {

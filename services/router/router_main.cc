@@ -49,6 +49,9 @@ ABSL_FLAG(bool, sticky_client_ids, false,
 ABSL_FLAG(int32_t, metrics_port, -1,
           "Port of the Prometheus /metrics endpoint (0: none; -1: metrics.router_port of "
           "--config, or none without it)");
+ABSL_FLAG(bool, check_config, false,
+          "Validate --config and the flags, print the problems (or that they are fine) and exit 0 "
+          "or 2, starting nothing");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 
 namespace {
@@ -190,6 +193,16 @@ int main(int argc, char** argv) {
   if (options.model_dir.empty()) {
     std::cerr << "switchyard-router: --model is required\n";
     return 2;
+  }
+  if (absl::Status st = sy::router::ValidateRouterOptions(options); !st.ok()) {
+    std::cerr << "switchyard-router: " << st.message() << "\n";
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_check_config)) {
+    std::cout << "switchyard-router: "
+              << (absl::GetFlag(FLAGS_config).empty() ? "flags" : absl::GetFlag(FLAGS_config))
+              << ": config OK\n";
+    return 0;
   }
 
   // Block the shutdown signals before gRPC starts its threads (they inherit

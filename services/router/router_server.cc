@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/status.h"
 #include "services/cluster/grpc_server.h"
 #include "services/router/grpc_attention_backend.h"
 
@@ -29,8 +30,7 @@ api::Limits LimitsFor(const model::ModelConfig& config, const RouterOptions& opt
   return limits;
 }
 
-absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Create(const RouterOptions& options,
-                                                                   BackendFactory factory) {
+absl::Status ValidateRouterOptions(const RouterOptions& options) {
   if (options.max_queue < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_queue (", options.max_queue, ") must be >= 1"));
@@ -43,6 +43,12 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Create(const RouterO
     return absl::InvalidArgumentError(
         absl::StrCat("max_logprobs (", options.max_logprobs, ") must be >= 0"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Create(const RouterOptions& options,
+                                                                   BackendFactory factory) {
+  SY_RETURN_IF_ERROR(ValidateRouterOptions(options));
   absl::StatusOr<model::ModelConfig> config = model::LoadModelConfig(options.model_dir);
   if (!config.ok()) return config.status();
 

@@ -41,6 +41,10 @@ struct RouterOptions {
   std::shared_ptr<prometheus::Registry> metrics;
 };
 
+// InvalidArgument naming a bad option (max_queue, max_new_tokens_limit,
+// max_logprobs); what Create checks first.
+absl::Status ValidateRouterOptions(const RouterOptions& options);
+
 // The limits requests must respect, from the model config and the options.
 api::Limits LimitsFor(const model::ModelConfig& config, const RouterOptions& options);
 
