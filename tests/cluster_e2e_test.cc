@@ -214,6 +214,7 @@ struct ClusterOptions {
   int max_logprobs = 20;
   int64_t max_num_seqs = 64;
   int64_t kv_blocks = 0;             // attention_worker.kv_blocks (0: the default)
+  int64_t router_drain_ms = -1;      // router.drain_timeout_ms (-1: the default)
   std::string model_dir;             // overrides `model` (a directory of its own)
   std::string load_format = "auto";  // or dummy
   int64_t transport_timeout_ms = 30000;
@@ -500,6 +501,7 @@ class Cluster {
     y << "coordinator:\n  listen: " << coordinator_address()
       << "\n  heartbeat_ms: 500\n  worker_timeout_ms: " << o.worker_timeout_ms << "\n";
     y << "router:\n  listen: " << api_address() << "\n";
+    if (o.router_drain_ms >= 0) y << "  drain_timeout_ms: " << o.router_drain_ms << "\n";
     y << "attention_worker:\n  base_port: " << attention_base_
       << "\n  max_num_seqs: " << o.max_num_seqs << "\n  kv_block_size: 16\n";
     if (o.max_idle_sleep_us > 0) y << "  max_idle_sleep_us: " << o.max_idle_sleep_us << "\n";
@@ -3585,6 +3587,68 @@ TEST(LauncherTest, ACleanExitDoesNotStopTheRest) {
   EXPECT_GT(cluster.WorkerPid("switchyard-attention-worker", 0), 0);
   EXPECT_GT(cluster.WorkerPid("switchyard-expert-worker", 2), 0);
   // Stop() then stops the rest (SIGINT, exit 0, nothing left).
+}
+
+// SIGTERM to the router (a pod being stopped): it refuses new requests at
+// once, lets the stream in flight finish within router.drain_timeout_ms,
+// then exits 0.
+TEST(LauncherTest, ARouterGivenSigtermDrainsItsStreams) {
+  ClusterOptions o;
+  o.redundant_experts = 2;
+  o.router_drain_ms = 30000;
+  o.max_new_tokens = 500;
+  Cluster cluster;
+  const absl::Status started = cluster.Start(o, "router-drain");
+  ASSERT_TRUE(started.ok()) << started;
+  pid_t router = -1;
+  for (pid_t p : ProcessesMentioning(cluster.dir())) {
+    std::string cmdline = ReadFile("/proc/" + std::to_string(p) + "/cmdline");
+    if (cmdline.find("switchyard-router") != std::string::npos) router = p;
+  }
+  ASSERT_GT(router, 0);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::GenerateRequest req;
+  req.add_input_ids(3);
+  req.mutable_stopping()->set_max_new_tokens(400);
+  req.mutable_stopping()->set_ignore_eos(true);
+  auto reader = cluster.stub()->GenerateStream(&context, req);
+  v1::GenerateStreamResponse m;
+  ASSERT_TRUE(reader->Read(&m));
+  int tokens = m.output_ids_size();
+  ASSERT_EQ(kill(router, SIGTERM), 0);
+  const auto signalled = Clock::now();
+  // A new request is refused once the router drains (after the signal is
+  // handled: retried until then).
+  grpc::Status refused;
+  while (Clock::now() - signalled < std::chrono::seconds(10)) {
+    grpc::ClientContext c2;
+    c2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::GenerateRequest r2;
+    r2.add_input_ids(4);
+    r2.mutable_stopping()->set_max_new_tokens(1);
+    v1::GenerateResponse resp;
+    refused = cluster.stub()->Generate(&c2, r2, &resp);
+    if (!refused.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+  while (reader->Read(&m)) tokens += m.output_ids_size();
+  const grpc::Status st = reader->Finish();
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(tokens, 400);
+  // Then it exits cleanly, and the launcher keeps the rest running.
+  std::string err;
+  const auto deadline = Clock::now() + std::chrono::seconds(40);
+  while (Clock::now() < deadline) {
+    err = ReadFile(cluster.dir() + "/launcher.stderr");
+    if (err.find("router exited cleanly") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_THAT(err, ::testing::HasSubstr("router exited cleanly; the rest keeps running"));
+  const std::string log = ReadFile(cluster.dir() + "/logs/router.log");
+  EXPECT_THAT(log, ::testing::HasSubstr("draining: no new requests"));
+  EXPECT_THAT(log, ::testing::HasSubstr("drained; exiting"));
 }
 
 }  // namespace sy::e2e

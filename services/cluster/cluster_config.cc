@@ -206,7 +206,8 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
     return absl::OkStatus();
   }));
   SY_RETURN_IF_ERROR(ParseSection(top, "router", [&](Section& s) -> absl::Status {
-    return s.ReadAddress("listen", &c.router.listen);
+    SY_RETURN_IF_ERROR(s.ReadAddress("listen", &c.router.listen));
+    return s.ReadDuration("drain_timeout_ms", 0, 1000, &c.router.drain_timeout_ms);
   }));
   SY_RETURN_IF_ERROR(ParseSection(top, "attention_worker", [&](Section& s) -> absl::Status {
     auto& a = c.attention_worker;

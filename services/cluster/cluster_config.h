@@ -107,6 +107,10 @@ struct EplbOptions {
 
 struct RouterOptions {
   ServiceAddress listen{"127.0.0.1", 50051};
+  // On SIGTERM the router stops taking requests (NOT_SERVING; new calls are
+  // refused) and lets those in flight finish for this long, then cancels
+  // what is left and exits. Kubernetes: below terminationGracePeriodSeconds.
+  int64_t drain_timeout_ms = 2000;
 };
 
 struct SecurityOptions {

@@ -19,6 +19,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
@@ -49,6 +50,9 @@ ABSL_FLAG(bool, sticky_client_ids, false,
 ABSL_FLAG(int32_t, metrics_port, -1,
           "Port of the Prometheus /metrics endpoint (0: none; -1: metrics.router_port of "
           "--config, or none without it)");
+ABSL_FLAG(int64_t, drain_timeout_ms, -1,
+          "On SIGTERM, how long requests in flight may run on before they are cancelled (-1: "
+          "router.drain_timeout_ms of --config, else 2000)");
 ABSL_FLAG(bool, check_config, false,
           "Validate --config and the flags, print the problems (or that they are fine) and exit 0 "
           "or 2, starting nothing");
@@ -155,6 +159,7 @@ int main(int argc, char** argv) {
   std::string coordinator;
   std::chrono::milliseconds follow_grace(10000);
   std::string metrics_host = "127.0.0.1";
+  int64_t drain_timeout_ms = 2000;
   int32_t metrics_port = 0;
   if (!absl::GetFlag(FLAGS_config).empty()) {
     auto cfg = sy::cluster::LoadClusterConfig(absl::GetFlag(FLAGS_config));
@@ -178,9 +183,13 @@ int main(int argc, char** argv) {
     follow_grace = std::chrono::milliseconds(cfg->coordinator.worker_timeout_ms);
     options.sticky_client_ids = cfg->attention_worker.dedup_window_ms > 0;
     metrics_host = cfg->metrics.host;
+    drain_timeout_ms = cfg->router.drain_timeout_ms;
     metrics_port = sy::cluster::MetricsPort(*cfg, "router", 0);
   }
   if (absl::GetFlag(FLAGS_metrics_port) >= 0) metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (absl::GetFlag(FLAGS_drain_timeout_ms) >= 0) {
+    drain_timeout_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
+  }
   if (metrics_port > 65535) {
     std::cerr << "switchyard-router: --metrics_port must be in [-1, 65535]\n";
     return 2;
@@ -234,10 +243,15 @@ int main(int argc, char** argv) {
   }
   int sig = 0;
   sigwait(&signals, &sig);
-  SY_LOG(INFO) << "switchyard-router: signal " << sig << ", shutting down";
+  SY_LOG(INFO) << "switchyard-router: signal " << sig << ", draining: no new requests, "
+               << (*server)->core().in_flight() << " in flight may run " << drain_timeout_ms
+               << " ms more";
   stop.store(true);
   if (follower.joinable()) follower.join();
-  (*server)->Shutdown();
+  const int64_t left = (*server)->Drain(drain_timeout_ms);
+  SY_LOG(INFO) << "switchyard-router: drained"
+               << (left > 0 ? absl::StrCat("; ", left, " requests cancelled at the deadline") : "")
+               << "; exiting";
   metrics->reset();  // its collectors read the core, which goes with the server
   return 0;
 }

@@ -3,6 +3,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include <chrono>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -115,6 +116,22 @@ void RouterServer::SetBackends(const std::vector<std::string>& addresses) {
   const bool serving = core_->SetBackends(addresses);
   SetServing(serving);
   if (!serving) SY_LOG(WARNING) << "router: no attention worker; NOT_SERVING";
+}
+
+int64_t RouterServer::Drain(int64_t timeout_ms) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shut_down_ || server_ == nullptr) return 0;
+    SetServing(false);
+    service_->StopAdmitting();
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (core_->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const int64_t left = core_->in_flight();
+  Shutdown(500);
+  return left;
 }
 
 void RouterServer::Shutdown(int64_t grace_ms) {

@@ -66,6 +66,11 @@ class RouterServer {
   // Stops accepting calls; calls still running are cancelled after
   // `grace_ms`. Idempotent.
   void Shutdown(int64_t grace_ms = 2000);
+  // Drains, then shuts down: NOT_SERVING and new Generate calls refused
+  // with UNAVAILABLE at once, the admitted ones given up to `timeout_ms` to
+  // finish (returns as soon as none is left), then Shutdown with a short
+  // grace. Returns how many were still running at the deadline.
+  int64_t Drain(int64_t timeout_ms);
 
   RouterCore& core() { return *core_; }
   const model::ModelConfig& model_config() const { return config_; }
