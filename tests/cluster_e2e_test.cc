@@ -3565,6 +3565,15 @@ TEST(LauncherTest, BadPlacementIsRefusedBeforeAnyProcessStarts) {
   EXPECT_TRUE(ProcessesMentioning(good).empty());
 }
 
+// The pid of the cluster's router process (-1: none).
+pid_t RouterPid(const Cluster& cluster) {
+  for (pid_t p : ProcessesMentioning(cluster.dir())) {
+    const std::string cmdline = ReadFile("/proc/" + std::to_string(p) + "/cmdline");
+    if (cmdline.find("switchyard-router") != std::string::npos) return p;
+  }
+  return -1;
+}
+
 // A process that exits cleanly (asked to stop: SIGTERM to the router) is not
 // a failure: the launcher logs it and the rest of the cluster keeps running.
 TEST(LauncherTest, ACleanExitDoesNotStopTheRest) {
@@ -3573,11 +3582,7 @@ TEST(LauncherTest, ACleanExitDoesNotStopTheRest) {
   Cluster cluster;
   const absl::Status started = cluster.Start(o, "clean-exit");
   ASSERT_TRUE(started.ok()) << started;
-  pid_t router = -1;
-  for (pid_t p : ProcessesMentioning(cluster.dir())) {
-    std::string cmdline = ReadFile("/proc/" + std::to_string(p) + "/cmdline");
-    if (cmdline.find("switchyard-router") != std::string::npos) router = p;
-  }
+  const pid_t router = RouterPid(cluster);
   ASSERT_GT(router, 0);
   ASSERT_EQ(kill(router, SIGTERM), 0);
   std::this_thread::sleep_for(std::chrono::seconds(2));
@@ -3600,11 +3605,7 @@ TEST(LauncherTest, ARouterGivenSigtermDrainsItsStreams) {
   Cluster cluster;
   const absl::Status started = cluster.Start(o, "router-drain");
   ASSERT_TRUE(started.ok()) << started;
-  pid_t router = -1;
-  for (pid_t p : ProcessesMentioning(cluster.dir())) {
-    std::string cmdline = ReadFile("/proc/" + std::to_string(p) + "/cmdline");
-    if (cmdline.find("switchyard-router") != std::string::npos) router = p;
-  }
+  const pid_t router = RouterPid(cluster);
   ASSERT_GT(router, 0);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
