@@ -1,10 +1,17 @@
 #include "services/cluster/process_metrics.h"
 
-#include <prometheus/gauge.h>
-
+#include "absl/strings/str_cat.h"
 #include "common/log.h"
 
 namespace sy::cluster {
+
+absl::StatusOr<int32_t> ChooseMetricsPort(int32_t from_config, int32_t flag) {
+  if (flag < -1 || flag > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics-port must be in [-1, 65535], got ", flag));
+  }
+  return flag >= 0 ? flag : from_config;
+}
 
 absl::StatusOr<std::unique_ptr<ProcessMetrics>> ProcessMetrics::Start(const std::string& host,
                                                                       int port,

@@ -11,6 +11,11 @@
 
 namespace sy::cluster {
 
+// The metrics port a process serves on: --metrics-port when given (>= 0),
+// else `from_config` (the YAML's, 0 without one). InvalidArgument for a flag
+// outside [-1, 65535].
+absl::StatusOr<int32_t> ChooseMetricsPort(int32_t from_config, int32_t flag);
+
 class ProcessMetrics {
  public:
   // `process`: "router", "coordinator", "attention_worker 0", ... for logs.

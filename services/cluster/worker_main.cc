@@ -67,10 +67,11 @@ int WorkerMain(int argc, char** argv, bool attention, const WorkerRunFn& run) {
                  "(switchyard-local runs inproc clusters in one process)\n";
     return 2;
   }
-  int32_t metrics_port = MetricsPort(*cfg, attention ? "attention_worker" : "expert_worker", index);
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) metrics_port = absl::GetFlag(FLAGS_metrics_port);
-  if (metrics_port > 65535) {
-    std::cerr << binary << ": --metrics-port must be in [-1, 65535]\n";
+  const auto metrics_port =
+      ChooseMetricsPort(MetricsPort(*cfg, attention ? "attention_worker" : "expert_worker", index),
+                        absl::GetFlag(FLAGS_metrics_port));
+  if (!metrics_port.ok()) {
+    std::cerr << binary << ": " << metrics_port.status().message() << "\n";
     return 2;
   }
   if (absl::GetFlag(FLAGS_check_config)) {
@@ -79,7 +80,7 @@ int WorkerMain(int argc, char** argv, bool attention, const WorkerRunFn& run) {
     return 0;
   }
   auto metrics = ProcessMetrics::Start(
-      cfg->metrics.host, metrics_port,
+      cfg->metrics.host, *metrics_port,
       absl::StrCat(attention ? "attention worker " : "expert worker ", index));
   if (!metrics.ok()) {
     std::cerr << binary << ": " << metrics.status().message() << "\n";

@@ -47,17 +47,18 @@ int main(int argc, char** argv) {
   }
   const std::string listen = absl::GetFlag(FLAGS_listen).empty() ? cfg->coordinator.listen.address()
                                                                  : absl::GetFlag(FLAGS_listen);
-  int32_t metrics_port = sy::cluster::MetricsPort(*cfg, "coordinator", 0);
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) metrics_port = absl::GetFlag(FLAGS_metrics_port);
-  if (metrics_port > 65535) {
-    std::cerr << "switchyard-coordinator: --metrics-port must be in [-1, 65535]\n";
+  const auto metrics_port = sy::cluster::ChooseMetricsPort(
+      sy::cluster::MetricsPort(*cfg, "coordinator", 0), absl::GetFlag(FLAGS_metrics_port));
+  if (!metrics_port.ok()) {
+    std::cerr << "switchyard-coordinator: " << metrics_port.status().message() << "\n";
     return 2;
   }
   if (absl::GetFlag(FLAGS_check_config)) {
     std::cout << "switchyard-coordinator: " << absl::GetFlag(FLAGS_config) << ": config OK\n";
     return 0;
   }
-  auto metrics = sy::cluster::ProcessMetrics::Start(cfg->metrics.host, metrics_port, "coordinator");
+  auto metrics =
+      sy::cluster::ProcessMetrics::Start(cfg->metrics.host, *metrics_port, "coordinator");
   if (!metrics.ok()) {
     std::cerr << "switchyard-coordinator: " << metrics.status().message() << "\n";
     return 1;

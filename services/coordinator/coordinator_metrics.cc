@@ -1,7 +1,9 @@
 #include "services/coordinator/coordinator_metrics.h"
 
 #include <chrono>
+#include <map>
 #include <string>
+#include <utility>
 
 #include "services/metrics/metrics.h"
 
@@ -63,17 +65,14 @@ CoordinatorMetrics::CoordinatorMetrics(const CoordinatorCore* core, const LoadWi
     auto workers = metrics::GaugeFamily(
         "switchyard_coordinator_workers",
         "Registered workers by role and state (serving, loading, joining, dead, dropped).");
+    std::map<std::pair<std::string, std::string>, int> by_role_state;
+    for (const MemberInfo& mi : mesh.members) {
+      ++by_role_state[{mi.role == Role::kAttention ? "attention" : "expert", StateOf(mi)}];
+    }
     for (const char* role : {"attention", "expert"}) {
       for (const char* state : kStates) {
-        int n = 0;
-        for (const MemberInfo& mi : mesh.members) {
-          const bool attention = mi.role == Role::kAttention;
-          if ((attention ? "attention" : "expert") == std::string(role) &&
-              StateOf(mi) == std::string(state)) {
-            ++n;
-          }
-        }
-        metrics::AddSample(workers, n, {{"role", role}, {"state", state}});
+        metrics::AddSample(workers, by_role_state[{role, state}],
+                           {{"role", role}, {"state", state}});
       }
     }
     out.push_back(std::move(workers));

@@ -115,6 +115,11 @@ absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Start(
                                                : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
   e->listen_fd_ = fd;
   e->wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (e->wake_fd_ < 0) {
+    const int efd_err = errno;
+    close(fd);
+    return absl::InternalError(absl::StrCat("metrics: eventfd: ", std::strerror(efd_err)));
+  }
   e->registry_ = std::move(registry);
   Endpoint* self = e.get();
   e->thread_ = std::thread([self] { self->Serve(); });
@@ -122,13 +127,11 @@ absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Start(
 }
 
 Endpoint::~Endpoint() {
-  if (wake_fd_ >= 0) {
-    const uint64_t one = 1;
-    (void)!write(wake_fd_, &one, sizeof(one));
-  }
+  const uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof(one));
   if (thread_.joinable()) thread_.join();
-  if (listen_fd_ >= 0) close(listen_fd_);
-  if (wake_fd_ >= 0) close(wake_fd_);
+  close(listen_fd_);
+  close(wake_fd_);
 }
 
 void Endpoint::Serve() {

@@ -17,7 +17,7 @@
 // and text serializer do the rest.
 //
 // Threads: the registry and every metric in it are thread-safe; a
-// Collector's function runs on the endpoint's HTTP threads.
+// Collector's function runs on the endpoint's HTTP thread.
 #pragma once
 
 #include <prometheus/collectable.h>

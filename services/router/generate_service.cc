@@ -18,13 +18,9 @@ namespace v1 = ::switchyard::v1;
 // backend's threads, possibly before this returns); on error they never do.
 absl::StatusOr<std::shared_ptr<RouterCall>> SubmitProto(RouterCore* core,
                                                         const security::ApiKeys* keys,
-                                                        const std::atomic<bool>* draining,
                                                         grpc::CallbackServerContext* context,
                                                         const v1::GenerateRequest& proto,
                                                         BackendCallbacks callbacks) {
-  if (draining->load()) {
-    return absl::UnavailableError("the router is shutting down; retry through another router");
-  }
   if (keys != nullptr) SY_RETURN_IF_ERROR(keys->Check(*context, security::Right::kGenerate));
   absl::StatusOr<engine::GenerationRequest> request = api::FromProto(proto);
   if (!request.ok()) return request.status();
@@ -38,11 +34,10 @@ absl::StatusOr<std::shared_ptr<RouterCall>> SubmitProto(RouterCore* core,
 // constructor has returned, and nothing touches the reactor after it.
 class GenerateReactor final : public grpc::ServerUnaryReactor {
  public:
-  GenerateReactor(RouterCore* core, const security::ApiKeys* keys,
-                  const std::atomic<bool>* draining, RouterMetrics* metrics,
+  GenerateReactor(RouterCore* core, const security::ApiKeys* keys, RouterMetrics* metrics,
                   grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
                   v1::GenerateResponse* response)
-      : context_(context), tracker_(metrics, "Generate"), response_(response) {
+      : tracker_(metrics, "Generate", context), response_(response) {
     BackendCallbacks callbacks;
     callbacks.on_update = [this](engine::RequestUpdate u) {
       v1::GenerateStreamResponse part;
@@ -57,7 +52,7 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
       status_ = std::move(status);
       MaybeFinish(lock);
     };
-    auto call = SubmitProto(core, keys, draining, context, *request, std::move(callbacks));
+    auto call = SubmitProto(core, keys, context, *request, std::move(callbacks));
     std::shared_ptr<RouterCall> cancel_now;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -95,12 +90,11 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
   void MaybeFinish(std::unique_lock<std::mutex>& lock) {
     if (!constructed_ || !done_ || finished_) return;
     finished_ = true;
-    grpc::Status status = tracker_.Finish(context_, api::ToGrpcStatus(status_));
+    grpc::Status status = tracker_.Finish(api::ToGrpcStatus(status_));
     lock.unlock();
     Finish(std::move(status));  // the reactor may be gone after this
   }
 
-  grpc::CallbackServerContext* context_;
   RequestTracker tracker_;
   v1::GenerateResponse* response_;
   std::mutex mu_;
@@ -117,10 +111,9 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
 // previous write completes; the status follows the last write.
 class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse> {
  public:
-  GenerateStreamReactor(RouterCore* core, const security::ApiKeys* keys,
-                        const std::atomic<bool>* draining, RouterMetrics* metrics,
+  GenerateStreamReactor(RouterCore* core, const security::ApiKeys* keys, RouterMetrics* metrics,
                         grpc::CallbackServerContext* context, const v1::GenerateRequest* request)
-      : context_(context), tracker_(metrics, "GenerateStream") {
+      : tracker_(metrics, "GenerateStream", context) {
     BackendCallbacks callbacks;
     callbacks.on_update = [this](engine::RequestUpdate u) {
       v1::GenerateStreamResponse message;
@@ -137,7 +130,7 @@ class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::Generate
       status_ = std::move(status);
       Advance(lock);
     };
-    auto call = SubmitProto(core, keys, draining, context, *request, std::move(callbacks));
+    auto call = SubmitProto(core, keys, context, *request, std::move(callbacks));
     std::shared_ptr<RouterCall> cancel_now;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -203,12 +196,11 @@ class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::Generate
     }
     if (!done_) return;
     finished_ = true;
-    grpc::Status status = tracker_.Finish(context_, api::ToGrpcStatus(status_));
+    grpc::Status status = tracker_.Finish(api::ToGrpcStatus(status_));
     lock.unlock();
     Finish(std::move(status));
   }
 
-  grpc::CallbackServerContext* context_;
   RequestTracker tracker_;
   std::mutex mu_;
   std::shared_ptr<RouterCall> call_;
@@ -228,12 +220,12 @@ class GenerateStreamReactor final : public grpc::ServerWriteReactor<v1::Generate
 grpc::ServerUnaryReactor* GenerateService::Generate(grpc::CallbackServerContext* context,
                                                     const v1::GenerateRequest* request,
                                                     v1::GenerateResponse* response) {
-  return new GenerateReactor(core_, keys_, &draining_, metrics_, context, request, response);
+  return new GenerateReactor(core_, keys_, metrics_, context, request, response);
 }
 
 grpc::ServerWriteReactor<v1::GenerateStreamResponse>* GenerateService::GenerateStream(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  return new GenerateStreamReactor(core_, keys_, &draining_, metrics_, context, request);
+  return new GenerateStreamReactor(core_, keys_, metrics_, context, request);
 }
 
 grpc::ServerUnaryReactor* GenerateService::ModelInfo(grpc::CallbackServerContext* context,

@@ -11,8 +11,6 @@
 // gRPC server. Threads: gRPC's.
 #pragma once
 
-#include <atomic>
-
 #include "model/config.h"
 #include "services/router/router_core.h"
 #include "services/security/security.h"
@@ -37,10 +35,6 @@ class GenerateService final : public switchyard::v1::Generate::CallbackService {
   grpc::ServerWriteReactor<switchyard::v1::GenerateStreamResponse>* GenerateStream(
       grpc::CallbackServerContext* context,
       const switchyard::v1::GenerateRequest* request) override;
-  // From now on Generate calls end UNAVAILABLE at once (the router is
-  // shutting down); calls already admitted run on.
-  void StopAdmitting() { draining_.store(true); }
-
   grpc::ServerUnaryReactor* ModelInfo(grpc::CallbackServerContext* context,
                                       const switchyard::v1::ModelInfoRequest* request,
                                       switchyard::v1::ModelInfoResponse* response) override;
@@ -50,7 +44,6 @@ class GenerateService final : public switchyard::v1::Generate::CallbackService {
   const model::ModelConfig* config_;
   const security::ApiKeys* keys_;
   RouterMetrics* metrics_;
-  std::atomic<bool> draining_{false};
 };
 
 }  // namespace sy::router

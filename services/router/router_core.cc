@@ -155,6 +155,9 @@ absl::StatusOr<std::shared_ptr<RouterCall>> RouterCore::Submit(engine::Generatio
   std::shared_ptr<RouterCall> handle;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (draining_) {
+      return absl::UnavailableError("the router is shutting down; retry through another router");
+    }
     if (backends_.empty()) {
       return absl::UnavailableError("no attention worker is available");
     }
@@ -319,6 +322,11 @@ std::vector<RouterCore::BackendLoad> RouterCore::Loads() const {
 int64_t RouterCore::in_flight() const {
   std::lock_guard<std::mutex> lock(mu_);
   return static_cast<int64_t>(in_flight_.size());
+}
+
+void RouterCore::StopAdmitting() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
 }
 
 RouterCore::Counts RouterCore::counts() const {

@@ -119,6 +119,9 @@ class RouterCore {
   // Current load of every backend, ordered by address.
   std::vector<BackendLoad> Loads() const;
   int64_t in_flight() const;
+  // From now on Submit refuses with UNAVAILABLE (the router is shutting
+  // down); requests already admitted run on.
+  void StopAdmitting();
   struct Counts {
     int64_t in_flight = 0;
     int64_t waiting_first_token = 0;  // in flight, no token streamed yet
@@ -187,6 +190,7 @@ class RouterCore {
   std::condition_variable drained_;
   std::map<std::string, std::shared_ptr<Backend>> backends_;  // by address
   std::unordered_map<std::string, InFlight> in_flight_;       // by request id
+  bool draining_ = false;                                     // guarded by mu_ (StopAdmitting)
   uint64_t next_id_ = 0;
   uint64_t next_pick_ = 0;  // rotates the tie-break among equally loaded backends
 };

@@ -186,12 +186,14 @@ int main(int argc, char** argv) {
     drain_timeout_ms = cfg->router.drain_timeout_ms;
     metrics_port = sy::cluster::MetricsPort(*cfg, "router", 0);
   }
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (absl::GetFlag(FLAGS_drain_timeout_ms) >= 0) {
     drain_timeout_ms = absl::GetFlag(FLAGS_drain_timeout_ms);
   }
-  if (metrics_port > 65535) {
-    std::cerr << "switchyard-router: --metrics_port must be in [-1, 65535]\n";
+  if (auto p = sy::cluster::ChooseMetricsPort(metrics_port, absl::GetFlag(FLAGS_metrics_port));
+      p.ok()) {
+    metrics_port = *p;
+  } else {
+    std::cerr << "switchyard-router: " << p.status().message() << "\n";
     return 2;
   }
   if (absl::GetFlag(FLAGS_sticky_client_ids)) options.sticky_client_ids = true;

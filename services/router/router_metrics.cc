@@ -100,8 +100,12 @@ void RouterMetrics::AddCollectors(const RouterCore* core, cluster::ProcessMetric
   });
 }
 
-RequestTracker::RequestTracker(RouterMetrics* metrics, const char* method)
-    : metrics_(metrics), method_(method), start_(std::chrono::steady_clock::now()) {}
+RequestTracker::RequestTracker(RouterMetrics* metrics, const char* method,
+                               grpc::CallbackServerContext* context)
+    : metrics_(metrics),
+      method_(method),
+      context_(context),
+      start_(std::chrono::steady_clock::now()) {}
 
 void RequestTracker::Admitted(const std::string& request_id, int64_t prompt_tokens) {
   admitted_ = true;
@@ -116,11 +120,11 @@ void RequestTracker::Tokens(int64_t n) {
   tokens_ += n;
 }
 
-grpc::Status RequestTracker::Finish(grpc::CallbackServerContext* context, grpc::Status status) {
+grpc::Status RequestTracker::Finish(grpc::Status status) {
   if (finished_) return status;
   finished_ = true;
   if (!request_id_.empty()) {
-    context->AddTrailingMetadata(cluster::kRequestIdTrailer, HeaderSafe(request_id_));
+    context_->AddTrailingMetadata(cluster::kRequestIdTrailer, HeaderSafe(request_id_));
   }
   if (metrics_ == nullptr) return status;
   const grpc::StatusCode code = status.error_code();

@@ -54,17 +54,18 @@ class RequestTracker {
  public:
   // `metrics` may be null (metrics off): the tracker then only tags the
   // request id.
-  RequestTracker(RouterMetrics* metrics, const char* method);
+  RequestTracker(RouterMetrics* metrics, const char* method, grpc::CallbackServerContext* context);
 
   void Admitted(const std::string& request_id, int64_t prompt_tokens);
   void Tokens(int64_t n);
   // Records the outcome (once) and returns `status`, e.g.
-  // Finish(tracker_.Finish(context, status)).
-  grpc::Status Finish(grpc::CallbackServerContext* context, grpc::Status status);
+  // Finish(tracker_.Finish(status)).
+  grpc::Status Finish(grpc::Status status);
 
  private:
   RouterMetrics* metrics_;
   const char* method_;
+  grpc::CallbackServerContext* context_;
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point first_token_, last_token_;
   std::string request_id_;

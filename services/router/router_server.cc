@@ -1,7 +1,5 @@
 #include "services/router/router_server.h"
 
-#include <grpcpp/health_check_service_interface.h>
-
 #include <chrono>
 #include <thread>
 
@@ -86,8 +84,7 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Create(const RouterO
   so.metrics = options.metrics;
   absl::StatusOr<cluster::GrpcServer> server = cluster::StartGrpcServer(so);
   if (!server.ok()) return server.status();
-  s->server_ = std::move(server->server);
-  s->port_ = server->port;
+  s->server_ = *std::move(server);
   s->SetBackends(options.attention_workers);
   SY_LOG(INFO) << "router: serving " << s->config_.architecture << " on " << s->address()
                << " (max_queue " << options.max_queue << ", max_context "
@@ -100,14 +97,11 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Create(const RouterO
 RouterServer::~RouterServer() { Shutdown(); }
 
 std::string RouterServer::address() const {
-  return absl::StrCat(HostOf(options_.listen_address), ":", port_);
+  return absl::StrCat(HostOf(options_.listen_address), ":", server_.port);
 }
 
 void RouterServer::SetServing(bool serving) {
-  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
-  if (health == nullptr) return;
-  health->SetServingStatus("", serving);
-  health->SetServingStatus(switchyard::v1::Generate::service_full_name(), serving);
+  server_.SetServing({switchyard::v1::Generate::service_full_name()}, serving);
 }
 
 void RouterServer::SetBackends(const std::vector<std::string>& addresses) {
@@ -121,9 +115,9 @@ void RouterServer::SetBackends(const std::vector<std::string>& addresses) {
 int64_t RouterServer::Drain(int64_t timeout_ms) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (shut_down_ || server_ == nullptr) return 0;
+    if (shut_down_ || server_.server == nullptr) return 0;
     SetServing(false);
-    service_->StopAdmitting();
+    core_->StopAdmitting();
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (core_->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
@@ -136,11 +130,11 @@ int64_t RouterServer::Drain(int64_t timeout_ms) {
 
 void RouterServer::Shutdown(int64_t grace_ms) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (shut_down_ || server_ == nullptr) return;
+  if (shut_down_ || server_.server == nullptr) return;
   shut_down_ = true;
   SetServing(false);
-  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(grace_ms));
-  server_->Wait();
+  server_.server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(grace_ms));
+  server_.server->Wait();
 }
 
 }  // namespace sy::router

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "model/config.h"
 #include "prometheus/registry.h"
+#include "services/cluster/grpc_server.h"
 #include "services/router/attention_backend.h"
 #include "services/router/generate_service.h"
 #include "services/router/router_core.h"
@@ -58,7 +59,7 @@ class RouterServer {
                                                               BackendFactory factory = nullptr);
   ~RouterServer();
 
-  int port() const { return port_; }
+  int port() const { return server_.port; }
   // "host:port" with the bound port.
   std::string address() const;
   // Replaces the attention workers and updates the health status.
@@ -85,8 +86,7 @@ class RouterServer {
   std::unique_ptr<security::ApiKeys> keys_;
   std::unique_ptr<RouterMetrics> metrics_;
   std::unique_ptr<GenerateService> service_;
-  std::unique_ptr<grpc::Server> server_;
-  int port_ = 0;
+  cluster::GrpcServer server_;
   std::mutex mu_;  // SetBackends / Shutdown
   bool shut_down_ = false;
 };
