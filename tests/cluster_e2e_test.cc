@@ -59,6 +59,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/listening_ports.h"
 #include "common/log.h"
 #include "common/text.h"
 #include "engine/engine.h"
@@ -186,7 +187,8 @@ bool PortFree(int port) {
 // check and the processes' bind; each call moves on to a new range, so a
 // cluster never reuses the ports of the one stopped before it.
 int AllocatePortRange(int n) {
-  constexpr int kLow = 20000, kSpan = 12000, kStride = 32;
+  constexpr int kLow = 20000, kSpan = 12000, kStride = 64;
+  if (n > kStride) return -1;
   static int next = static_cast<int>(getpid() % (kSpan / kStride)) * kStride;
   for (int attempt = 0; attempt < kSpan / kStride; ++attempt) {
     const int base = kLow + next;
@@ -197,6 +199,9 @@ int AllocatePortRange(int n) {
   }
   return -1;
 }
+
+// transport.ports_per_worker of the test clusters.
+constexpr int kDataPortsPerWorker = 4;
 
 // ---------------------------------------------------------------------------
 // A cluster run by switchyard-local.
@@ -226,6 +231,9 @@ struct ClusterOptions {
   bool restart_coordinator = false;   // switchyard-local --restart-coordinator
   int restart_delay_ms = 0;           // switchyard-local --restart-delay-ms (0: its default)
   std::string security_yaml;          // the security section's lines, indented as in the YAML
+  // Workers register (and the others dial the coordinator) by this host
+  // name instead of 127.0.0.1 (advertise_host, coordinator.address).
+  std::string advertise_host;
   // How the test's channel reaches the router (default: plaintext).
   std::shared_ptr<grpc::ChannelCredentials> api_credentials;
 };
@@ -247,9 +255,10 @@ class Cluster {
     yaml_ = dir_ + "/cluster.yaml";
     out_path_ = dir_ + "/launcher.stdout";
     err_path_ = dir_ + "/launcher.stderr";
-    // gRPC ports, then as many metrics ports.
+    // gRPC ports, then as many metrics ports, then the workers' UCX ranges.
     const int n_grpc = 2 + options.attention_workers + options.expert_workers;
-    const int n_ports = 2 * n_grpc;
+    const int n_ports =
+        2 * n_grpc + kDataPortsPerWorker * (options.attention_workers + options.expert_workers);
     const int base = AllocatePortRange(n_ports);
     if (base < 0) return absl::UnavailableError("no free port range on 127.0.0.1");
     coordinator_port_ = base;
@@ -257,6 +266,7 @@ class Cluster {
     attention_base_ = base + 2;
     expert_base_ = attention_base_ + options.attention_workers;
     metrics_base_ = base + n_grpc;
+    data_base_ = base + 2 * n_grpc;
     {
       std::ofstream y(yaml_);
       y << YamlText();
@@ -462,6 +472,16 @@ class Cluster {
   std::string coordinator_address() const {
     return "127.0.0.1:" + std::to_string(coordinator_port_);
   }
+  int coordinator_port() const { return coordinator_port_; }
+  int router_port() const { return router_port_; }
+  int attention_port(int i) const { return attention_base_ + i; }
+  int expert_port(int i) const { return expert_base_ + i; }
+  // The first port of a worker's UCX range (transport.*_base_port).
+  int attention_data_port(int i) const { return data_base_ + kDataPortsPerWorker * i; }
+  int expert_data_port(int i) const { return expert_data_base() + kDataPortsPerWorker * i; }
+  int expert_data_base() const {
+    return data_base_ + kDataPortsPerWorker * options_.attention_workers;
+  }
   std::vector<std::string> attention_addresses() const {
     std::vector<std::string> out;
     for (int i = 0; i < options_.attention_workers; ++i) {
@@ -490,7 +510,9 @@ class Cluster {
     y << "topology:\n  attention_workers: " << o.attention_workers
       << "\n  expert_workers: " << o.expert_workers << "\n";
     y << "transport:\n  backend: " << o.backend << "\n  timeout_ms: " << o.transport_timeout_ms
-      << "\n";
+      << "\n  attention_worker_base_port: " << data_base_
+      << "\n  expert_worker_base_port: " << expert_data_base()
+      << "\n  ports_per_worker: " << kDataPortsPerWorker << "\n";
     y << "placement:\n  redundant_experts: " << o.redundant_experts << "\n  order: " << o.order
       << "\n";
     if (!o.replicate.empty()) {
@@ -500,13 +522,18 @@ class Cluster {
     }
     y << "coordinator:\n  listen: " << coordinator_address()
       << "\n  heartbeat_ms: 500\n  worker_timeout_ms: " << o.worker_timeout_ms << "\n";
+    if (!o.advertise_host.empty()) {
+      y << "  address: " << o.advertise_host << ":" << coordinator_port_ << "\n";
+    }
     y << "router:\n  listen: " << api_address() << "\n";
     if (o.router_drain_ms >= 0) y << "  drain_timeout_ms: " << o.router_drain_ms << "\n";
     y << "attention_worker:\n  base_port: " << attention_base_
       << "\n  max_num_seqs: " << o.max_num_seqs << "\n  kv_block_size: 16\n";
+    if (!o.advertise_host.empty()) y << "  advertise_host: " << o.advertise_host << "\n";
     if (o.max_idle_sleep_us > 0) y << "  max_idle_sleep_us: " << o.max_idle_sleep_us << "\n";
     if (o.kv_blocks > 0) y << "  kv_blocks: " << o.kv_blocks << "\n";
     y << "expert_worker:\n  base_port: " << expert_base_ << "\n";
+    if (!o.advertise_host.empty()) y << "  advertise_host: " << o.advertise_host << "\n";
     if (o.expert_memory_limit_bytes > 0) {
       y << "  memory_limit_bytes: " << o.expert_memory_limit_bytes << "\n";
     }
@@ -551,6 +578,7 @@ class Cluster {
   std::string dir_, yaml_, out_path_, err_path_;
   int coordinator_port_ = 0, router_port_ = 0, attention_base_ = 0, expert_base_ = 0;
   int metrics_base_ = 0;  // coordinator, router, attention workers, expert workers
+  int data_base_ = 0;     // UCX ranges: attention workers, then expert workers
   pid_t pid_ = -1;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Generate::Stub> stub_;
@@ -3572,6 +3600,103 @@ pid_t RouterPid(const Cluster& cluster) {
     if (cmdline.find("switchyard-router") != std::string::npos) return p;
   }
   return -1;
+}
+
+// The pid of the cluster's process running `binary` without an index (the
+// coordinator, the router); -1: none.
+pid_t ProcessPid(const Cluster& cluster, const std::string& binary) {
+  for (pid_t p : ProcessesMentioning(cluster.dir())) {
+    std::string cmdline = ReadFile("/proc/" + std::to_string(p) + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    if (cmdline.find(binary + " ") != std::string::npos) return p;
+  }
+  return -1;
+}
+
+// Kubernetes needs every port a process listens on to come from the
+// config (Services, probes and NetworkPolicies name them), and workers
+// reached by DNS names: here every process's TCP listeners are exactly its
+// gRPC port, its metrics port and (workers) ports of its UCX range, and a
+// cluster whose workers register a host name (advertise_host) and dial the
+// coordinator by one (coordinator.address) serves the goldens.
+TEST(ClusterAddressTest, EveryPortIsConfiguredAndWorkersServeByHostName) {
+  ClusterOptions o;  // 2 attention + 3 expert workers over UCX
+  o.redundant_experts = 2;
+  o.advertise_host = "localhost";
+  Cluster cluster;
+  const absl::Status started = cluster.Start(o, "addresses");
+  ASSERT_TRUE(started.ok()) << started;
+  const GoldenPrompt g = LoadGolden("qwen3_moe").at(0);
+  const std::vector<StreamOutcome> got =
+      RunStreams(cluster.stub(), {GreedyRequest(g.prompt, 16, std::nullopt)});
+  ASSERT_TRUE(got[0].status.ok()) << got[0].status.error_message() << "\n" << cluster.Logs();
+  ASSERT_GE(g.greedy.size(), 16u);
+  EXPECT_EQ(got[0].tokens, std::vector<int32_t>(g.greedy.begin(), g.greedy.begin() + 16));
+  const v1::StatusResponse status = AdminStatus(cluster);
+  ASSERT_EQ(status.members_size(), o.attention_workers + o.expert_workers);
+  for (const v1::AdminMember& m : status.members()) {
+    const int port = m.role() == "attention" ? cluster.attention_port(m.index())
+                                             : cluster.expert_port(m.index());
+    EXPECT_EQ(m.grpc_address(), "localhost:" + std::to_string(port))
+        << m.role() << " " << m.index();
+  }
+
+  struct Expected {
+    std::string name;
+    pid_t pid;
+    std::set<int32_t> fixed;  // gRPC and metrics
+    int data_first;           // 0: none
+    size_t min_data;          // listeners the UCX range must hold at least
+  };
+  std::vector<Expected> processes = {
+      {"coordinator",
+       ProcessPid(cluster, "switchyard-coordinator"),
+       {cluster.coordinator_port(), cluster.coordinator_metrics_port()},
+       0,
+       0},
+      {"router",
+       ProcessPid(cluster, "switchyard-router"),
+       {cluster.router_port(), cluster.router_metrics_port()},
+       0,
+       0},
+  };
+  for (int i = 0; i < o.attention_workers; ++i) {
+    processes.push_back({"attention-worker-" + std::to_string(i),
+                         cluster.WorkerPid("switchyard-attention-worker", i),
+                         {cluster.attention_port(i), cluster.attention_metrics_port(i)},
+                         cluster.attention_data_port(i),
+                         1});
+  }
+  for (int i = 0; i < o.expert_workers; ++i) {
+    // Two UCX contexts: the mesh and weight staging.
+    processes.push_back({"expert-worker-" + std::to_string(i),
+                         cluster.WorkerPid("switchyard-expert-worker", i),
+                         {cluster.expert_port(i), cluster.expert_metrics_port(i)},
+                         cluster.expert_data_port(i),
+                         2});
+  }
+  for (const Expected& p : processes) {
+    ASSERT_GT(p.pid, 0) << p.name;
+    const absl::StatusOr<std::vector<int32_t>> ports = ListeningTcpPorts(p.pid);
+    ASSERT_TRUE(ports.ok()) << p.name << ": " << ports.status();
+    size_t data = 0;
+    for (int32_t port : *ports) {
+      if (p.fixed.count(port)) continue;
+      if (p.data_first > 0 && port >= p.data_first && port < p.data_first + kDataPortsPerWorker) {
+        ++data;
+        continue;
+      }
+      ADD_FAILURE() << p.name << " listens on port " << port << ", which its config does not name";
+    }
+    for (int32_t want : p.fixed) {
+      EXPECT_TRUE(std::find(ports->begin(), ports->end(), want) != ports->end())
+          << p.name << " does not listen on its port " << want;
+    }
+    EXPECT_GE(data, p.min_data) << p.name << ": UCX listeners in its range";
+    Progress("%s: listens on %s", p.name.c_str(), absl::StrJoin(*ports, ", ").c_str());
+  }
+  EXPECT_THAT(ReadFile(cluster.dir() + "/logs/expert-worker-0.log"),
+              ::testing::HasSubstr("staging transport listening on TCP ports"));
 }
 
 // A process that exits cleanly (asked to stop: SIGTERM to the router) is not

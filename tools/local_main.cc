@@ -268,6 +268,13 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if (!cfg->topology.distinct_ports && cfg->transport.backend == "ucx" &&
+      (cfg->topology.attention_workers > 1 || cfg->topology.expert_workers > 1)) {
+    std::cerr << "switchyard-local: " << config_path
+              << ": topology.distinct_ports is false, which puts every worker of a role on the "
+                 "same ports; switchyard-local runs them all on this host\n";
+    return 2;
+  }
   // What the coordinator would refuse after every process had started.
   if (auto placement = sy::coordinator::InitialPlacementFor(*cfg); !placement.ok()) {
     std::cerr << "switchyard-local: " << placement.status().message() << "\n";

@@ -38,6 +38,7 @@ absl::StatusOr<std::unique_ptr<Transport>> CreateTransport(const TransportOption
 #if SY_TRANSPORT_WITH_UCX
     ucx::UcxTransport::Options ucx_options;
     ucx_options.rank = options.rank;
+    ucx_options.port_range = options.port_range;
     SY_ASSIGN_OR_RETURN(std::unique_ptr<ucx::UcxTransport> transport,
                         ucx::UcxTransport::Create(ucx_options));
     return std::unique_ptr<Transport>(std::move(transport));

@@ -28,6 +28,9 @@ struct TransportOptions {
   // inproc only, required there: the fabric shared by every rank of the
   // process (each rank's options point to the same one). Ignored otherwise.
   std::shared_ptr<inproc::Fabric> fabric;
+  // ucx only: the TCP ports its listeners may bind, "FIRST-LAST" (UCX's
+  // PORT_RANGE); empty: any free port.
+  std::string port_range;
 };
 
 // Names of the backends built into this binary, e.g. {"inproc", "ucx"}.

@@ -2,6 +2,9 @@
 // this process with its own Transport, created through the registry.
 // UCX runs over loopback / shared memory only (UCX_NET_DEVICES=lo, set in
 // main() before any UCX initialisation).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -55,11 +58,59 @@ SendItem Item(int32_t peer, const Bytes& bytes) {
   return SendItem{peer, bytes.data(), bytes.size()};
 }
 
+// Whether `port` can be bound on 127.0.0.1 just now.
+bool PortFree(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return ok;
+}
+
+// The first of `n` consecutive free ports in [20000, 32000) (below the
+// ephemeral range), 0 if none.
+int FreePorts(int n) {
+  static int next = 20000 + static_cast<int>(getpid() % 1000) * 8;
+  for (int tries = 0; tries < 1500; ++tries) {
+    const int base = next;
+    next = next + 8 >= 32000 ? 20000 : next + 8;
+    bool free = true;
+    for (int i = 0; i < n && free; ++i) free = PortFree(base + i);
+    if (free) return base;
+  }
+  return 0;
+}
+
 // Runs body(rank) for ranks [0, num_ranks), each on its own thread.
 void RunRanks(int32_t num_ranks, const std::function<void(int32_t)>& body) {
   std::vector<std::thread> threads;
   for (int32_t rank = 0; rank < num_ranks; ++rank) threads.emplace_back(body, rank);
   for (std::thread& thread : threads) thread.join();
+}
+
+// One all-to-all over every rank of `mesh`, each rank on its thread (after
+// `before(rank)` there): rank r sends d a pattern of base_size + d bytes,
+// and must get each peer's.
+void ExpectAllToAll(
+    std::vector<std::unique_ptr<Transport>>& mesh, uint64_t tag, size_t base_size = 100,
+    const std::function<void(int32_t)>& before = [](int32_t) {}) {
+  const int32_t n = static_cast<int32_t>(mesh.size());
+  std::vector<int32_t> ranks(n);
+  for (int32_t r = 0; r < n; ++r) ranks[r] = r;
+  RunRanks(n, [&](int32_t rank) {
+    before(rank);
+    std::vector<Bytes> send;
+    for (int32_t dst : ranks) send.push_back(Pattern(rank, dst, tag, base_size + dst));
+    std::vector<Bytes> got;
+    EXPECT_OK(AllToAllV(*mesh[rank], tag, ranks, send, &got, kTimeout));
+    for (int32_t src : ranks) {
+      EXPECT_TRUE(got.size() == mesh.size() &&
+                  got[src] == Pattern(src, rank, tag, base_size + rank));
+    }
+  });
 }
 
 class TransportConformanceTest : public ::testing::TestWithParam<std::string> {
@@ -83,11 +134,12 @@ class TransportConformanceTest : public ::testing::TestWithParam<std::string> {
   }
 
   // One unconnected rank of the backend under test (nullptr on failure).
-  std::unique_ptr<Transport> MakeRank(int32_t rank) {
+  std::unique_ptr<Transport> MakeRank(int32_t rank, const std::string& port_range = "") {
     TransportOptions options;
     options.backend = GetParam();
     options.rank = rank;
     options.fabric = fabric_;
+    options.port_range = port_range;
     absl::StatusOr<std::unique_ptr<Transport>> transport = CreateTransport(options);
     if (!transport.ok()) {
       ADD_FAILURE() << transport.status();
@@ -440,18 +492,7 @@ TEST_P(TransportConformanceTest, InterruptedSendLeavesALivePeerUsable) {
 TEST_P(TransportConformanceTest, ReplacedRankRejoins) {
   auto mesh = MakeMesh(3);
   ASSERT_EQ(mesh.size(), 3u);
-  const std::vector<int32_t> ranks = {0, 1, 2};
-  auto all_to_all = [&](uint64_t tag) {
-    RunRanks(3, [&](int32_t rank) {
-      std::vector<Bytes> send;
-      for (int32_t dst : ranks) send.push_back(Pattern(rank, dst, tag, 100 + dst));
-      std::vector<Bytes> got;
-      EXPECT_OK(AllToAllV(*mesh[rank], tag, ranks, send, &got, kTimeout));
-      for (int32_t src : ranks) {
-        EXPECT_TRUE(got.size() == 3 && got[src] == Pattern(src, rank, tag, 100 + rank));
-      }
-    });
-  };
+  auto all_to_all = [&](uint64_t tag) { ExpectAllToAll(mesh, tag); };
   all_to_all(1);
   mesh[2].reset();
   mesh[2] = MakeRank(2);
@@ -459,6 +500,76 @@ TEST_P(TransportConformanceTest, ReplacedRankRejoins) {
   const std::vector<PeerAddress> addresses = Addresses(mesh);
   for (auto& transport : mesh) EXPECT_OK(transport->Connect(addresses));
   all_to_all(2);
+}
+
+// Replacements of one rank in a configured port range, as a restarted
+// process (or Kubernetes pod) gets: each binds a port of the range its
+// predecessors left (or one they used without a connection) and the mesh
+// works with it, whether or not the others saw the old one fail first.
+// (inproc has no ports: there it is ReplacedRankRejoins three times over.)
+TEST_P(TransportConformanceTest, ReplacedRankRejoinsWithinItsPortRange) {
+  // Four ports each: a replacement cannot rebind a port its predecessor's
+  // connections hold in TIME_WAIT, so each of the three rounds below takes
+  // a fresh one (a fourth replacement within the minute would wait for one).
+  std::vector<std::string> ranges;
+  for (int32_t rank = 0; rank < 3; ++rank) {
+    const int port = FreePorts(4);
+    ASSERT_GT(port, 0);
+    ranges.push_back(std::to_string(port) + "-" + std::to_string(port + 3));
+  }
+  std::vector<std::unique_ptr<Transport>> mesh;
+  for (int32_t rank = 0; rank < 3; ++rank) {
+    mesh.push_back(MakeRank(rank, ranges[rank]));
+    ASSERT_NE(mesh.back(), nullptr);
+  }
+  for (auto& transport : mesh) EXPECT_OK(transport->Connect(Addresses(mesh)));
+  auto all_to_all = [&](uint64_t tag) { ExpectAllToAll(mesh, tag); };
+  all_to_all(1);
+  for (int round = 0; round < 3; ++round) {
+    mesh[2].reset();
+    if (round % 2 == 0) {
+      // The survivors see it gone first, as after a crash mid-step...
+      RunRanks(2, [&](int32_t rank) {
+        std::vector<Bytes> got;
+        const Bytes out = Pattern(rank, 2, 10 + round, 64);
+        EXPECT_FALSE(
+            mesh[rank]->Exchange(10 + round, {Item(2, out)}, {2}, &got, kFailTimeout).ok());
+      });
+    }  // ... or only learn of the new one (an idle transport, e.g. staging).
+    mesh[2] = MakeRank(2, ranges[2]);
+    ASSERT_NE(mesh[2], nullptr);
+    for (auto& transport : mesh) EXPECT_OK(transport->Connect(Addresses(mesh)));
+    all_to_all(20 + round);
+  }
+}
+
+// A transport that never progressed its endpoint to a peer (an idle one:
+// weight staging between re-placements) learns of the peer's replacement on
+// the same port: its stale endpoint must not reach the new process.
+TEST_P(TransportConformanceTest, StaleEndpointToAReplacedIdlePeer) {
+  const int port = FreePorts(1);
+  ASSERT_GT(port, 0);
+  const std::string range = std::to_string(port) + "-" + std::to_string(port);
+  std::unique_ptr<Transport> survivor = MakeRank(0);
+  std::unique_ptr<Transport> old_peer = MakeRank(1, range);
+  ASSERT_TRUE(survivor != nullptr && old_peer != nullptr);
+  EXPECT_OK(survivor->Connect({{1, old_peer->local_address()}}));
+  old_peer.reset();
+  std::vector<std::unique_ptr<Transport>> mesh;
+  mesh.push_back(std::move(survivor));
+  mesh.push_back(MakeRank(1, range));
+  ASSERT_NE(mesh[1], nullptr);
+  // The new peer reaches out first; the survivor learns of it a moment later.
+  const std::vector<PeerAddress> addresses = Addresses(mesh);
+  EXPECT_OK(mesh[1]->Connect(addresses));
+  for (uint64_t tag = 1; tag <= 3; ++tag) {
+    ExpectAllToAll(mesh, tag, /*base_size=*/5000, [&](int32_t rank) {
+      if (rank == 0 && tag == 1) {
+        absl::SleepFor(absl::Milliseconds(200));
+        EXPECT_OK(mesh[0]->Connect(addresses));
+      }
+    });
+  }
 }
 
 TEST_P(TransportConformanceTest, InvalidArguments) {

@@ -5,7 +5,10 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <string_view>
+#include <tuple>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "yaml-cpp/yaml.h"
@@ -149,9 +152,60 @@ absl::Status ParseSection(Section& parent, const std::string& key,
 
 }  // namespace
 
-std::string ServiceAddress::address() const { return absl::StrCat(host, ":", port); }
+std::string ServiceAddress::address() const { return JoinHostPort(host, port); }
+
+std::string JoinHostPort(const std::string& host, int32_t port) {
+  if (host.find(':') != std::string::npos && !host.starts_with("[")) {
+    return absl::StrCat("[", host, "]:", port);
+  }
+  return absl::StrCat(host, ":", port);
+}
+
+bool IsWildcardHost(const std::string& host) {
+  return host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]";
+}
 
 namespace {
+
+constexpr std::string_view kIndexPattern = "{index}";
+
+// How many workers' worth of ports a role takes on one host.
+int32_t PortsTaken(const ClusterConfig& c, bool attention) {
+  if (!c.topology.distinct_ports) return 1;
+  return attention ? c.topology.attention_workers : c.topology.expert_workers;
+}
+
+// A worker's offset from its role's base ports.
+int32_t PortIndex(const ClusterConfig& c, int32_t index) {
+  return c.topology.distinct_ports ? index : 0;
+}
+
+absl::Status ReadWorkerAddresses(Section& s, WorkerAddressOptions* out) {
+  SY_RETURN_IF_ERROR(s.Read("listen_host", &out->listen_host));
+  if (out->listen_host.empty()) return s.Error("listen_host", "must not be empty");
+  if (out->listen_host.find_first_of("{}/ ") != std::string::npos) {
+    return s.Error("listen_host", absl::StrCat("'", out->listen_host, "' is not a host"));
+  }
+  SY_RETURN_IF_ERROR(s.Read("advertise_host", &out->advertise_host));
+  if (out->advertise_host.empty()) {
+    if (IsWildcardHost(out->listen_host)) {
+      return s.Error("advertise_host",
+                     absl::StrCat("is required when listen_host (", out->listen_host,
+                                  ") binds every interface: where the others reach the worker"));
+    }
+    return absl::OkStatus();
+  }
+  std::string rest = out->advertise_host;
+  for (size_t at; (at = rest.find(kIndexPattern)) != std::string::npos;) {
+    rest.erase(at, kIndexPattern.size());
+  }
+  if (rest.find_first_of("{}/ ") != std::string::npos || IsWildcardHost(rest)) {
+    return s.Error("advertise_host", absl::StrCat("'", out->advertise_host,
+                                                  "' is not a host name (\"{index}\" is the one "
+                                                  "pattern it may hold)"));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::string& source) {
   ClusterConfig c;
@@ -171,6 +225,7 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
   SY_RETURN_IF_ERROR(ParseSection(top, "topology", [&](Section& s) -> absl::Status {
     SY_RETURN_IF_ERROR(s.ReadMin("attention_workers", 1, &c.topology.attention_workers));
     SY_RETURN_IF_ERROR(s.ReadMin("expert_workers", 1, &c.topology.expert_workers));
+    SY_RETURN_IF_ERROR(s.Read("distinct_ports", &c.topology.distinct_ports));
     if (int64_t{c.topology.attention_workers} + c.topology.expert_workers > 1024) {
       return s.Error("attention_workers", "plus expert_workers must be <= 1024");
     }
@@ -181,6 +236,21 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
     SY_RETURN_IF_ERROR(s.ReadDuration("timeout_ms", 1, 1000, &c.transport.timeout_ms));
     if (c.transport.backend != "ucx" && c.transport.backend != "inproc") {
       return s.Error("backend", "must be ucx or inproc");
+    }
+    auto& t = c.transport;
+    SY_RETURN_IF_ERROR(s.ReadMin("ports_per_worker", 1, &t.ports_per_worker));
+    if (t.ports_per_worker > 1024) return s.Error("ports_per_worker", "must be <= 1024");
+    for (const auto& [key, port, workers] :
+         {std::tuple<const char*, int32_t*, int32_t>{"attention_worker_base_port",
+                                                     &t.attention_worker_base_port,
+                                                     PortsTaken(c, /*attention=*/true)},
+          {"expert_worker_base_port", &t.expert_worker_base_port,
+           PortsTaken(c, /*attention=*/false)}}) {
+      SY_RETURN_IF_ERROR(s.ReadMin(key, 0, port));
+      if (*port != 0 && int64_t{*port} + int64_t{workers} * t.ports_per_worker - 1 > 65535) {
+        return s.Error(key, absl::StrCat("(", *port, ") plus ", workers, " workers x ",
+                                         t.ports_per_worker, " ports must stay <= 65535"));
+      }
     }
     return absl::OkStatus();
   }));
@@ -200,6 +270,17 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
   }));
   SY_RETURN_IF_ERROR(ParseSection(top, "coordinator", [&](Section& s) -> absl::Status {
     SY_RETURN_IF_ERROR(s.ReadAddress("listen", &c.coordinator.listen));
+    ServiceAddress dial{"", 0};
+    SY_RETURN_IF_ERROR(s.ReadAddress("address", &dial));
+    if (!dial.host.empty()) {
+      if (IsWildcardHost(dial.host)) {
+        return s.Error("address", "must name a host the other processes can reach, not a wildcard");
+      }
+      c.coordinator.address = JoinHostPort(dial.host, dial.port);
+    } else if (IsWildcardHost(c.coordinator.listen.host)) {
+      return s.Error("address", absl::StrCat("is required when listen (", c.coordinator.listen.host,
+                                             ") binds every interface: what the others dial"));
+    }
     SY_RETURN_IF_ERROR(s.ReadDuration("heartbeat_ms", 10, 1000, &c.coordinator.heartbeat_ms));
     SY_RETURN_IF_ERROR(
         s.ReadDuration("worker_timeout_ms", 100, 1000, &c.coordinator.worker_timeout_ms));
@@ -212,6 +293,7 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
   SY_RETURN_IF_ERROR(ParseSection(top, "attention_worker", [&](Section& s) -> absl::Status {
     auto& a = c.attention_worker;
     SY_RETURN_IF_ERROR(s.ReadMin("base_port", 0, &a.base_port));
+    SY_RETURN_IF_ERROR(ReadWorkerAddresses(s, &a.addresses));
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_num_seqs", 1, &a.max_num_seqs));
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("max_batched_tokens", 1, &a.max_batched_tokens));
     SY_RETURN_IF_ERROR(s.ReadMin<int64_t>("kv_block_size", 1, &a.kv_block_size));
@@ -237,6 +319,7 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
   }));
   SY_RETURN_IF_ERROR(ParseSection(top, "expert_worker", [&](Section& s) -> absl::Status {
     SY_RETURN_IF_ERROR(s.ReadMin("base_port", 0, &c.expert_worker.base_port));
+    SY_RETURN_IF_ERROR(ReadWorkerAddresses(s, &c.expert_worker.addresses));
     return s.ReadMin<int64_t>("memory_limit_bytes", 0, &c.expert_worker.memory_limit_bytes);
   }));
   SY_RETURN_IF_ERROR(ParseSection(top, "eplb", [&](Section& s) -> absl::Status {
@@ -328,8 +411,9 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
     const Range ranges[] = {
         {"coordinator_port", &m.coordinator_port, 1},
         {"router_port", &m.router_port, 1},
-        {"attention_worker_base_port", &m.attention_worker_base_port, c.topology.attention_workers},
-        {"expert_worker_base_port", &m.expert_worker_base_port, c.topology.expert_workers},
+        {"attention_worker_base_port", &m.attention_worker_base_port,
+         PortsTaken(c, /*attention=*/true)},
+        {"expert_worker_base_port", &m.expert_worker_base_port, PortsTaken(c, /*attention=*/false)},
     };
     for (const Range& r : ranges) {
       SY_RETURN_IF_ERROR(s.ReadMin(r.key, 0, r.port));
@@ -347,9 +431,9 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
         {"coordinator.listen", c.coordinator.listen.port, c.coordinator.listen.port + 1},
         {"router.listen", c.router.listen.port, c.router.listen.port + 1},
         {"attention_worker.base_port", c.attention_worker.base_port,
-         int64_t{c.attention_worker.base_port} + c.topology.attention_workers},
+         int64_t{c.attention_worker.base_port} + PortsTaken(c, /*attention=*/true)},
         {"expert_worker.base_port", c.expert_worker.base_port,
-         int64_t{c.expert_worker.base_port} + c.topology.expert_workers},
+         int64_t{c.expert_worker.base_port} + PortsTaken(c, /*attention=*/false)},
     };
     for (const Range& r : ranges) {
       if (*r.port == 0) continue;
@@ -364,7 +448,27 @@ absl::StatusOr<ClusterConfig> ParseLoaded(const YAML::Node& root, const std::str
       }
       taken.push_back({s.Key(r.key), b, e});
     }
-    return s.Read("per_expert_load", &m.per_expert_load);
+    SY_RETURN_IF_ERROR(s.Read("per_expert_load", &m.per_expert_load));
+    // The data-plane ranges, against each other and every port above.
+    const auto& t = c.transport;
+    for (const auto& [key, base, workers] :
+         {std::tuple<const char*, int32_t, int32_t>{"transport.attention_worker_base_port",
+                                                    t.attention_worker_base_port,
+                                                    PortsTaken(c, /*attention=*/true)},
+          {"transport.expert_worker_base_port", t.expert_worker_base_port,
+           PortsTaken(c, /*attention=*/false)}}) {
+      if (base == 0) continue;
+      const int64_t b = base, e = b + int64_t{workers} * t.ports_per_worker;
+      for (const Taken& other : taken) {
+        if (other.begin == 0 || other.begin == other.end) continue;
+        if (b < other.end && other.begin < e) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              c.source, ": ", key, " (", b, " to ", e - 1, ") overlaps the ports of ", other.what));
+        }
+      }
+      taken.push_back({key, b, e});
+    }
+    return absl::OkStatus();
   }));
   SY_RETURN_IF_ERROR(top.CheckUnknown());
   return c;
@@ -389,15 +493,60 @@ absl::StatusOr<ClusterConfig> ParseClusterConfig(const std::string& yaml_text,
   }
 }
 
+std::string WorkerListenAddress(const ClusterConfig& config, bool attention, int32_t index) {
+  const int32_t base =
+      attention ? config.attention_worker.base_port : config.expert_worker.base_port;
+  const WorkerAddressOptions& a =
+      attention ? config.attention_worker.addresses : config.expert_worker.addresses;
+  return JoinHostPort(a.listen_host, base + PortIndex(config, index));
+}
+
+std::string WorkerAdvertisedAddress(const ClusterConfig& config, bool attention, int32_t index) {
+  return AdvertisedAddressFor(config, attention, index,
+                              WorkerListenAddress(config, attention, index));
+}
+
+std::string AdvertisedAddressFor(const ClusterConfig& config, bool attention, int32_t index,
+                                 const std::string& listen) {
+  const WorkerAddressOptions& a =
+      attention ? config.attention_worker.addresses : config.expert_worker.addresses;
+  const size_t colon = listen.rfind(':');
+  if (a.advertise_host.empty() || colon == std::string::npos) return listen;
+  std::string host = a.advertise_host;
+  const std::string i = std::to_string(index);
+  for (size_t at = 0; (at = host.find(kIndexPattern, at)) != std::string::npos; at += i.size()) {
+    host.replace(at, kIndexPattern.size(), i);
+  }
+  int32_t port = 0;
+  if (!absl::SimpleAtoi(listen.substr(colon + 1), &port)) return listen;
+  return JoinHostPort(host, port);
+}
+
+std::string CoordinatorDialAddress(const ClusterConfig& config) {
+  return config.coordinator.address.empty() ? config.coordinator.listen.address()
+                                            : config.coordinator.address;
+}
+
+std::string DataPortRange(const ClusterConfig& config, bool attention, int32_t index) {
+  const TransportOptions& t = config.transport;
+  const int32_t base = attention ? t.attention_worker_base_port : t.expert_worker_base_port;
+  if (base == 0) return "";
+  const int64_t first = int64_t{base} + int64_t{PortIndex(config, index)} * t.ports_per_worker;
+  return absl::StrCat(first, "-", first + t.ports_per_worker - 1);
+}
+
 int32_t MetricsPort(const ClusterConfig& config, const std::string& role, int32_t index) {
   const MetricsOptions& m = config.metrics;
   if (role == "coordinator") return m.coordinator_port;
   if (role == "router") return m.router_port;
   if (role == "attention_worker") {
-    return m.attention_worker_base_port == 0 ? 0 : m.attention_worker_base_port + index;
+    return m.attention_worker_base_port == 0
+               ? 0
+               : m.attention_worker_base_port + PortIndex(config, index);
   }
   if (role == "expert_worker") {
-    return m.expert_worker_base_port == 0 ? 0 : m.expert_worker_base_port + index;
+    return m.expert_worker_base_port == 0 ? 0
+                                          : m.expert_worker_base_port + PortIndex(config, index);
   }
   return 0;
 }

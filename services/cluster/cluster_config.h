@@ -27,11 +27,25 @@ struct ModelOptions {
 struct TopologyOptions {
   int32_t attention_workers = 1;
   int32_t expert_workers = 1;
+  // Workers of a role take distinct ports (gRPC base_port + i, metrics
+  // base + i, UCX range i), as processes sharing one host must; false: every
+  // worker of a role uses the base ports, each on a host (or Kubernetes pod)
+  // of its own, so that manifests can name one port per role.
+  bool distinct_ports = true;
 };
 
 struct TransportOptions {
   std::string backend = "ucx";  // ucx | inproc
   int64_t timeout_ms = 30000;   // one dispatch/combine exchange at most
+  // UCX data-plane listeners: worker i of a role binds its TCP listeners in
+  // [base + i * ports_per_worker, base + (i + 1) * ports_per_worker); a base
+  // of 0 lets UCX pick free ports. An expert worker runs two UCX contexts
+  // (the mesh and weight staging), each listening once per network device.
+  // UCX cannot rebind a port its predecessor's connections hold in TIME_WAIT
+  // (a minute on Linux), so a range needs spares for restarts.
+  int32_t attention_worker_base_port = 0;
+  int32_t expert_worker_base_port = 0;
+  int32_t ports_per_worker = 8;
 };
 
 struct PlacementConfig {
@@ -53,8 +67,19 @@ struct LimitOptions {
   int64_t max_model_len = 0;  // 0: the model's max_position_embeddings
 };
 
+// Where the workers of a role serve gRPC and where the others reach them:
+// worker i binds listen_host:(base_port + i) and registers
+// advertise_host:(base_port + i) with the coordinator, "{index}" in
+// advertise_host replaced by i (Kubernetes: the pod's name under the
+// StatefulSet's headless Service, e.g. "switchyard-expert-{index}.switchyard-expert").
+struct WorkerAddressOptions {
+  std::string listen_host = "127.0.0.1";
+  std::string advertise_host;  // empty: listen_host (which must then not be a wildcard)
+};
+
 struct AttentionWorkerOptions {
   int32_t base_port = 50200;  // worker i listens on base_port + i
+  WorkerAddressOptions addresses;
   int64_t max_num_seqs = 64;
   int64_t max_batched_tokens = 8192;
   int64_t kv_block_size = 16;
@@ -73,6 +98,7 @@ struct AttentionWorkerOptions {
 
 struct ExpertWorkerOptions {
   int32_t base_port = 50300;
+  WorkerAddressOptions addresses;
   // Bytes of expert weights a worker may hold, serving and staged together
   // (0: no limit); staging a re-placement beyond it fails and is aborted.
   int64_t memory_limit_bytes = 0;
@@ -80,6 +106,9 @@ struct ExpertWorkerOptions {
 
 struct CoordinatorOptions {
   ServiceAddress listen{"127.0.0.1", 50100};
+  // What the other processes dial (Kubernetes: the coordinator's Service,
+  // e.g. "switchyard-coordinator:50100"); empty: listen.
+  std::string address;
   int64_t heartbeat_ms = 1000;
   int64_t worker_timeout_ms = 10000;  // no heartbeat this long: member is dead
 };
@@ -154,6 +183,28 @@ struct ClusterConfig {
   SecurityOptions security;
   MetricsOptions metrics;
 };
+
+// HOST:PORT, with an IPv6 host in brackets.
+std::string JoinHostPort(const std::string& host, int32_t port);
+
+// Whether `host` binds every interface (0.0.0.0, ::, [::], or empty).
+bool IsWildcardHost(const std::string& host);
+
+// Where worker `index` of a role binds its gRPC server, and the address it
+// registers for the others to reach it at.
+std::string WorkerListenAddress(const ClusterConfig& config, bool attention, int32_t index);
+std::string WorkerAdvertisedAddress(const ClusterConfig& config, bool attention, int32_t index);
+// The same for a worker listening on `listen` (HOST:PORT; e.g. a --listen
+// flag): the role's advertise_host, if set, with listen's port; else listen.
+std::string AdvertisedAddressFor(const ClusterConfig& config, bool attention, int32_t index,
+                                 const std::string& listen);
+
+// The address the workers and routers dial the coordinator at.
+std::string CoordinatorDialAddress(const ClusterConfig& config);
+
+// The UCX data-plane port range of worker `index` of a role, "FIRST-LAST"
+// (UCX's PORT_RANGE syntax), or "" when UCX picks the ports.
+std::string DataPortRange(const ClusterConfig& config, bool attention, int32_t index);
 
 // The metrics port of a process (0: none), by role: "coordinator",
 // "router", "attention_worker" or "expert_worker" (with its index).

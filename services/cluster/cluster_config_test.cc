@@ -18,22 +18,29 @@ topology:
 transport:
   backend: ucx
   timeout_ms: 5000
+  attention_worker_base_port: 7400
+  expert_worker_base_port: 7500
+  ports_per_worker: 8
 placement:
   redundant_experts: 2
   replicate: [3, 4]
   order: strided
 coordinator:
-  listen: 127.0.0.1:7000
+  listen: 0.0.0.0:7000
+  address: switchyard-coordinator:7000
   heartbeat_ms: 200
 router:
   listen: 127.0.0.1:7001
 attention_worker:
   base_port: 7100
+  listen_host: 0.0.0.0
+  advertise_host: sy-attention-{index}.sy-attention
   max_num_seqs: 32
   dedup_window_ms: 60000
   kv_admission: reserve
 expert_worker:
   base_port: 7200
+  listen_host: ::1
   memory_limit_bytes: 1000000
 limits:
   max_queue: 64
@@ -72,7 +79,16 @@ TEST(ClusterConfigTest, ParsesEveryKey) {
   EXPECT_EQ(c->placement.redundant_experts, 2);
   EXPECT_THAT(c->placement.replicate, ::testing::ElementsAre(3, 4));
   EXPECT_EQ(c->placement.order, eplb::PlacementOrder::kStrided);
-  EXPECT_EQ(c->coordinator.listen.address(), "127.0.0.1:7000");
+  EXPECT_EQ(c->coordinator.listen.address(), "0.0.0.0:7000");
+  EXPECT_EQ(CoordinatorDialAddress(*c), "switchyard-coordinator:7000");
+  EXPECT_EQ(DataPortRange(*c, /*attention=*/true, 1), "7408-7415");
+  EXPECT_EQ(DataPortRange(*c, /*attention=*/false, 2), "7516-7523");
+  EXPECT_EQ(WorkerListenAddress(*c, /*attention=*/true, 1), "0.0.0.0:7101");
+  EXPECT_EQ(WorkerAdvertisedAddress(*c, /*attention=*/true, 1), "sy-attention-1.sy-attention:7101");
+  EXPECT_EQ(AdvertisedAddressFor(*c, /*attention=*/true, 0, "0.0.0.0:9999"),
+            "sy-attention-0.sy-attention:9999");
+  EXPECT_EQ(WorkerListenAddress(*c, /*attention=*/false, 2), "[::1]:7202");
+  EXPECT_EQ(WorkerAdvertisedAddress(*c, /*attention=*/false, 2), "[::1]:7202");
   EXPECT_EQ(c->coordinator.heartbeat_ms, 200);
   EXPECT_EQ(c->router.listen.port, 7001);
   EXPECT_EQ(c->attention_worker.base_port, 7100);
@@ -112,12 +128,44 @@ TEST(ClusterConfigTest, DefaultsForMissingSections) {
   EXPECT_EQ(c->transport.backend, "ucx");
   EXPECT_EQ(c->topology.attention_workers, 1);
   EXPECT_EQ(c->router.listen.address(), "127.0.0.1:50051");
+  EXPECT_EQ(CoordinatorDialAddress(*c), "127.0.0.1:50100");
+  EXPECT_EQ(WorkerListenAddress(*c, /*attention=*/true, 0), "127.0.0.1:50200");
+  EXPECT_EQ(WorkerAdvertisedAddress(*c, /*attention=*/false, 0), "127.0.0.1:50300");
+  EXPECT_EQ(DataPortRange(*c, /*attention=*/true, 0), "");  // UCX picks
+  EXPECT_EQ(c->transport.ports_per_worker, 8);
   EXPECT_EQ(c->metrics.host, "127.0.0.1");
   EXPECT_FALSE(c->metrics.per_expert_load);
   EXPECT_EQ(MetricsPort(*c, "coordinator", 0), 9400);
   EXPECT_EQ(MetricsPort(*c, "router", 0), 9401);
   EXPECT_EQ(MetricsPort(*c, "attention_worker", 0), 9410);
   EXPECT_EQ(MetricsPort(*c, "expert_worker", 0), 9450);
+}
+
+// One worker per host (Kubernetes pods): every worker of a role on the
+// role's base ports, and the overlap checks count one worker per role.
+TEST(ClusterConfigTest, SharedPortsPerRole) {
+  auto c = ParseClusterConfig(
+      "model: {path: /m}\ntopology: {attention_workers: 4, expert_workers: 8, "
+      "distinct_ports: false}\ntransport: {attention_worker_base_port: 50201, "
+      "expert_worker_base_port: 50301}\nmetrics: {expert_worker_base_port: 9411}\n",
+      "c.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->topology.distinct_ports);
+  EXPECT_EQ(WorkerListenAddress(*c, /*attention=*/true, 3), "127.0.0.1:50200");
+  EXPECT_EQ(WorkerListenAddress(*c, /*attention=*/false, 7), "127.0.0.1:50300");
+  EXPECT_EQ(MetricsPort(*c, "attention_worker", 3), 9410);
+  EXPECT_EQ(MetricsPort(*c, "expert_worker", 7), 9411);
+  EXPECT_EQ(DataPortRange(*c, /*attention=*/true, 3), "50201-50208");
+  EXPECT_EQ(DataPortRange(*c, /*attention=*/false, 7), "50301-50308");
+  // With distinct ports the same file overlaps.
+  auto distinct = ParseClusterConfig(
+      "model: {path: /m}\ntopology: {attention_workers: 4, expert_workers: 8}\n"
+      "transport: {attention_worker_base_port: 50201}\n",
+      "c.yaml");
+  ASSERT_FALSE(distinct.ok());
+  EXPECT_THAT(distinct.status().message(),
+              HasSubstr("transport.attention_worker_base_port (50201 to 50232) overlaps the "
+                        "ports of attention_worker.base_port"));
 }
 
 TEST(ClusterConfigTest, ErrorsNameKeyAndFile) {
@@ -172,6 +220,34 @@ TEST(ClusterConfigTest, ErrorsNameKeyAndFile) {
       {"model: {path: /m}\nmetrics: {per_expert_load: sometimes}\n",
        "metrics.per_expert_load has an invalid value"},
       {"model: {path: /m}\n{a: 1}: 2\n", "top level has a key that is not a name"},
+      {"model: {path: /m}\ncoordinator: {listen: '0.0.0.0:50100'}\n",
+       "coordinator.address is required when listen (0.0.0.0) binds every interface"},
+      {"model: {path: /m}\ncoordinator: {address: '0.0.0.0:50100'}\n",
+       "coordinator.address must name a host the other processes can reach"},
+      {"model: {path: /m}\ncoordinator: {address: 'coordinator'}\n",
+       "coordinator.address must be HOST:PORT"},
+      {"model: {path: /m}\nexpert_worker: {listen_host: '::'}\n",
+       "expert_worker.advertise_host is required when listen_host (::) binds every interface"},
+      {"model: {path: /m}\nattention_worker: {listen_host: ''}\n",
+       "attention_worker.listen_host must not be empty"},
+      {"model: {path: /m}\nattention_worker: {advertise_host: 'aw-{rank}.svc'}\n",
+       "attention_worker.advertise_host 'aw-{rank}.svc' is not a host name"},
+      {"model: {path: /m}\ntransport: {ports_per_worker: 0}\n",
+       "transport.ports_per_worker must be >= 1"},
+      {"model: {path: /m}\ntopology: {expert_workers: 4}\n"
+       "transport: {expert_worker_base_port: 65530}\n",
+       "transport.expert_worker_base_port (65530) plus 4 workers x 8 ports must stay <= 65535"},
+      {"model: {path: /m}\ntopology: {attention_workers: 2}\n"
+       "transport: {attention_worker_base_port: 50298}\n",
+       "transport.attention_worker_base_port (50298 to 50313) overlaps the ports of "
+       "expert_worker.base_port"},
+      {"model: {path: /m}\ntransport: {attention_worker_base_port: 31000, "
+       "expert_worker_base_port: 31002}\n",
+       "transport.expert_worker_base_port (31002 to 31009) overlaps the ports of "
+       "transport.attention_worker_base_port"},
+      {"model: {path: /m}\ntransport: {expert_worker_base_port: 9398}\n",
+       "transport.expert_worker_base_port (9398 to 9405) overlaps the ports of "
+       "metrics.coordinator_port"},
       {"model: {path: /m\n", "not valid YAML"},
       {"- a\n- b\n", "top level must be a mapping"},
   };

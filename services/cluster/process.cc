@@ -10,6 +10,8 @@
 
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "services/cluster/cluster_config.h"
 
 namespace sy::cluster {
 namespace {
@@ -79,6 +81,15 @@ void ListAllFlagsInHelp() {
   usage.contains_help_flags = ours;
   usage.contains_helpshort_flags = ours;
   absl::SetFlagsUsageConfig(usage);
+}
+
+std::string ListenersLine(const std::string& grpc_address, const std::string& metrics_host,
+                          int32_t metrics_port, bool has_ucx, const std::string& ucx_range) {
+  std::string line = absl::StrCat(
+      "  listens on: grpc=", grpc_address, " metrics=",
+      metrics_port == 0 ? std::string("off") : JoinHostPort(metrics_host, metrics_port));
+  if (has_ucx) absl::StrAppend(&line, " ucx=", ucx_range.empty() ? "any" : ucx_range);
+  return line;
 }
 
 }  // namespace sy::cluster

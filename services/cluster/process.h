@@ -26,4 +26,13 @@ std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::s
 // leaving out abseil's own built-in flags. Call before ParseCommandLine.
 void ListAllFlagsInHelp();
 
+// The line --check-config prints after "config OK": every port the process
+// would listen on, for people and for the manifest checks
+// (tests/k8s_manifest_test.py), e.g.
+//   "  listens on: grpc=0.0.0.0:50200 metrics=0.0.0.0:9410 ucx=50400-50407"
+// `metrics_port` 0: "metrics=off"; an empty `ucx_range` leaves ucx out
+// ("ucx=any" when `has_ucx` and no range is configured).
+std::string ListenersLine(const std::string& grpc_address, const std::string& metrics_host,
+                          int32_t metrics_port, bool has_ucx, const std::string& ucx_range);
+
 }  // namespace sy::cluster

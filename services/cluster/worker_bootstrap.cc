@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <iterator>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/listening_ports.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "grpcpp/grpcpp.h"
@@ -107,15 +111,62 @@ int32_t RankOf(const ClusterConfig& cfg, bool attention, int32_t index) {
   return attention ? index : cfg.topology.attention_workers + index;
 }
 
+absl::StatusOr<std::unique_ptr<transport::Transport>> CreateDataPlaneTransport(
+    const transport::TransportOptions& options, const std::string& what) {
+  const absl::StatusOr<std::vector<int32_t>> before = ListeningTcpPorts();
+  absl::StatusOr<std::unique_ptr<transport::Transport>> made = transport::CreateTransport(options);
+  if (!made.ok() && !options.port_range.empty()) {
+    return Annotate(
+        made.status(),
+        absl::StrCat(what, " transport with its listeners in ports ", options.port_range,
+                     " (if no port of the range could be bound: another process has "
+                     "it, or a predecessor's connections hold it in TIME_WAIT for up "
+                     "to a minute; widen transport.ports_per_worker)"));
+  }
+  SY_ASSIGN_OR_RETURN(std::unique_ptr<transport::Transport> created, std::move(made));
+  const absl::StatusOr<std::vector<int32_t>> after = ListeningTcpPorts();
+  if (!before.ok() || !after.ok()) return created;  // nothing to log; the transport is fine
+  std::vector<int32_t> opened;
+  std::set_difference(after->begin(), after->end(), before->begin(), before->end(),
+                      std::back_inserter(opened));
+  const std::string where =
+      absl::StrCat("rank ", options.rank, ": ", options.backend, " ", what, " transport");
+  if (options.port_range.empty()) {
+    SY_LOG(INFO) << where << " listening on TCP ports [" << absl::StrJoin(opened, ", ") << "]";
+    return created;
+  }
+  int32_t first = 0, last = 0;
+  const std::vector<std::string> bounds = absl::StrSplit(options.port_range, '-');
+  if (bounds.size() != 2 || !absl::SimpleAtoi(bounds[0], &first) ||
+      !absl::SimpleAtoi(bounds[1], &last)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": port range '", options.port_range, "' is not FIRST-LAST"));
+  }
+  const bool outside =
+      std::any_of(opened.begin(), opened.end(), [&](int32_t p) { return p < first || p > last; });
+  if (opened.empty() || outside) {
+    SY_LOG(WARNING) << where << " listens on TCP ports [" << absl::StrJoin(opened, ", ")
+                    << "], configured to " << options.port_range
+                    << (opened.empty() ? ": every port of the range is taken? peers on other "
+                                         "hosts cannot reach this worker"
+                                       : "");
+  } else {
+    SY_LOG(INFO) << where << " listening on TCP ports [" << absl::StrJoin(opened, ", ")
+                 << "] (range " << options.port_range << ")";
+  }
+  return created;
+}
+
 absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, int32_t index,
-                                    const std::string& grpc_address,
+                                    const std::string& listen_address,
                                     transport::Transport& transport,
                                     std::chrono::milliseconds timeout,
                                     const std::string& staging_address) {
+  const std::string grpc_address = AdvertisedAddressFor(cfg, attention, index, listen_address);
   const auto deadline = Clock::now() + timeout;
   // Workers often start before the coordinator listens: the channel retries
   // connecting every 100-500 ms instead of gRPC's default exponential backoff.
-  auto channel = CoordinatorChannel(cfg.coordinator.listen.address());
+  auto channel = CoordinatorChannel(CoordinatorDialAddress(cfg));
   auto stub = pb::Coordinator::NewStub(channel);
   pb::RegisterRequest req;
   req.set_role(attention ? pb::ROLE_ATTENTION : pb::ROLE_EXPERT);
@@ -135,15 +186,14 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
         st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
       return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
                           absl::StrCat("registering with the coordinator at ",
-                                       cfg.coordinator.listen.address(), ": ", st.error_message()));
+                                       CoordinatorDialAddress(cfg), ": ", st.error_message()));
     }
     if (Clock::now() > deadline) {
-      return absl::UnavailableError(absl::StrCat("coordinator at ",
-                                                 cfg.coordinator.listen.address(),
+      return absl::UnavailableError(absl::StrCat("coordinator at ", CoordinatorDialAddress(cfg),
                                                  " unreachable: ", st.error_message()));
     }
     if (attempt % 10 == 0) {
-      SY_LOG(INFO) << "waiting for the coordinator at " << cfg.coordinator.listen.address() << " ("
+      SY_LOG(INFO) << "waiting for the coordinator at " << CoordinatorDialAddress(cfg) << " ("
                    << st.error_message() << ")";
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -198,7 +248,7 @@ absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, in
 }
 
 Heartbeat::Heartbeat(const ClusterConfig& cfg, int32_t rank, uint64_t registration) {
-  const std::string address = cfg.coordinator.listen.address();
+  const std::string address = CoordinatorDialAddress(cfg);
   const auto period = std::chrono::milliseconds(cfg.coordinator.heartbeat_ms);
   thread_ = std::thread([this, address, period, rank, registration_at_start = registration] {
     uint64_t registration = registration_at_start;
@@ -351,7 +401,7 @@ void Heartbeat::SetReporter(Reporter reporter, NewsProbe news) {
 }
 
 MeshWatcher::MeshWatcher(const ClusterConfig& cfg, std::function<void(const pb::Mesh&)> on_change) {
-  const std::string address = cfg.coordinator.listen.address();
+  const std::string address = CoordinatorDialAddress(cfg);
   thread_ = std::thread([this, address, on_change = std::move(on_change)] {
     auto stub = pb::Coordinator::NewStub(CoordinatorChannel(address));
     int64_t version = 0;
@@ -385,7 +435,7 @@ MeshWatcher::~MeshWatcher() {
 }
 
 absl::Status WaitForReadyMesh(const ClusterConfig& cfg, std::chrono::milliseconds timeout) {
-  auto stub = pb::Coordinator::NewStub(CoordinatorChannel(cfg.coordinator.listen.address()));
+  auto stub = pb::Coordinator::NewStub(CoordinatorChannel(CoordinatorDialAddress(cfg)));
   auto not_ready = [](const pb::Mesh& mesh) {
     std::vector<int32_t> ranks;
     for (const pb::Member& m : mesh.members()) {

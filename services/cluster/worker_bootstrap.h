@@ -18,6 +18,7 @@
 #include "services/cluster/cluster_config.h"
 #include "services/moe/remote_experts.h"
 #include "switchyard/internal/v1/cluster.grpc.pb.h"
+#include "transport/registry.h"
 #include "transport/transport.h"
 
 namespace sy::cluster {
@@ -43,11 +44,20 @@ struct JoinedMesh {
 // Rank of a worker: attention worker i -> i, expert worker j -> A + j.
 int32_t RankOf(const ClusterConfig& cfg, bool attention, int32_t index);
 
+// Creates a data-plane transport and logs the TCP ports it listens on
+// (`what` names it: "mesh", "staging"). With options.port_range set, warns
+// when a port falls outside it or none was bound in it (every port of the
+// range taken: peers on other hosts could not reach this one).
+absl::StatusOr<std::unique_ptr<transport::Transport>> CreateDataPlaneTransport(
+    const transport::TransportOptions& options, const std::string& what);
+
 // Registers (retrying while the coordinator is not up yet, until `timeout`),
 // starts heartbeats, waits for the complete mesh, connects `transport`.
-// Progress goes to the log.
+// The worker's gRPC server listens on `listen_address`; it registers the
+// address the others reach that at (AdvertisedAddressFor). Progress goes to
+// the log.
 absl::StatusOr<JoinedMesh> JoinMesh(const ClusterConfig& cfg, bool attention, int32_t index,
-                                    const std::string& grpc_address,
+                                    const std::string& listen_address,
                                     transport::Transport& transport,
                                     std::chrono::milliseconds timeout,
                                     const std::string& staging_address = "");

@@ -23,7 +23,8 @@ ABSL_FLAG(bool, check_config, false,
           "or 2, starting nothing");
 ABSL_FLAG(int32_t, index, 0, "This worker's index among the workers of its role");
 ABSL_FLAG(std::string, listen, "",
-          "gRPC address; default 127.0.0.1:(base_port + index) of the role's config section");
+          "gRPC address (HOST:PORT) to listen on; default: listen_host:(base_port + index) of the "
+          "role's config section");
 ABSL_FLAG(int32_t, metrics_port, -1,
           "Port of the Prometheus /metrics endpoint (0: none; -1: the metrics section of "
           "--config: the role's base port + index)");
@@ -74,9 +75,26 @@ int WorkerMain(int argc, char** argv, bool attention, const WorkerRunFn& run) {
     std::cerr << binary << ": " << metrics_port.status().message() << "\n";
     return 2;
   }
+  const std::string listen = absl::GetFlag(FLAGS_listen).empty()
+                                 ? WorkerListenAddress(*cfg, attention, index)
+                                 : absl::GetFlag(FLAGS_listen);
+  const std::string advertised = AdvertisedAddressFor(*cfg, attention, index, listen);
+  if (const size_t colon = advertised.rfind(':');
+      colon == std::string::npos || colon == 0 || IsWildcardHost(advertised.substr(0, colon))) {
+    std::cerr << binary << ": --listen " << listen
+              << (colon == std::string::npos || colon == 0
+                      ? " must be HOST:PORT\n"
+                      : absl::StrCat(" binds every interface: set ",
+                                     attention ? "attention_worker" : "expert_worker",
+                                     ".advertise_host to where the others reach this worker\n"));
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_check_config)) {
     std::cout << binary << ": " << absl::GetFlag(FLAGS_config) << ": config OK (index " << index
-              << ")\n";
+              << ", registered as " << advertised << ")\n"
+              << ListenersLine(listen, cfg->metrics.host, *metrics_port, /*has_ucx=*/true,
+                               DataPortRange(*cfg, attention, index))
+              << "\n";
     return 0;
   }
   auto metrics = ProcessMetrics::Start(
@@ -89,16 +107,12 @@ int WorkerMain(int argc, char** argv, bool attention, const WorkerRunFn& run) {
   transport::TransportOptions to;
   to.backend = cfg->transport.backend;
   to.rank = RankOf(*cfg, attention, index);
-  auto transport = transport::CreateTransport(to);
+  to.port_range = DataPortRange(*cfg, attention, index);
+  auto transport = CreateDataPlaneTransport(to, "mesh");
   if (!transport.ok()) {
     std::cerr << binary << ": transport: " << transport.status().message() << "\n";
     return 1;
   }
-  const int32_t base_port =
-      attention ? cfg->attention_worker.base_port : cfg->expert_worker.base_port;
-  const std::string listen = absl::GetFlag(FLAGS_listen).empty()
-                                 ? absl::StrCat("127.0.0.1:", base_port + index)
-                                 : absl::GetFlag(FLAGS_listen);
   // Both written by the role's thread before it sets `done` (release/acquire).
   std::atomic<bool> done{false};
   absl::Status status;

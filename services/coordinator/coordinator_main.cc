@@ -54,7 +54,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (absl::GetFlag(FLAGS_check_config)) {
-    std::cout << "switchyard-coordinator: " << absl::GetFlag(FLAGS_config) << ": config OK\n";
+    std::cout << "switchyard-coordinator: " << absl::GetFlag(FLAGS_config) << ": config OK\n"
+              << sy::cluster::ListenersLine(listen, cfg->metrics.host, *metrics_port,
+                                            /*has_ucx=*/false, "")
+              << "\n";
     return 0;
   }
   auto metrics =

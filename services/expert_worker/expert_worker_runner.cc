@@ -73,7 +73,8 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
     transport::TransportOptions to;
     to.backend = "ucx";
     to.rank = index;
-    SY_ASSIGN_OR_RETURN(own, transport::CreateTransport(to));
+    to.port_range = cluster::DataPortRange(cfg, /*attention=*/false, index);
+    SY_ASSIGN_OR_RETURN(own, cluster::CreateDataPlaneTransport(to, "staging"));
   }
   return RunExpertWorkerWithStaging(cfg, index, transport, listen, should_stop, own.get(), metrics);
 }

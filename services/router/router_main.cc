@@ -173,7 +173,7 @@ int main(int argc, char** argv) {
     options.max_context = cfg->limits.max_model_len;
     options.max_new_tokens_limit = cfg->limits.max_new_tokens;
     options.max_logprobs = cfg->limits.max_logprobs;
-    coordinator = cfg->coordinator.listen.address();
+    coordinator = sy::cluster::CoordinatorDialAddress(*cfg);
     options.api_keys_file = cfg->security.api_keys_file;
     options.api_tls = cfg->security.api_tls;
     if (absl::Status st = sy::security::SetInternalTls(cfg->security.internal_tls); !st.ok()) {
@@ -212,7 +212,10 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_check_config)) {
     std::cout << "switchyard-router: "
               << (absl::GetFlag(FLAGS_config).empty() ? "flags" : absl::GetFlag(FLAGS_config))
-              << ": config OK\n";
+              << ": config OK\n"
+              << sy::cluster::ListenersLine(options.listen_address, metrics_host, metrics_port,
+                                            /*has_ucx=*/false, "")
+              << "\n";
     return 0;
   }
 

@@ -51,11 +51,18 @@ absl::Status UcsError(ucs_status_t status, std::string_view call, const char* fi
       absl::StrCat(std::string(call), ": ", ucs_status_string(status), " (", file, ":", line, ")"));
 }
 
-absl::StatusOr<std::unique_ptr<UcpContext>> UcpContext::Create(const std::string& name) {
+absl::StatusOr<std::unique_ptr<UcpContext>> UcpContext::Create(const std::string& name,
+                                                               const std::string& port_range) {
   ucp_config_t* raw_config = nullptr;
   // nullptr env prefix and file: UCX reads its usual UCX_* environment.
   SY_UCX_RETURN_IF_ERROR(ucp_config_read(nullptr, nullptr, &raw_config));
   std::unique_ptr<ucp_config_t, ConfigDeleter> config(raw_config);
+  if (!port_range.empty()) {
+    // The transports' own key (UCX_TCP_PORT_RANGE without its prefixes);
+    // ucp_config_modify hands keys it does not know itself to every UCT
+    // transport that has one.
+    SY_UCX_RETURN_IF_ERROR(ucp_config_modify(config.get(), "PORT_RANGE", port_range.c_str()));
+  }
 
   ucp_params_t params{};
   params.field_mask =
@@ -145,10 +152,13 @@ void UcpEndpoint::Close(bool flush, absl::Time deadline) {
   if (!UCS_PTR_IS_PTR(result)) return;  // closed at once (or failed: nothing left to wait for)
   UcpRequest request(result);
   while (request.Status() == UCS_INPROGRESS && absl::Now() < deadline) worker_->Progress();
-  if (flush && request.Status() == UCS_INPROGRESS) {
-    SY_LOG(WARNING) << "UCX endpoint close did not finish in time; the worker's teardown "
-                       "releases it";
-  }
+  if (request.Status() != UCS_INPROGRESS) return;
+  if (flush) SY_LOG(WARNING) << "UCX endpoint close did not finish in time; it goes on";
+  close_request_ = std::move(request);
+}
+
+bool UcpEndpoint::closing() const {
+  return !close_request_.empty() && close_request_.Status() == UCS_INPROGRESS;
 }
 
 }  // namespace sy::transport::ucx

@@ -41,10 +41,12 @@ absl::Status UcsError(ucs_status_t status, std::string_view call, const char* fi
 
 // A ucp_context_h with the tag-matching feature. Transports and devices come
 // from UCX's own configuration (UCX_TLS, UCX_NET_DEVICES, ... in the
-// environment), never from this code.
+// environment), never from this code; `port_range` ("FIRST-LAST", or empty
+// for any) bounds the TCP ports its listeners bind.
 class UcpContext {
  public:
-  static absl::StatusOr<std::unique_ptr<UcpContext>> Create(const std::string& name);
+  static absl::StatusOr<std::unique_ptr<UcpContext>> Create(const std::string& name,
+                                                            const std::string& port_range = "");
   ~UcpContext();
   UcpContext(const UcpContext&) = delete;
   UcpContext& operator=(const UcpContext&) = delete;
@@ -129,13 +131,24 @@ class UcpEndpoint {
   // Closes the endpoint. `flush`: lets outstanding operations finish first,
   // progressing the worker until `deadline` at most; otherwise (and for a
   // failed endpoint) force-closes, completing outstanding requests with
-  // UCS_ERR_CANCELED at once. Idempotent.
+  // UCS_ERR_CANCELED at once. Idempotent. A close UCX has not finished by
+  // `deadline` goes on as the worker progresses: see closing().
   void Close(bool flush, absl::Time deadline);
+
+  // Whether a close is still in progress. The worker must not be destroyed
+  // while one is: UCX 1.13 aborts in ucp_worker_destroy on an endpoint whose
+  // close has begun and not ended (assertion on its `create` refcount).
+  bool closing() const;
+
+  // Frees the request of a close still in progress (UCX finishes the close
+  // on its own); must come before the worker is destroyed.
+  void ForgetClose() { close_request_.Reset(); }
 
  private:
   UcpEndpoint(UcpWorker* worker, ucp_ep_h ep) : worker_(worker), ep_(ep) {}
   UcpWorker* worker_;
   ucp_ep_h ep_;
+  UcpRequest close_request_;  // of a close that did not end within its deadline
 };
 
 }  // namespace sy::transport::ucx

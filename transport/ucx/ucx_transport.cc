@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <mutex>
 #include <thread>
 #include <utility>
 
@@ -65,8 +66,9 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(const Options
     return absl::InvalidArgumentError(
         absl::StrCat("ucx transport: rank ", options.rank, " out of range [0, ", kMaxRanks, ")"));
   }
-  SY_ASSIGN_OR_RETURN(std::unique_ptr<UcpContext> context,
-                      UcpContext::Create(absl::StrCat("switchyard-rank-", options.rank)));
+  SY_ASSIGN_OR_RETURN(
+      std::unique_ptr<UcpContext> context,
+      UcpContext::Create(absl::StrCat("switchyard-rank-", options.rank), options.port_range));
   SY_ASSIGN_OR_RETURN(std::unique_ptr<UcpWorker> worker, UcpWorker::Create(*context));
   SY_ASSIGN_OR_RETURN(std::string address, worker->Address());
   return std::unique_ptr<UcxTransport>(
@@ -136,16 +138,21 @@ absl::Status UcxTransport::Connect(const std::vector<PeerAddress>& peers) {
     if (it != peers_.end() && it->second->ep->is_open() && it->second->address == address.address) {
       continue;
     }
+    if (it != peers_.end()) {
+      // The old endpoint goes first, and its close is seen through: a
+      // replacement may listen where its predecessor did (a configured port
+      // range), and a stale endpoint's pending connection must not reach it.
+      UcpEndpoint& old = *it->second->ep;
+      const absl::Time deadline = absl::Now() + options_.close_timeout;
+      old.Close(/*flush=*/false, deadline);
+      while (old.closing() && absl::Now() < deadline) worker_->Progress();
+      retired_peers_.push_back(std::move(it->second));
+      peers_.erase(it);
+    }
     auto peer = std::make_unique<Peer>(address.rank, address.address);
     SY_ASSIGN_OR_RETURN(peer->ep, UcpEndpoint::Create(worker_.get(), address.address,
                                                       &OnEndpointError, peer.get()));
-    if (it != peers_.end()) {
-      it->second->ep->Close(/*flush=*/false, absl::InfinitePast());
-      retired_peers_.push_back(std::move(it->second));
-      it->second = std::move(peer);
-    } else {
-      peers_.emplace(address.rank, std::move(peer));
-    }
+    peers_.emplace(address.rank, std::move(peer));
   }
   return absl::OkStatus();
 }
@@ -396,6 +403,21 @@ absl::Status UcxTransport::Close() {
     SY_LOG(WARNING) << "ucx rank " << rank_ << ": closing with unflushed data: " << flushed;
   }
   for (auto& [unused_rank, peer] : peers_) peer->ep->Close(/*flush=*/false, absl::InfinitePast());
+  // Force closes (these and those of failed peers) can take a few progress
+  // calls to end; UCX aborts the process if the worker goes first.
+  std::vector<UcpEndpoint*> endpoints;
+  for (auto& [unused_rank, peer] : peers_) endpoints.push_back(peer->ep.get());
+  for (auto& peer : retired_peers_) endpoints.push_back(peer->ep.get());
+  const auto closing = [&] {
+    return std::any_of(endpoints.begin(), endpoints.end(),
+                       [](const UcpEndpoint* ep) { return ep != nullptr && ep->closing(); });
+  };
+  const absl::Time close_deadline = absl::Now() + options_.close_timeout;
+  while (closing() && absl::Now() < close_deadline) worker_->Progress();
+  const bool closes_done = !closing();
+  for (UcpEndpoint* ep : endpoints) {
+    if (ep != nullptr) ep->ForgetClose();
+  }
   ReapOrphans();
   // Buffers of receives UCX may still write to live until the worker is gone.
   std::vector<std::vector<uint8_t>> late_buffers;
@@ -404,8 +426,24 @@ absl::Status UcxTransport::Close() {
     late_buffers.push_back(std::move(orphan.buffer));
   }
   orphans_.clear();
-  worker_.reset();
-  context_.reset();
+  if (closes_done) {
+    worker_.reset();
+    context_.reset();
+  } else {
+    // Destroying the worker now would abort the process; leave it (and its
+    // context) to the process's exit.
+    SY_LOG(WARNING) << "ucx rank " << rank_ << ": endpoint closes did not end within "
+                    << absl::FormatDuration(options_.close_timeout)
+                    << "; leaving the UCX worker to the process's exit";
+    struct Kept {
+      std::unique_ptr<UcpContext> context;
+      std::unique_ptr<UcpWorker> worker;
+    };
+    static auto* const kept = new std::vector<Kept>;  // never destroyed; reachable for LSan
+    static std::mutex kept_mu;
+    std::lock_guard<std::mutex> lock(kept_mu);
+    kept->push_back({std::move(context_), std::move(worker_)});
+  }
   peers_.clear();
   retired_peers_.clear();
   self_messages_.clear();

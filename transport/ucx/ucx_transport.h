@@ -51,6 +51,8 @@ class UcxTransport final : public Transport {
     // finish (never past the Exchange's deadline) before their endpoints are
     // force-closed.
     absl::Duration abandon_grace = absl::Milliseconds(50);
+    // The TCP ports UCX's listeners may bind, "FIRST-LAST"; empty: any.
+    std::string port_range;
   };
 
   static absl::StatusOr<std::unique_ptr<UcxTransport>> Create(const Options& options);
