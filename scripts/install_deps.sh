@@ -9,7 +9,7 @@ PACKAGES=(
   libyaml-cpp-dev prometheus-cpp-dev libucx-dev ucx-utils
   libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang-format libssl-dev openssl
-  prometheus
+  prometheus python3-yaml
 )
 
 missing=()
