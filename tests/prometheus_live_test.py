@@ -12,6 +12,8 @@ switchyard-loadgen, then:
     and each rule's expression is valid as an instant query;
   - no alert fires on the healthy cluster; then an expert worker is killed
     (SIGKILL) and SwitchyardWorkerDown shows as firing in ALERTS.
+With SY_DASHBOARD_PNG=FILE it also renders the panels' data into FILE
+(deploy/grafana/render_dashboard.py, needs python3-matplotlib).
 Usage: prometheus_live_test.py BIN_DIR SOURCE_DIR
 """
 import json
@@ -174,6 +176,7 @@ metrics:
                                 stdout=open(os.path.join(work, "loadgen.out"), "w"),
                                 stderr=subprocess.STDOUT, env=env)
         procs.append(load)
+        load_started = time.time()
         # Some refused requests too, so that the error panels have series: a
         # prompt token outside the vocabulary is INVALID_ARGUMENT.
         for _ in range(3):
@@ -208,6 +211,16 @@ metrics:
                 elif not has_data(r["data"]["result"]):
                     failures.append(f"panel '{p['title']}': no data for {expr}")
         log(f"{queries} panel queries evaluated")
+        picture = os.environ.get("SY_DASHBOARD_PNG")
+        if picture:  # a picture of the panels for the docs (python3-matplotlib)
+            time.sleep(max(0.0, 75 - (time.time() - load_started)))
+            r = subprocess.run(["/usr/bin/python3",
+                                os.path.join(ROOT, "deploy/grafana/render_dashboard.py"),
+                                f"127.0.0.1:{prom}", picture, "1.5"],
+                               capture_output=True, text=True)
+            log(r.stdout.strip() or r.stderr.strip())
+            if r.returncode != 0:
+                failures.append(f"render_dashboard.py failed: {r.stderr}")
 
         groups = api(prom, "rules")["data"]["groups"]
         loaded = [r for g in groups for r in g["rules"]]
