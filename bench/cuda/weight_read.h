@@ -26,6 +26,23 @@ cudaError_t LaunchWeightRead(cudaStream_t stream, const ReadConfig& cfg, int sms
                              const int64_t* chunk_prefix, int count, int64_t total_chunks,
                              uint32_t* sink);
 
+// The same reads in two dependent launches, as the small-M FFN's two
+// projections run: the first reads its regions (`first`: the gate_up
+// weights), the second (`second`: the down weights) may start early
+// (programmatic dependent launch) and prefetch its first chunk per block into
+// L2, but reads only once the first has finished. The bound of any FFN whose
+// second projection needs the first's output.
+struct ReadRegions {
+  const void* const* ptrs;
+  const int64_t* bytes;
+  const int64_t* chunk_prefix;
+  int count;
+  int64_t total_chunks;
+};
+cudaError_t LaunchWeightReadTwoPhase(cudaStream_t stream, const ReadConfig& cfg, int sms,
+                                     const ReadRegions& first, const ReadRegions& second,
+                                     uint32_t* sink);
+
 // Bytes one chunk covers for `unroll`: 256 threads x unroll x 16 bytes.
 inline int64_t ReadChunkBytes(int unroll) { return int64_t{256} * unroll * 16; }
 
