@@ -39,6 +39,7 @@ absl::StatusOr<std::unique_ptr<Transport>> CreateTransport(const TransportOption
     ucx::UcxTransport::Options ucx_options;
     ucx_options.rank = options.rank;
     ucx_options.port_range = options.port_range;
+    ucx_options.serialized = options.serialized;
     SY_ASSIGN_OR_RETURN(std::unique_ptr<ucx::UcxTransport> transport,
                         ucx::UcxTransport::Create(ucx_options));
     return std::unique_ptr<Transport>(std::move(transport));

@@ -31,6 +31,9 @@ struct TransportOptions {
   // ucx only: the TCP ports its listeners may bind, "FIRST-LAST" (UCX's
   // PORT_RANGE); empty: any free port.
   std::string port_range;
+  // ucx only: the transport is used from more than one thread, one at a
+  // time (UCS_THREAD_MODE_SERIALIZED); otherwise from one thread only.
+  bool serialized = false;
 };
 
 // Names of the backends built into this binary, e.g. {"inproc", "ucx"}.

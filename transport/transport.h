@@ -69,6 +69,16 @@ class Transport {
   // peer is a no-op.
   virtual absl::Status Connect(const std::vector<PeerAddress>& peers) = 0;
 
+  // Closes the endpoint to `rank` now (it left the mesh), so that a successor
+  // listening where it did meets no state of the old endpoint; Connect()
+  // with its new address reconnects. A rank without an endpoint is fine.
+  virtual absl::Status Disconnect(int32_t rank) { return absl::OkStatus(); }
+
+  // Does pending connection work (accepts, a peer's failure) without an
+  // exchange, for a transport idle between uses; the driving thread's call
+  // like any other. Default: nothing to do.
+  virtual void Poll() {}
+
   // Sends every item of `sends` and receives exactly one message with `tag`
   // from each rank in `recv_from`, returning when all have completed.
   // `received` gets one buffer per entry of `recv_from`, in that order.

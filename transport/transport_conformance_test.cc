@@ -572,6 +572,29 @@ TEST_P(TransportConformanceTest, StaleEndpointToAReplacedIdlePeer) {
   }
 }
 
+// Disconnect() of a rank that left, then Connect() to its successor on
+// the same port range: the mesh works again (and unknown ranks are fine).
+TEST_P(TransportConformanceTest, DisconnectThenReconnect) {
+  const int port = FreePorts(4);
+  ASSERT_GT(port, 0);
+  const std::string range = std::to_string(port) + "-" + std::to_string(port + 3);
+  std::vector<std::unique_ptr<Transport>> mesh;
+  mesh.push_back(MakeRank(0));
+  mesh.push_back(MakeRank(1, range));
+  ASSERT_TRUE(mesh[0] != nullptr && mesh[1] != nullptr);
+  for (auto& transport : mesh) EXPECT_OK(transport->Connect(Addresses(mesh)));
+  ExpectAllToAll(mesh, 1);
+  EXPECT_OK(mesh[0]->Disconnect(7));  // never connected
+  mesh[1].reset();
+  mesh[0]->Poll();  // an idle transport notices the loss
+  EXPECT_OK(mesh[0]->Disconnect(1));
+  EXPECT_OK(mesh[0]->Disconnect(1));  // again: nothing left to close
+  mesh[1] = MakeRank(1, range);
+  ASSERT_NE(mesh[1], nullptr);
+  for (auto& transport : mesh) EXPECT_OK(transport->Connect(Addresses(mesh)));
+  ExpectAllToAll(mesh, 2);
+}
+
 TEST_P(TransportConformanceTest, InvalidArguments) {
   auto mesh = MakeMesh(2);
   ASSERT_EQ(mesh.size(), 2u);

@@ -1,9 +1,12 @@
 #include "services/expert_worker/expert_worker_runner.h"
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -23,6 +26,49 @@ namespace sy::expert_worker {
 namespace pb = ::switchyard::internal::v1;
 
 namespace {
+
+// Progresses an idle staging transport every 50 ms (under `mu`, which the
+// mesh watcher holds while it uses the transport), so that connection work
+// and a dead peer's failure are handled at once rather than at the next
+// re-placement: by then a successor may listen on the dead one's port, and
+// UCX's TCP transport, which tells peers apart by address, took a stale
+// connection of the predecessor for the successor's (an assertion in
+// tcp_iface.c aborted restarted workers).
+class StagingPoller {
+ public:
+  StagingPoller(transport::Transport* staging, std::mutex* mu) {
+    if (staging == nullptr) return;
+    thread_ = std::thread([this, staging, mu] {
+      while (true) {
+        {
+          std::unique_lock<std::mutex> wait_lock(stop_mu_);
+          if (stop_cv_.wait_for(wait_lock, std::chrono::milliseconds(50),
+                                [this] { return stop_; })) {
+            return;
+          }
+        }
+        std::lock_guard<std::mutex> lock(*mu);
+        staging->Poll();
+      }
+    });
+  }
+  ~StagingPoller() {
+    {
+      std::lock_guard<std::mutex> lock(stop_mu_);
+      stop_ = true;
+    }
+    stop_cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  StagingPoller(const StagingPoller&) = delete;
+  StagingPoller& operator=(const StagingPoller&) = delete;
+
+ private:
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  bool stop_ = false;  // guarded by stop_mu_
+  std::thread thread_;
+};
 
 // Stages `next` on `server`: the experts other workers serve now come from
 // them over `staging` (null: none); the rest, or all when the copy fails,
@@ -74,6 +120,7 @@ absl::Status RunExpertWorker(const cluster::ClusterConfig& cfg, int32_t index,
     to.backend = "ucx";
     to.rank = index;
     to.port_range = cluster::DataPortRange(cfg, /*attention=*/false, index);
+    to.serialized = true;  // the watcher and the StagingPoller take turns
     SY_ASSIGN_OR_RETURN(own, cluster::CreateDataPlaneTransport(to, "staging"));
   }
   return RunExpertWorkerWithStaging(cfg, index, transport, listen, should_stop, own.get(), metrics);
@@ -165,7 +212,12 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
       [server_ptr] { return server_ptr->serving_epoch(); });
   std::atomic<bool> dropped{false};
   std::vector<std::string> staging_peers = mesh.expert_staging_addresses;  // watcher thread only
+  // The staging transport is used by the watcher and progressed between
+  // re-placements by the poller, one at a time.
+  std::mutex staging_mu;
+  StagingPoller poller(staging, &staging_mu);
   cluster::MeshWatcher watcher(cfg, [&](const pb::Mesh& m) {
+    std::lock_guard<std::mutex> staging_lock(staging_mu);
     // A re-formed mesh: the step thread abandons its step and adopts it; a
     // mesh re-formed without this worker: it stops.
     if (cluster::FollowReforms(
@@ -173,12 +225,28 @@ absl::Status RunExpertWorkerWithStaging(const cluster::ClusterConfig& cfg, int32
             [&](moe::MeshReform r) { server_ptr->RequestReform(std::move(r)); })) {
       return;
     }
-    // A replacement's staging transport, for copies from it later.
+    // A replacement's staging transport, for copies from it later; a dropped
+    // worker's endpoint is closed at once (the staging transport is idle
+    // between re-placements, so it would not notice the death itself, and a
+    // successor may come back on the same port).
     if (staging != nullptr) {
       for (const pb::Member& member : m.members()) {
         const int32_t j = member.rank() - cfg.topology.attention_workers;
-        if (member.role() != pb::ROLE_EXPERT || member.dropped() || member.joining() || j < 0 ||
-            j >= static_cast<int32_t>(staging_peers.size()) || member.staging_address().empty() ||
+        if (member.role() != pb::ROLE_EXPERT || j < 0 ||
+            j >= static_cast<int32_t>(staging_peers.size()) || j == index) {
+          continue;
+        }
+        if (member.dropped()) {
+          if (!staging_peers[j].empty()) {
+            if (absl::Status st = staging->Disconnect(j); !st.ok()) {
+              SY_LOG(WARNING) << "expert worker " << index << ": staging transport to dropped "
+                              << "expert worker " << j << ": " << st;
+            }
+            staging_peers[j].clear();
+          }
+          continue;
+        }
+        if (member.joining() || member.staging_address().empty() ||
             member.staging_address() == staging_peers[j]) {
           continue;
         }

@@ -77,10 +77,11 @@ absl::StatusOr<std::unique_ptr<UcpContext>> UcpContext::Create(const std::string
 
 UcpContext::~UcpContext() { ucp_cleanup(context_); }
 
-absl::StatusOr<std::unique_ptr<UcpWorker>> UcpWorker::Create(const UcpContext& context) {
+absl::StatusOr<std::unique_ptr<UcpWorker>> UcpWorker::Create(const UcpContext& context,
+                                                             bool serialized) {
   ucp_worker_params_t params{};
   params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  params.thread_mode = UCS_THREAD_MODE_SINGLE;
+  params.thread_mode = serialized ? UCS_THREAD_MODE_SERIALIZED : UCS_THREAD_MODE_SINGLE;
   ucp_worker_h worker = nullptr;
   SY_UCX_RETURN_IF_ERROR(ucp_worker_create(context.get(), &params, &worker));
   return std::unique_ptr<UcpWorker>(new UcpWorker(worker));

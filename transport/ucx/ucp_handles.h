@@ -58,10 +58,12 @@ class UcpContext {
   ucp_context_h context_;
 };
 
-// A single-threaded ucp_worker_h of a UcpContext, which must outlive it.
+// A ucp_worker_h of a UcpContext, which must outlive it: used from one
+// thread, or with `serialized` from several, one at a time.
 class UcpWorker {
  public:
-  static absl::StatusOr<std::unique_ptr<UcpWorker>> Create(const UcpContext& context);
+  static absl::StatusOr<std::unique_ptr<UcpWorker>> Create(const UcpContext& context,
+                                                           bool serialized = false);
   ~UcpWorker();
   UcpWorker(const UcpWorker&) = delete;
   UcpWorker& operator=(const UcpWorker&) = delete;

@@ -69,7 +69,8 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(const Options
   SY_ASSIGN_OR_RETURN(
       std::unique_ptr<UcpContext> context,
       UcpContext::Create(absl::StrCat("switchyard-rank-", options.rank), options.port_range));
-  SY_ASSIGN_OR_RETURN(std::unique_ptr<UcpWorker> worker, UcpWorker::Create(*context));
+  SY_ASSIGN_OR_RETURN(std::unique_ptr<UcpWorker> worker,
+                      UcpWorker::Create(*context, options.serialized));
   SY_ASSIGN_OR_RETURN(std::string address, worker->Address());
   return std::unique_ptr<UcxTransport>(
       new UcxTransport(options, std::move(context), std::move(worker), std::move(address)));
@@ -138,23 +139,42 @@ absl::Status UcxTransport::Connect(const std::vector<PeerAddress>& peers) {
     if (it != peers_.end() && it->second->ep->is_open() && it->second->address == address.address) {
       continue;
     }
-    if (it != peers_.end()) {
-      // The old endpoint goes first, and its close is seen through: a
-      // replacement may listen where its predecessor did (a configured port
-      // range), and a stale endpoint's pending connection must not reach it.
-      UcpEndpoint& old = *it->second->ep;
-      const absl::Time deadline = absl::Now() + options_.close_timeout;
-      old.Close(/*flush=*/false, deadline);
-      while (old.closing() && absl::Now() < deadline) worker_->Progress();
-      retired_peers_.push_back(std::move(it->second));
-      peers_.erase(it);
-    }
+    if (it != peers_.end()) RetirePeer(it);  // the old endpoint goes first
     auto peer = std::make_unique<Peer>(address.rank, address.address);
     SY_ASSIGN_OR_RETURN(peer->ep, UcpEndpoint::Create(worker_.get(), address.address,
                                                       &OnEndpointError, peer.get()));
     peers_.emplace(address.rank, std::move(peer));
   }
   return absl::OkStatus();
+}
+
+absl::Status UcxTransport::Disconnect(int32_t rank) {
+  if (worker_ == nullptr) return ClosedError();
+  auto it = peers_.find(rank);
+  if (it == peers_.end()) return absl::OkStatus();
+  RetirePeer(it);
+  return absl::OkStatus();
+}
+
+void UcxTransport::Poll() {
+  if (worker_ == nullptr) return;
+  for (int i = 0; i < 8; ++i) worker_->Progress();
+  CloseFailedEndpoints();
+  ReapOrphans();
+}
+
+void UcxTransport::RetirePeer(absl::flat_hash_map<int32_t, std::unique_ptr<Peer>>::iterator it) {
+  // The close is seen through: a successor may listen where its predecessor
+  // did (a configured port range), and UCX's TCP transport tells peers apart
+  // by address, so a stale endpoint's connection state would be taken for
+  // the successor's (seen: tcp_iface.c's `ep->conn_state != CLOSED` assertion
+  // in a restarted worker).
+  UcpEndpoint& old = *it->second->ep;
+  const absl::Time deadline = absl::Now() + options_.close_timeout;
+  old.Close(/*flush=*/false, deadline);
+  while (old.closing() && absl::Now() < deadline) worker_->Progress();
+  retired_peers_.push_back(std::move(it->second));
+  peers_.erase(it);
 }
 
 absl::Status UcxTransport::AdvanceRecv(uint64_t tag, PendingRecv& recv,

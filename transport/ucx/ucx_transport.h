@@ -53,6 +53,8 @@ class UcxTransport final : public Transport {
     absl::Duration abandon_grace = absl::Milliseconds(50);
     // The TCP ports UCX's listeners may bind, "FIRST-LAST"; empty: any.
     std::string port_range;
+    // Used from several threads, one at a time (see TransportOptions).
+    bool serialized = false;
   };
 
   static absl::StatusOr<std::unique_ptr<UcxTransport>> Create(const Options& options);
@@ -73,6 +75,8 @@ class UcxTransport final : public Transport {
   // a new address (a restarted rank) gets a new endpoint, which is how a
   // re-formed mesh reconnects it.
   absl::Status Connect(const std::vector<PeerAddress>& peers) override;
+  absl::Status Disconnect(int32_t rank) override;
+  void Poll() override;
 
   // Failure handling: a peer whose endpoint reported an error fails the call
   // with Unavailable. When the call fails (error or deadline), in-flight
@@ -134,6 +138,9 @@ class UcxTransport final : public Transport {
   void FailPeer(Peer& peer, ucs_status_t status);
   // Force-closes the endpoints whose error handler has fired.
   void CloseFailedEndpoints();
+  // Closes the endpoint of `it` to completion (bounded by close_timeout) and
+  // moves its peer to retired_peers_.
+  void RetirePeer(absl::flat_hash_map<int32_t, std::unique_ptr<Peer>>::iterator it);
   // Frees abandoned receives that UCX has finished with.
   void ReapOrphans();
   // Starts or checks one receive; sets `recv.done` when it has completed.
