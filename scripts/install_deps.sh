@@ -12,6 +12,17 @@ PACKAGES=(
   prometheus python3-yaml
 )
 
+# k8s_manifest_test validates the manifests with Node.js and npm (the
+# machines here have NodeSource's nodejs, which brings npm; elsewhere Debian's
+# packages do) and renders them with kubectl, which Debian 12 does not
+# package: it must come with the machine.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  PACKAGES+=(nodejs npm)
+fi
+if ! command -v kubectl >/dev/null; then
+  echo "[install_deps] warning: kubectl is not on PATH (not in Debian 12); k8s_manifest_test needs it" >&2
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -21,5 +21,6 @@ for p in $paths; do
     echo "unpackaged: $p" >&2
     continue
   fi
-  echo "${pkg%%:*}" | sed 's/,.*//'
-done | sed 's/:amd64$//' | sort -u
+  pkg=${pkg%%:*}    # "libfoo:amd64: /path" or "libfoo: /path"
+  echo "${pkg%%,*}"  # several packages: the first
+done | sort -u

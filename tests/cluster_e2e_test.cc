@@ -3593,15 +3593,6 @@ TEST(LauncherTest, BadPlacementIsRefusedBeforeAnyProcessStarts) {
   EXPECT_TRUE(ProcessesMentioning(good).empty());
 }
 
-// The pid of the cluster's router process (-1: none).
-pid_t RouterPid(const Cluster& cluster) {
-  for (pid_t p : ProcessesMentioning(cluster.dir())) {
-    const std::string cmdline = ReadFile("/proc/" + std::to_string(p) + "/cmdline");
-    if (cmdline.find("switchyard-router") != std::string::npos) return p;
-  }
-  return -1;
-}
-
 // The pid of the cluster's process running `binary` without an index (the
 // coordinator, the router); -1: none.
 pid_t ProcessPid(const Cluster& cluster, const std::string& binary) {
@@ -3660,20 +3651,18 @@ TEST(ClusterAddressTest, EveryPortIsConfiguredAndWorkersServeByHostName) {
        0,
        0},
   };
-  for (int i = 0; i < o.attention_workers; ++i) {
-    processes.push_back({"attention-worker-" + std::to_string(i),
-                         cluster.WorkerPid("switchyard-attention-worker", i),
-                         {cluster.attention_port(i), cluster.attention_metrics_port(i)},
-                         cluster.attention_data_port(i),
-                         1});
-  }
-  for (int i = 0; i < o.expert_workers; ++i) {
-    // Two UCX contexts: the mesh and weight staging.
-    processes.push_back({"expert-worker-" + std::to_string(i),
-                         cluster.WorkerPid("switchyard-expert-worker", i),
-                         {cluster.expert_port(i), cluster.expert_metrics_port(i)},
-                         cluster.expert_data_port(i),
-                         2});
+  for (const bool attention : {true, false}) {
+    const std::string role = attention ? "attention-worker" : "expert-worker";
+    for (int i = 0; i < (attention ? o.attention_workers : o.expert_workers); ++i) {
+      processes.push_back(
+          {role + "-" + std::to_string(i),
+           cluster.WorkerPid("switchyard-" + role, i),
+           {attention ? cluster.attention_port(i) : cluster.expert_port(i),
+            attention ? cluster.attention_metrics_port(i) : cluster.expert_metrics_port(i)},
+           attention ? cluster.attention_data_port(i) : cluster.expert_data_port(i),
+           // An expert worker has two UCX contexts: the mesh and weight staging.
+           attention ? size_t{1} : size_t{2}});
+    }
   }
   for (const Expected& p : processes) {
     ASSERT_GT(p.pid, 0) << p.name;
@@ -3707,7 +3696,7 @@ TEST(LauncherTest, ACleanExitDoesNotStopTheRest) {
   Cluster cluster;
   const absl::Status started = cluster.Start(o, "clean-exit");
   ASSERT_TRUE(started.ok()) << started;
-  const pid_t router = RouterPid(cluster);
+  const pid_t router = ProcessPid(cluster, "switchyard-router");
   ASSERT_GT(router, 0);
   ASSERT_EQ(kill(router, SIGTERM), 0);
   std::this_thread::sleep_for(std::chrono::seconds(2));
@@ -3730,7 +3719,7 @@ TEST(LauncherTest, ARouterGivenSigtermDrainsItsStreams) {
   Cluster cluster;
   const absl::Status started = cluster.Start(o, "router-drain");
   ASSERT_TRUE(started.ok()) << started;
-  const pid_t router = RouterPid(cluster);
+  const pid_t router = ProcessPid(cluster, "switchyard-router");
   ASSERT_GT(router, 0);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));

@@ -230,15 +230,13 @@ def check_overlay(o, objs, work):
                 fail(f"{o}: coordinator.address {cfg['coordinator']['address']} is not the "
                      f"Service {svc_name}")
     # NetworkPolicies: every port they open is one a process listens on.
-    comp = {"coordinator": "coordinator", "router": "router",
-            "attention-worker": "attention-worker", "expert-worker": "expert-worker"}
     for np in by_kind(objs, "NetworkPolicy").values():
         sel = np["spec"]["podSelector"].get("matchLabels", {})
         role = sel.get("app.kubernetes.io/component")
         allowed = set()
         ranges = set()
         for r_, e in expected.items():
-            if role in (None, comp[r_]):
+            if role in (None, r_):  # roles are the pods' component labels
                 allowed |= {e["grpc"], e["metrics"]}
                 if e["ucx"]:
                     ranges.add(e["ucx"])
